@@ -1,0 +1,156 @@
+"""Glue shared by the subcommands: data, model options, training config, measuring, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import UserError
+from ..io import atomic_write_json, read_json
+from ..report import fmt_acc, fmt_count, fmt_ms, text_table
+from .config import resolved
+
+# options that only say how to run, not what to compute: a resumed run may change them
+RUNTIME_OPTIONS = {"out", "overwrite", "resume", "json", "no_progress", "device", "workers"}
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was requested but no CUDA device is available; "
+                        "use --device cpu")
+    return torch.device(name)
+
+
+def record_command(args: argparse.Namespace, out: Path, resuming: bool) -> None:
+    """Save the resolved options at the start of a run; on --resume, reuse them.
+
+    A resumed run must compute what the interrupted one would have, so it takes the saved
+    options (only runtime options such as --device or --json may change).
+    """
+    path = out / "command.json"
+    if resuming:
+        if not path.is_file():
+            raise UserError(f"{out} has no command.json: it was not started by this command, "
+                            "so it cannot be resumed")
+        saved = read_json(path, "command file")
+        if saved.get("command") != args.command:
+            raise UserError(f"{out} is a '{saved.get('command')}' run; resume it with "
+                            f"'resprune {saved.get('command')} ... --resume'")
+        for k, v in saved.get("options", {}).items():
+            if k not in RUNTIME_OPTIONS and hasattr(args, k):
+                setattr(args, k, v)
+        return
+    atomic_write_json(path, {"command": args.command, "options": resolved(args),
+                             "resprune": __version__})
+
+
+def load_data(args: argparse.Namespace):
+    from ..data import load_dataset
+
+    return load_dataset(args.data, args.data_dir, val_fraction=args.val_fraction,
+                        seed=args.seed, download=args.download)
+
+
+def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_size=None):
+    from ..data import make_loader
+
+    bs = batch_size or args.batch_size
+    common = dict(device=device, seed=args.seed, channels_last=getattr(args, "channels_last", False),
+                  num_workers=getattr(args, "workers", 0))
+    train = make_loader(bundle, "train", bs, train=True, **common)
+    val = make_loader(bundle, "val", max(bs, 256), train=False, **common)
+    test = make_loader(bundle, "test", max(bs, 256), train=False, **common)
+    return train, val, test
+
+
+def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
+    """A TrainConfig from the shared training options; ``prefix`` picks e.g. retrain_epochs."""
+    from ..train import TrainConfig
+
+    p = prefix.replace("-", "_")
+    cfg = TrainConfig(
+        epochs=getattr(args, f"{p}epochs", getattr(args, "epochs", 0)),
+        batch_size=args.batch_size, lr=getattr(args, f"{p}lr", args.lr),
+        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
+        schedule=args.schedule, milestones=tuple(args.milestones), gamma=args.gamma,
+        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        device=args.device, seed=args.seed)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    cfg.validate()
+    return cfg
+
+
+def measure(model: nn.Module, input_shape, loaders: dict[str, Any] | None = None,
+            device: torch.device | str = "cpu", precision: str = "fp32",
+            latency_batch_sizes=(1, 64)) -> dict[str, Any]:
+    """params, MACs, depth, CPU latency and (when loaders are given) top-1 on each split."""
+    from ..measure import count_macs, count_params, depth, evaluate, latency
+
+    model.eval()
+    out: dict[str, Any] = {"params": count_params(model),
+                           "macs": count_macs(model, tuple(input_shape)),
+                           "depth": depth(model)}
+    lat = latency(model, tuple(input_shape), batch_sizes=tuple(latency_batch_sizes),
+                  device="cpu")
+    out["cpu_latency_ms"] = {str(bs): round(v["median_ms"], 4) for bs, v in lat.items()}
+    model.to(device)
+    for split, loader in (loaders or {}).items():
+        if loader is None or loader.num_samples == 0:
+            out[f"{split}_top1" if split != "test" else "top1"] = None
+            continue
+        r = evaluate(model, loader, precision=precision)
+        if split == "test":
+            out["top1"], out["top5"] = r["top1"], r["top5"]
+        else:
+            out[f"{split}_top1"] = r["top1"]
+    return out
+
+
+def data_info(bundle, args: argparse.Namespace) -> dict[str, Any]:
+    return {"name": bundle.name, "data_dir": args.data_dir, "val_fraction": args.val_fraction,
+            "seed": args.seed, "num_classes": bundle.num_classes,
+            "train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}
+
+
+def base_summary(kind: str, model_name: str, args: argparse.Namespace, bundle,
+                 input_shape, started: float) -> dict[str, Any]:
+    return {"kind": kind, "model": model_name, "resprune": __version__,
+            "input_shape": list(input_shape), "data": data_info(bundle, args),
+            "seconds": round(time.time() - started, 2),
+            "config": resolved(args)}
+
+
+def emit(args: argparse.Namespace, summary: dict[str, Any], text: str) -> None:
+    """--json: one JSON object on stdout; otherwise a readable table."""
+    if getattr(args, "json", False):
+        print(json.dumps(summary))
+    else:
+        print(text)
+
+
+def metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    headers = ["model", "params", "MACs", "depth", "latency b1", "latency b64",
+               "val top-1", "test top-1"]
+    body = []
+    for label, m in rows:
+        lat = m.get("cpu_latency_ms", {})
+        body.append([label, fmt_count(m.get("params")), fmt_count(m.get("macs")),
+                     m.get("depth", "-"), fmt_ms(lat.get("1")), fmt_ms(lat.get("64")),
+                     fmt_acc(m.get("val_top1")), fmt_acc(m.get("top1"))])
+    return text_table(headers, body)

@@ -1,0 +1,97 @@
+"""YAML configs for the command line: every option can come from ``--config FILE``.
+
+Keys are option names with dashes or underscores (``retrain-epochs`` or ``retrain_epochs``).
+Values from the file become the parser's defaults, so flags given on the command line win.
+Unknown keys and values of the wrong type are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import UserError
+
+INTERNAL = {"func", "command", "config", "_parser"}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of option: value")
+    return data
+
+
+def _coerce(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
+    where = f"config file {path}: option {key!r}"
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
+                           argparse.BooleanOptionalAction)):
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, got {value!r}")
+        if isinstance(action, argparse._StoreFalseAction):
+            return not value
+        return value
+    if action.nargs in ("*", "+") or isinstance(action.nargs, int):
+        items = value if isinstance(value, list) else [value]
+        return [_coerce_one(action, where, v) for v in items]
+    return _coerce_one(action, where, value)
+
+
+def _coerce_one(action: argparse.Action, where: str, value: Any) -> Any:
+    if value is None:
+        return None
+    typ = action.type
+    if typ is not None and callable(typ):
+        if typ in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                    and not isinstance(value, str)):
+            raise UserError(f"{where} must be a number, got {value!r}")
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise UserError(f"{where} must be an integer, got {value!r}")
+        try:
+            value = typ(value) if not isinstance(value, typ if isinstance(typ, type) else ()) \
+                else value
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+            raise UserError(f"{where}: {e}") from None
+    elif not isinstance(value, (str, int, float)):
+        raise UserError(f"{where} must be a single value, got {value!r}")
+    if action.choices is not None and value not in action.choices:
+        raise UserError(f"{where} must be one of {', '.join(map(str, action.choices))}, "
+                        f"got {value!r}")
+    return value
+
+
+def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> None:
+    """Set ``sub``'s defaults from a YAML file (validated against ``sub``'s options)."""
+    path = Path(path)
+    data = load_yaml(path)
+    actions = {a.dest: a for a in sub._actions if a.dest not in ("help",)}
+    defaults = {}
+    for key, value in data.items():
+        dest = str(key).replace("-", "_")
+        if dest in INTERNAL or dest not in actions:
+            raise UserError(f"config file {path}: unknown option {key!r} for '{sub.prog}' "
+                            f"(see '{sub.prog} --help')")
+        defaults[dest] = _coerce(actions[dest], str(key), value, path)
+    sub.set_defaults(**defaults)
+
+
+def resolved(args: argparse.Namespace) -> dict[str, Any]:
+    """The options a command ran with (after config file and flags), JSON-ready."""
+    out = {}
+    for k, v in vars(args).items():
+        if k in INTERNAL or k.startswith("_"):
+            continue
+        out[k] = str(v) if isinstance(v, Path) else v
+    return out

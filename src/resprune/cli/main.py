@@ -1,0 +1,65 @@
+"""The ``resprune`` command line.
+
+Every subcommand takes ``--config FILE`` (YAML; flags win). Bad input ends with one line on
+stderr, ``resprune: error: ...``, and exit status 2, with nothing on disk overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import UserError
+from .config import apply_config
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line (no usage dump)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+COMMANDS = ("train", "eval", "profile", "demo")
+
+
+def build_parser() -> Parser:
+    from . import demo, evaluate, profile, train
+
+    parser = Parser(prog="resprune", description="Prune trained residual networks: depth "
+                    "(Network Implosion) and width (VACL), measured honestly.")
+    parser.add_argument("--version", action="version", version=f"resprune {__version__}")
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subs.required = True
+    for mod in (train, evaluate, profile, demo):
+        mod.add_parser(subs)
+    for name, sub in subs.choices.items():
+        sub.set_defaults(_parser=sub, command=name)
+    return parser
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        apply_config(args._parser, args.config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"resprune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("resprune: interrupted; rerun the same command with --resume to continue",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

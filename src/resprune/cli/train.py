@@ -1,0 +1,99 @@
+"""``resprune train``: train a zoo model from scratch into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from ..checkpoint import save
+from ..models import create, list_models
+from ..report import markdown_table
+from ..report.plots import training_curves
+from ..runs import prepare_out, write_summary
+from ..io import atomic_write_text
+from . import common, options
+
+
+def add_parser(subs) -> None:
+    p = subs.add_parser(
+        "train", help="train a zoo model from scratch",
+        description="Train a model from the zoo on a dataset and write a run directory "
+                    "(model.safetensors, arch.json, metrics.jsonl, summary.json, report.md). "
+                    "Validation accuracy is measured on a split carved from the training set; "
+                    "the test set is only reported.")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
+                   help=f"zoo model: {', '.join(list_models())}")
+    g.add_argument("--shortcut", choices=["A", "B"],
+                   help="CIFAR ResNets: A = zero padding (default), B = 1x1 conv + BN")
+    g.add_argument("--width", type=options.positive_int,
+                   help="CIFAR models: first-stage width (ResNet 16, ResNeXt-29 64)")
+    g.add_argument("--cardinality", type=options.positive_int, help="ResNeXt-29 cardinality (8)")
+    g.add_argument("--base-width", type=options.positive_int, help="ResNeXt-29 base width (64)")
+    g.add_argument("--priority-gates", action="store_true",
+                   help="train with Network Implosion priority gates on every erasable unit")
+    options.add_data(p)
+    options.add_train(p)
+    options.add_output(p)
+    options.add_config(p)
+    p.set_defaults(func=run)
+
+
+def model_options(args: argparse.Namespace) -> dict[str, Any]:
+    opts = {k: getattr(args, k) for k in ("shortcut", "width", "cardinality", "base_width")
+            if getattr(args, k, None) is not None}
+    if getattr(args, "priority_gates", False):
+        opts["gates"] = True
+    return opts
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import input_shape
+    from ..train import Trainer
+
+    started = time.time()
+    out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=args.resume)
+    common.record_command(args, out, resuming)
+    device = common.resolve_device(args.device)
+    bundle = common.load_data(args)
+    model = create(args.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
+                   **model_options(args))
+    cfg = common.train_config(args)
+    train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
+    trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,
+                      progress=not args.no_progress)
+    history = trainer.fit(resume=resuming)
+    model = trainer.model
+    save(model, out)
+    shape = input_shape(bundle)
+    m = common.measure(model, shape, {"val": val_loader, "test": test_loader}, device,
+                       args.precision)
+    summary = common.base_summary("train", args.model, args, bundle, shape, started)
+    summary.update(m)
+    summary["epochs"] = len(history)
+    summary["seconds"] = round(sum(r.get("seconds", 0.0) for r in history), 2)
+    write_summary(out, summary)
+    write_report(out, summary, history)
+    common.emit(args, summary, common.metrics_table([(args.model, summary)])
+                + f"\nrun directory: {out} (report: {out / 'report.md'})")
+    return 0
+
+
+def write_report(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    from ..report import fmt_acc, fmt_count
+
+    lines = [f"# Training run: {summary['model']} on {summary['data']['name']}\n",
+             markdown_table(["params", "MACs", "depth (weight layers)", "val top-1",
+                             "test top-1", "epochs", "seconds"],
+                            [[fmt_count(summary["params"]), fmt_count(summary["macs"]),
+                              summary["depth"], fmt_acc(summary.get("val_top1")),
+                              fmt_acc(summary.get("top1")), summary["epochs"],
+                              summary["seconds"]]]),
+             "MACs are multiply-accumulates of convolutions and linear layers for one image "
+             f"of shape {summary['input_shape']}.\n"]
+    if history:
+        training_curves(history, out / "training.png", title=summary["model"])
+        lines.append("![training curves](training.png)\n")
+    atomic_write_text(out / "report.md", "\n".join(lines))

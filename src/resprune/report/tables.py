@@ -1,0 +1,47 @@
+"""Tables for the terminal and for report.md, and the number formats they share."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+
+def fmt_count(n: float | None) -> str:
+    """1234567 -> '1.23 M' (params, MACs)."""
+    if n is None:
+        return "-"
+    for div, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.2f} {unit}"
+    return f"{n:.0f}"
+
+
+def fmt_pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f} %"
+
+
+def fmt_ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} ms"
+
+
+def fmt_acc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f} %"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    out = ["| " + " | ".join(map(str, headers)) + " |",
+           "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [list(map(str, headers))] + [list(map(str, r)) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths))) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def pct_removed(before: float, after: float) -> float:
+    return 0.0 if not before else 100.0 * (before - after) / before

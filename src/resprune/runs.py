@@ -1,0 +1,99 @@
+"""Run directories: where every command writes, and how it refuses to clobber.
+
+A run directory holds ``model.safetensors`` + ``arch.json`` (the model), ``metrics.jsonl``,
+``summary.json``, ``report.md`` (+ PNG plots), and, while it can be resumed, the state files of
+the command that wrote it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .io import atomic_write_json, read_json
+
+SUMMARY_FILE = "summary.json"
+STATE_FILE = "train_state.pt"
+# Everything resprune writes in a run directory; --overwrite removes exactly these.
+RUN_FILES = ("model.safetensors", "arch.json", "metrics.jsonl", SUMMARY_FILE, "report.md",
+             STATE_FILE, "pipeline_state.json", "command.json")
+RUN_DIRS = ("plots", "stages", "steps", "work")
+
+
+def is_run(path: Path) -> bool:
+    return (path / "arch.json").is_file() or (path / SUMMARY_FILE).is_file() or (
+        path / "pipeline_state.json").is_file() or (path / STATE_FILE).is_file()
+
+
+def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,
+                source: str | os.PathLike | None = None) -> tuple[Path, bool]:
+    """Check ``--out`` and return ``(path, resuming)``.
+
+    An existing non-empty directory is only used with ``--resume`` (continue it) or
+    ``--overwrite`` (its resprune files are removed first). Nothing else is ever deleted.
+    """
+    out = Path(out)
+    if overwrite and resume:
+        raise UserError("--overwrite and --resume contradict each other; pass one of them")
+    if source is not None and out.resolve() == Path(source).resolve():
+        raise UserError(f"--out {out} is the input run; write the result to a new directory")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    nonempty = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not nonempty:
+            raise UserError(f"nothing to resume in {out}; start the run without --resume")
+        return out, True
+    if nonempty:
+        if not overwrite:
+            raise UserError(f"--out {out} is not empty; pass --overwrite to replace the run "
+                            "in it or --resume to continue it")
+        if not is_run(out):
+            raise UserError(f"--out {out} holds files that are not a resprune run; "
+                            "choose another directory")
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for name in RUN_DIRS:
+            shutil.rmtree(out / name, ignore_errors=True)
+        for p in out.glob("*.png"):
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out, False
+
+
+def read_summary(run_dir: str | os.PathLike, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    if not (run_dir / SUMMARY_FILE).is_file():
+        raise UserError(f"{run_dir} is not a finished resprune run (no {SUMMARY_FILE}); "
+                        "pass a directory written by a resprune command")
+    summary = read_json(run_dir / SUMMARY_FILE, "summary file")
+    if not isinstance(summary, dict):
+        raise UserError(f"{run_dir / SUMMARY_FILE} is not a resprune summary")
+    if kinds is not None and summary.get("kind") not in kinds:
+        raise UserError(f"{run_dir} is a '{summary.get('kind')}' run; this command needs a "
+                        f"run of kind {' or '.join(kinds)}")
+    return summary
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> None:
+    atomic_write_json(Path(run_dir) / SUMMARY_FILE, summary)
+
+
+def default_input_shape(spec: dict[str, Any]) -> list[int]:
+    size = 224 if spec.get("stem") == "imagenet" else 32
+    return [int(spec.get("in_channels", 3)), size, size]
+
+
+def input_shape_of(run_dir: str | os.PathLike, spec: dict[str, Any]) -> list[int]:
+    """The input shape the run was trained on (summary.json), else the family's default."""
+    path = Path(run_dir) / SUMMARY_FILE
+    if path.is_file():
+        shape = read_json(path, "summary file").get("input_shape")
+        if isinstance(shape, list) and len(shape) == 3:
+            return [int(s) for s in shape]
+    return default_input_shape(spec)
