@@ -1,0 +1,381 @@
+"""The Network Implosion loop: score -> erase the k lowest -> retrain -> accept or roll back.
+
+1. If erasable units lack gates, add them (``w = 1``, logits unchanged) and train
+   ``adapt_epochs`` so the gates learn the units' priorities.
+2. Measure the baseline: validation top-1 of the starting net.
+3. Repeat: score the erasable units, erase the ``per_step`` lowest, retrain ``retrain_epochs``
+   at ``retrain_lr``, evaluate on the **validation** split (never the test set). Accept when
+   ``val_top1 >= baseline - tolerance``; otherwise restore the last accepted net exactly and
+   stop. Also stop at ``target_depth``, after ``max_steps``, or when nothing is erasable.
+4. Optionally retrain the final net ``final_epochs``; fold the gates into the BNs.
+
+Every finished step is checkpointed in ``run_dir`` (see :mod:`resprune.implosion.store`);
+``implode(..., resume=True)`` after a kill continues from the last finished step and, on CPU,
+reaches the same net bit for bit (every retraining is seeded by its step number).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError
+from .config import ImplosionConfig
+from .erase import erase_units, set_submodule
+from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
+from .scores import _first_tensor, score_units
+from .store import (
+    fingerprint,
+    load_weights,
+    read_state,
+    remove_weights,
+    save_weights,
+    step_dir,
+    write_state,
+)
+
+log = logging.getLogger("resprune.implosion")
+
+#: ``trainer_factory(model, train_loader, val_loader, train_config, run_dir)`` returns an
+#: object whose ``fit()`` trains ``model`` in place (``resprune.train.Trainer`` by default).
+TrainerFactory = Callable[[nn.Module, Iterable, Iterable, Any, Path], Any]
+#: ``evaluate_fn(model, loader)`` returns at least ``{"top1": percent}``.
+EvaluateFn = Callable[[nn.Module, Iterable], dict]
+
+STOP_REASONS = ("accuracy", "target_depth", "max_steps", "nothing_erasable")
+
+
+@dataclass
+class ImplosionResult:
+    """What :func:`implode` did.
+
+    ``history`` has one dict per step: ``step``, ``erased`` (unit names), ``priorities``
+    (their scores), ``scores`` (every erasable unit's score at that step), ``val_top1``,
+    ``val_loss``, ``params``, ``macs``, ``depth`` (of the net after erasure and retraining),
+    ``accepted`` (False: rolled back), ``epochs`` (retraining epochs spent) and ``seconds``.
+    ``initial`` measures the model as passed in; ``baseline`` the gated, adapted start net
+    (with ``val_top1``); ``final`` the returned net (after the final retrain and folding).
+    """
+
+    model: nn.Module
+    erased: list[str]
+    stop_reason: str
+    baseline: dict[str, Any]
+    initial: dict[str, Any]
+    final: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    gates: dict[str, float] = field(default_factory=dict)
+    adapt_epochs: int = 0
+    run_dir: Path | None = None
+
+    @property
+    def accepted_steps(self) -> int:
+        return sum(1 for h in self.history if h["accepted"])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"erased": self.erased, "stop_reason": self.stop_reason,
+                "initial": self.initial, "baseline": self.baseline, "final": self.final,
+                "history": self.history, "gates": self.gates,
+                "adapt_epochs": self.adapt_epochs,
+                "run_dir": None if self.run_dir is None else str(self.run_dir)}
+
+
+def _default_trainer_factory(progress: bool) -> TrainerFactory:
+    def make(model, train_loader, val_loader, config, run_dir):
+        from ..train import Trainer
+
+        return Trainer(model, train_loader, val_loader, config, run_dir=run_dir,
+                       progress=progress)
+    return make
+
+
+def _default_evaluate(model: nn.Module, loader: Iterable) -> dict:
+    from ..measure import evaluate
+
+    return evaluate(model, loader)
+
+
+class _Run:
+    """One implosion: the mutable model, its measurements and its checkpoint state."""
+
+    def __init__(self, model, train_loader, val_loader, config, run_dir, trainer_factory,
+                 evaluate_fn, input_shape):
+        self.model = model
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.config = config
+        self.run_dir = run_dir
+        self.trainer_factory = trainer_factory
+        self.evaluate_fn = evaluate_fn
+        self.input_shape = input_shape
+        self.state: dict[str, Any] = {}
+
+    # -- measurements --------------------------------------------------------------------
+    def measure(self) -> dict[str, Any]:
+        from ..measure import count_macs, count_params, depth
+
+        return {"params": int(count_params(self.model)),
+                "macs": int(count_macs(self.model, self.input_shape)),
+                "depth": int(depth(self.model))}
+
+    def evaluate(self) -> dict[str, float]:
+        res = self.evaluate_fn(self.model, self.val_loader)
+        top1 = float(res["top1"])
+        if not math.isfinite(top1):
+            raise UserError("validation top-1 is not a number; check the validation loader")
+        loss = res.get("loss")
+        return {"val_top1": top1, "val_loss": None if loss is None else float(loss)}
+
+    def train(self, epochs: int, lr: float, seed: int, directory: Path) -> int:
+        """Retrain the model in place; return the epochs spent (0: nothing to do)."""
+        if epochs == 0:
+            return 0
+        cfg = dataclasses.replace(self.config.train, epochs=epochs, lr=lr, warmup_epochs=0,
+                                  seed=seed)
+        if directory.exists():  # a retraining cut short by a kill starts over
+            shutil.rmtree(directory)
+        trainer = self.trainer_factory(self.model, self.train_loader, self.val_loader, cfg,
+                                       directory)
+        trainer.fit()
+        return epochs
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def commit(self, directory: Path | None = None) -> None:
+        """Write the model (if ``directory``) and then the state that points at it."""
+        if directory is not None:
+            save_weights(self.model, directory)
+        write_state(self.run_dir, self.state)
+
+
+def _check_resume(state: dict[str, Any], config: ImplosionConfig, start_fp: str,
+                  run_dir: Path) -> None:
+    stored = state.get("config")
+    current = _jsonable(config.to_dict())
+    if stored != current:
+        keys = sorted(k for k in set(stored or {}) | set(current)
+                      if (stored or {}).get(k) != current.get(k))
+        raise UserError(f"{run_dir} holds an implosion run with different options "
+                        f"({', '.join(keys)}); resume with the same options or use a new run "
+                        "directory")
+    if state.get("start_fingerprint") != start_fp:
+        raise UserError(f"the model passed to implode is not the one the run in {run_dir} "
+                        "started from; pass the same starting checkpoint to resume")
+
+
+def _jsonable(obj: Any) -> Any:
+    """Round-trip through JSON types (tuples become lists) so configs compare equal."""
+    import json
+
+    return json.loads(json.dumps(obj, default=str))
+
+
+def _restore(model: nn.Module, snapshot: nn.Module, names: list[str]) -> None:
+    """Roll back: put the erased units back from ``snapshot`` and restore all its weights."""
+    for name in names:
+        set_submodule(model, name, snapshot.get_submodule(name))
+    model.load_state_dict(snapshot.state_dict(), strict=True)
+    model.zero_grad(set_to_none=True)
+
+
+def _select(scores: dict[str, float], depths: dict[str, int], k: int, depth: int,
+            target: int | None) -> list[str]:
+    """The k lowest-priority units (ties: module order), no more than needed for ``target``."""
+    order = {n: i for i, n in enumerate(scores)}
+    ranked = sorted(scores, key=lambda n: (scores[n], order[n]))
+    chosen = []
+    for name in ranked[:k]:
+        if target is not None and depth <= target:
+            break
+        chosen.append(name)
+        depth -= depths[name]
+    return chosen
+
+
+def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
+            config: ImplosionConfig | None = None, run_dir: str | Path | None = None,
+            trainer_factory: TrainerFactory | None = None, *, resume: bool = False,
+            evaluate_fn: EvaluateFn | None = None,
+            input_shape: tuple[int, ...] | None = None,
+            progress: bool = True) -> ImplosionResult:
+    """Erase residual units of ``model`` (in place) while validation accuracy holds.
+
+    ``val_loader`` must hold the validation split carved from the training data; it alone
+    decides. ``run_dir`` receives a checkpoint after every finished step; with
+    ``resume=True`` a run killed at any point continues from its last finished step (pass
+    the same starting model and config). ``input_shape`` ([C, H, W], for MACs) defaults to
+    the shape of the first validation batch. ``trainer_factory`` and ``evaluate_fn`` replace
+    ``resprune.train.Trainer`` and ``resprune.measure.evaluate``.
+    """
+    config = (config or ImplosionConfig()).validate()
+    if val_loader is None:
+        raise UserError("implode needs a validation loader (a split carved from the training "
+                        "data): erasures are accepted or rolled back on it")
+    if run_dir is None:
+        raise UserError("implode needs a run directory for its step checkpoints")
+    run_dir = Path(run_dir)
+    if input_shape is None:
+        input_shape = tuple(_first_tensor(next(iter(val_loader))).shape[1:])
+    run = _Run(model, train_loader, val_loader, config, run_dir,
+               trainer_factory or _default_trainer_factory(progress),
+               evaluate_fn or _default_evaluate, tuple(input_shape))
+
+    start_fp = fingerprint(model)
+    state = read_state(run_dir)
+    if state is not None and not resume:
+        raise UserError(f"{run_dir} already holds an implosion run; pass resume=True to "
+                        "continue it or choose a new run directory")
+    if not erasable_items(model) and state is None:
+        raise UserError(f"{type(model).__name__} has no erasable residual unit (a "
+                        "resprune.models.ResidualUnit with an identity shortcut)")
+    if state is None:
+        _start(run, start_fp)
+    else:
+        _check_resume(state, config, start_fp, run_dir)
+        _replay(run, state)
+    _steps(run)
+    _finish(run)
+    return _result(run)
+
+
+def _start(run: _Run, start_fp: str) -> None:
+    cfg = run.config
+    initial = run.measure()
+    if cfg.target_depth is not None and cfg.target_depth > initial["depth"]:
+        raise UserError(f"target_depth {cfg.target_depth} is above the model's depth "
+                        f"{initial['depth']} (weight layers); choose a smaller target")
+    added = add_gates(run.model)
+    epochs = 0
+    if added:
+        log.info("added %d gates; adapting them for %d epochs", len(added), cfg.adapt_epochs)
+        epochs = run.train(cfg.adapt_epochs, cfg.adapt_lr or cfg.retrain_lr, cfg.seed,
+                           step_dir(run.run_dir, 0) / "train")
+    baseline = {**run.evaluate(), **run.measure()}
+    log.info("baseline: val top-1 %.2f %%, depth %d", baseline["val_top1"], baseline["depth"])
+    run.state = {
+        "format": 1, "kind": "implode", "config": _jsonable(cfg.to_dict()),
+        "start_fingerprint": start_fp, "gates_added": added, "adapt_epochs": epochs,
+        "initial": initial, "baseline": baseline, "history": [], "erased": [],
+        "accepted_step": 0, "phase": "steps", "stop_reason": None, "final": None,
+    }
+    run.commit(step_dir(run.run_dir, 0))
+
+
+def _rebuild(run: _Run, directory: Path, fold: bool = False) -> None:
+    """Bring the passed-in start model to the recorded structure, then load ``directory``."""
+    model, state = run.model, run.state
+    add_gates(model)
+    present = {n for n, _ in erasable_items(model)}
+    erase_units(model, [n for n in state["erased"] if n in present])
+    if fold:
+        fold_gates(model)
+    load_weights(model, directory)
+
+
+def _replay(run: _Run, state: dict[str, Any]) -> None:
+    run.state = state
+    phase = state["phase"]
+    log.info("resuming implosion in %s (phase %s, %d steps done)", run.run_dir, phase,
+             len(state["history"]))
+    if phase in ("steps", "stopped"):
+        _rebuild(run, step_dir(run.run_dir, state["accepted_step"]))
+    elif phase == "final":
+        _rebuild(run, step_dir(run.run_dir, "final"))
+    elif phase == "done":
+        _rebuild(run, run.run_dir, fold=run.config.fold)
+    else:
+        raise UserError(f"{run.run_dir}: unknown implosion phase {phase!r}; the state is corrupt")
+
+
+def _stop_reason(run: _Run, depth: int) -> str | None:
+    cfg, history = run.config, run.state["history"]
+    if cfg.target_depth is not None and depth <= cfg.target_depth:
+        return "target_depth"
+    if cfg.max_steps is not None and len(history) >= cfg.max_steps:
+        return "max_steps"
+    if not erasable_items(run.model):
+        return "nothing_erasable"
+    return None
+
+
+def _steps(run: _Run) -> None:
+    state, cfg = run.state, run.config
+    baseline = state["baseline"]["val_top1"]
+    while state["phase"] == "steps":
+        history = state["history"]
+        depth = history[-1]["depth"] if history else state["baseline"]["depth"]
+        reason = _stop_reason(run, depth)
+        if reason is not None:
+            state["phase"], state["stop_reason"] = "stopped", reason
+            run.commit()
+            break
+        k = len(history) + 1
+        t0 = time.monotonic()
+        scores = score_units(run.model, cfg.score, loader=run.train_loader,
+                             num_batches=cfg.score_batches, seed=cfg.seed + k)
+        depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
+        names = _select(scores, depths, cfg.per_step, depth, cfg.target_depth)
+        snapshot = copy.deepcopy(run.model)
+        erase_units(run.model, names)
+        epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k,
+                           step_dir(run.run_dir, k) / "train")
+        record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
+                  "scores": scores, **run.evaluate(), **run.measure(),
+                  "accepted": False, "epochs": epochs}
+        record["accepted"] = record["val_top1"] >= baseline - cfg.tolerance - 1e-9
+        record["seconds"] = round(time.monotonic() - t0, 3)
+        history.append(record)
+        log.info("step %d: erased %s, val top-1 %.2f %% (baseline %.2f %%): %s", k,
+                 ", ".join(names), record["val_top1"], baseline,
+                 "accepted" if record["accepted"] else "rolled back")
+        if record["accepted"]:
+            previous = state["accepted_step"]
+            state["erased"] = state["erased"] + names
+            state["accepted_step"] = k
+            run.commit(step_dir(run.run_dir, k))
+            remove_weights(step_dir(run.run_dir, previous))
+        else:
+            _restore(run.model, snapshot, names)
+            state["phase"], state["stop_reason"] = "stopped", "accuracy"
+            run.commit()
+        del snapshot
+
+
+def _finish(run: _Run) -> None:
+    state, cfg = run.state, run.config
+    if state["phase"] == "stopped":
+        final: dict[str, Any] = {"epochs": 0}
+        if cfg.final_epochs > 0:
+            final["epochs"] = run.train(cfg.final_epochs, cfg.final_lr or cfg.retrain_lr,
+                                        cfg.seed + len(state["history"]) + 1,
+                                        step_dir(run.run_dir, "final") / "train")
+        state["final"] = final
+        state["phase"] = "final"
+        run.commit(step_dir(run.run_dir, "final"))
+    if state["phase"] == "final":
+        state["gates"] = gates(run.model)
+        if cfg.fold:
+            fold_gates(run.model)
+        state["final"] = {**state["final"], **run.evaluate(), **run.measure()}
+        state["phase"] = "done"
+        save_weights(run.model, run.run_dir)
+        run.commit()
+        remove_weights(step_dir(run.run_dir, state["accepted_step"]))
+
+
+def _result(run: _Run) -> ImplosionResult:
+    s = run.state
+    return ImplosionResult(model=run.model, erased=list(s["erased"]),
+                           stop_reason=s["stop_reason"], baseline=s["baseline"],
+                           initial=s["initial"], final=s["final"], history=s["history"],
+                           gates=s.get("gates", {}), adapt_epochs=s["adapt_epochs"],
+                           run_dir=run.run_dir)
