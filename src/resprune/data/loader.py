@@ -1,0 +1,158 @@
+"""Batch loaders with one interface for in-memory and image-folder data.
+
+Every loader yields ``(x, y)``: ``x`` float32 ``[B, C, H, W]`` normalised per channel, ``y``
+int64 ``[B]``, both on the loader's device. It has ``len()`` (batches per pass),
+``num_samples``, ``batch_size`` and ``set_epoch(epoch)``.
+
+Reproducibility: shuffling and augmentation of epoch ``e`` are drawn from a generator seeded
+from ``(seed, e)`` alone, so ``set_epoch(e)`` replays epoch ``e`` exactly; a training run
+resumed at epoch ``e`` sees the same batches as an uninterrupted one. Random numbers are drawn
+on the CPU, so the batches do not depend on the device either. ``__iter__`` uses the current
+epoch and then advances it by one, so a caller that never calls ``set_epoch`` still gets a
+fresh order every pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def epoch_seed(seed: int, epoch: int, *extra: int) -> int:
+    """A 63-bit seed derived from ``(seed, epoch, *extra)``; distinct tuples do not collide."""
+    ss = np.random.SeedSequence([int(seed) & (2**64 - 1), int(epoch), *map(int, extra)])
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+
+def check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"batch size must be a positive integer, got {batch_size!r}")
+    return batch_size
+
+
+def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
+    return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+
+
+class Normalizer:
+    """uint8 ``[B,C,H,W]`` -> float32 ``(x / 255 - mean) / std`` per channel, on one device."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device,
+                 channels_last: bool = False):
+        if len(mean) != len(std):
+            raise ValueError("mean and std need one value per channel")
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.mean = m.to(device)
+        self.std = s.to(device)
+        self.channels_last = channels_last
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = (x.to(torch.float32) / 255.0 - self.mean) / self.std
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def pad_crop_flip(x: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor,
+                  pad: int) -> torch.Tensor:
+    """Zero-pad ``x`` [B,C,H,W] by ``pad``, crop each sample at its own offset, flip some.
+
+    ``offsets`` is int64 [B, 2] (row, column) in ``0..2*pad``; ``flips`` is bool [B]. One
+    gather does every sample at once (no Python loop over samples). Sample ``b`` of the result
+    equals ``padded[b, :, r:r+H, c:c+W]``, mirrored left-right when ``flips[b]``.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    offsets = offsets.to(dev)
+    flips = flips.to(dev)
+    ar_h = torch.arange(h, device=dev)
+    ar_w = torch.arange(w, device=dev)
+    rows = offsets[:, 0:1] + ar_h  # [B, H]
+    cols = offsets[:, 1:2] + torch.where(flips[:, None], w - 1 - ar_w, ar_w)  # [B, W]
+    bi = torch.arange(b, device=dev).view(b, 1, 1, 1)
+    ci = torch.arange(c, device=dev).view(1, c, 1, 1)
+    return padded[bi, ci, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
+
+
+class InMemoryLoader:
+    """Batches from a uint8 image tensor that lives on the target device.
+
+    ``train=True``: a fresh permutation per epoch, and when ``augment`` a per-sample
+    ``pad``-pixel zero pad + random crop + random horizontal flip; the last partial batch is
+    dropped only when ``drop_last``. ``train=False``: the stored order, no augmentation, the
+    last partial batch kept. Batches are assembled with tensor ops on the device.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 train: bool, mean: Sequence[float], std: Sequence[float],
+                 device: str | torch.device = "cpu", seed: int = 0, augment: bool = True,
+                 pad: int = 4, channels_last: bool = False, drop_last: bool | None = None):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} "
+                             f"{tuple(images.shape)}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError("need one label per image")
+        if len(mean) != images.shape[1]:
+            raise ValueError(f"mean/std have {len(mean)} channels, images {images.shape[1]}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = check_batch_size(batch_size)
+        self.train = train
+        self.augment = augment and train
+        self.pad = int(pad)
+        self.seed = int(seed)
+        self.drop_last = bool(drop_last) if train else False
+        self.epoch = 0
+        self.normalize = Normalizer(mean, std, self.device, channels_last)
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.images.shape[0])
+
+    def __len__(self) -> int:
+        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Order, crop offsets and flips for one epoch, drawn on the CPU from (seed, epoch)."""
+        n = self.num_samples
+        if not self.train:
+            return torch.arange(n), None, None
+        g = epoch_generator(self.seed, epoch)
+        order = torch.randperm(n, generator=g)
+        if not self.augment:
+            return order, None, None
+        offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
+        flips = torch.rand(n, generator=g) < 0.5
+        return order, offsets, flips
+
+    def __iter__(self) -> Iterator[Batch]:
+        epoch = self.epoch
+        self.epoch += 1
+        order, offsets, flips = self._plan(epoch)
+        order = order.to(self.device)
+        if offsets is not None and flips is not None:
+            offsets, flips = offsets.to(self.device), flips.to(self.device)
+        bs = self.batch_size
+        for k in range(len(self)):
+            sel = slice(k * bs, (k + 1) * bs)
+            idx = order[sel]
+            x = self.images[idx]
+            if offsets is not None and flips is not None:
+                x = pad_crop_flip(x, offsets[sel], flips[sel], self.pad)
+            yield self.normalize(x), self.labels[idx]
