@@ -210,6 +210,7 @@ class ImageFolderLoader:
         self.device = torch.device(device)
         self.batch_size = check_batch_size(batch_size)
         self.train = train
+        self.augment = augment and train
         self.drop_last = bool(drop_last) if train else False
         self.num_workers = int(num_workers)
         if self.num_workers < 0:
@@ -241,6 +242,23 @@ class ImageFolderLoader:
             self.dataset, batch_size=self.batch_size, sampler=self.sampler,
             drop_last=self.drop_last, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda")
-        for x, y in dl:
+        it = iter(dl)
+        while True:
+            try:
+                x, y = next(it)
+            except StopIteration:
+                return
+            except UserError as e:  # from a worker: keep only the original one-line message
+                raise UserError(_worker_message(str(e))) from None
             x = x.to(self.device, non_blocking=True)
             yield self.normalize(x), y.to(self.device, torch.int64, non_blocking=True)
+
+
+def _worker_message(msg: str) -> str:
+    """The original message of a UserError re-raised by a DataLoader worker."""
+    lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+    if len(lines) <= 1:
+        return msg
+    last = lines[-1]
+    prefix = "UserError: "
+    return last[last.index(prefix) + len(prefix):] if prefix in last else last

@@ -7,9 +7,9 @@ int64 ``[B]``, both on the loader's device. It has ``len()`` (batches per pass),
 Reproducibility: shuffling and augmentation of epoch ``e`` are drawn from a generator seeded
 from ``(seed, e)`` alone, so ``set_epoch(e)`` replays epoch ``e`` exactly; a training run
 resumed at epoch ``e`` sees the same batches as an uninterrupted one. Random numbers are drawn
-on the CPU, so the batches do not depend on the device either. ``__iter__`` uses the current
-epoch and then advances it by one, so a caller that never calls ``set_epoch`` still gets a
-fresh order every pass.
+on the CPU, so the order, crops and flips do not depend on the device either. ``__iter__``
+uses the current epoch and then advances it by one, so a caller that never calls
+``set_epoch`` still gets a fresh order every pass.
 """
 
 from __future__ import annotations
