@@ -1,0 +1,14 @@
+"""Measurements of a model: parameters, MACs, depth, latency and accuracy.
+
+>>> from resprune import create, measure
+>>> net = create("resnet56")
+>>> measure.count_params(net), measure.count_macs(net, (3, 32, 32)), measure.depth(net)
+(853018, 125485696, 56)
+"""
+
+from .accuracy import evaluate
+from .counts import count_macs, count_params, depth
+from .latency import latency
+from .profile import profile
+
+__all__ = ["count_macs", "count_params", "depth", "evaluate", "latency", "profile"]

@@ -1,0 +1,13 @@
+"""The training loop shared by every resprune command.
+
+>>> from resprune.train import TrainConfig, Trainer
+>>> history = Trainer(model, train_loader, val_loader, TrainConfig(epochs=2), "runs/x").fit()
+"""
+
+from .callbacks import Callback
+from .config import TrainConfig
+from .schedule import LRSchedule, lr_factor
+from .trainer import METRICS_FILE, STATE_FILE, Trainer
+
+__all__ = ["METRICS_FILE", "STATE_FILE", "Callback", "LRSchedule", "TrainConfig", "Trainer",
+           "lr_factor"]
