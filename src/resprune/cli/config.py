@@ -84,6 +84,7 @@ def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> None:
             raise UserError(f"config file {path}: unknown option {key!r} for '{sub.prog}' "
                             f"(see '{sub.prog} --help')")
         defaults[dest] = _coerce(actions[dest], str(key), value, path)
+        actions[dest].required = False  # the file supplies it
     sub.set_defaults(**defaults)
 
 

@@ -40,12 +40,17 @@ def build_parser() -> Parser:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "config", None):
-        apply_config(args._parser, args.config)
-        args = parser.parse_args(argv)
-    return args
+    command = next((a for a in argv if not a.startswith("-")), None)
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if command in subs.choices:
+        pre = argparse.ArgumentParser(add_help=False)
+        pre.add_argument("--config")
+        known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
+        if known.config:
+            apply_config(subs.choices[command], known.config)
+    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

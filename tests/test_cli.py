@@ -1,0 +1,150 @@
+"""The command line: happy paths on synthetic data, and every bad input of the brief."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from resprune.cli.main import main
+
+TINY = ["--model", "resnet8", "--width", "4", "--data", "synthetic", "--batch-size", "32",
+        "--no-progress"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "tiny"
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(run)]) == 0
+    return run
+
+
+def test_train_writes_a_complete_run(trained):
+    names = {p.name for p in trained.iterdir()}
+    assert {"model.safetensors", "arch.json", "metrics.jsonl", "summary.json", "report.md",
+            "train_state.pt", "command.json", "training.png"} <= names
+    summary = json.loads((trained / "summary.json").read_text())
+    for key in ("model", "params", "macs", "depth", "top1", "val_top1", "epochs", "seconds",
+                "config", "input_shape"):
+        assert key in summary, key
+    assert summary["model"] == "resnet8" and summary["epochs"] == 2 and summary["depth"] == 8
+    assert summary["config"]["epochs"] == 2
+    lines = (trained / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(ln)["epoch"] for ln in lines] == [1, 2]
+
+
+def test_json_output_is_one_object(trained, capsys):
+    code, out, err = run_cli(["profile", trained, "--json", "--batch-sizes", "1", "4",
+                              "--repeats", "2"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["params"] > 0 and set(result["latency"]) == {"1", "4"}
+    code, out, _ = run_cli(["eval", trained, "--split", "val", "--json"], capsys)
+    assert code == 0
+    r = json.loads(out)
+    summary = json.loads((trained / "summary.json").read_text())
+    assert r["top1"] == pytest.approx(summary["val_top1"])  # same validation split reproduced
+
+
+def test_config_file_and_flags_win(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: resnet8\nwidth: 4\ndata: synthetic\nepochs: 3\nbatch-size: 32\n"
+                   "no_progress: true\nlr: 0.05\n")
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", "--config", cfg, "--epochs", "1", "--out", out], capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    assert s["epochs"] == 1 and s["config"]["lr"] == 0.05 and s["config"]["width"] == 4
+
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--model", "resnet57"], "invalid choice: 'resnet57'"),
+    (["--epochs", "-3"], "must be >= 0"),
+    (["--lr", "nan"], "must be a finite number"),
+    (["--val-fraction", "1.5"], "must be in [0, 1)"),
+    (["--data", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+])
+def test_bad_options_one_line_exit_2(tmp_path, capsys, extra, msg):
+    code, out, err = run_cli(["train", *TINY, "--epochs", "1", "--out", tmp_path / "r", *extra],
+                             capsys)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("resprune: error: ") and msg in err
+    assert "Traceback" not in err
+
+
+def test_bad_config_files(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: [1, 2\n")
+    code, _, err = run_cli(["train", "--config", bad], capsys)
+    assert code == 2 and "not valid YAML" in err
+    bad.write_text("epochs: 2\nlearning_rat: 0.1\n")
+    code, _, err = run_cli(["train", "--config", bad], capsys)
+    assert code == 2 and "unknown option 'learning_rat'" in err
+    bad.write_text("epochs: many\n")
+    code, _, err = run_cli(["train", "--config", bad], capsys)
+    assert code == 2 and "'epochs'" in err
+
+
+def test_existing_out_is_not_overwritten(trained, tmp_path, capsys):
+    before = {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()}
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", trained], capsys)
+    assert code == 2 and "--overwrite" in err and "--resume" in err
+    assert {p.name: p.read_bytes() for p in trained.iterdir() if p.is_file()} == before
+    # a directory with foreign files is refused even with --overwrite
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", foreign, "--overwrite"],
+                           capsys)
+    assert code == 2 and "not a resprune run" in err
+    assert (foreign / "thesis.tex").read_text() == "precious"
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    for cmd in (["eval", tmp_path], ["profile", tmp_path], ["eval", tmp_path / "missing"]):
+        code, _, err = run_cli(cmd, capsys)
+        assert code == 2 and ("not a resprune run" in err or "does not exist" in err), err
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch /tmp/resprune_cli_pwned",))
+
+
+def test_malicious_and_corrupt_checkpoints(trained, tmp_path, capsys):
+    import shutil
+    marker = "/tmp/resprune_cli_pwned"
+    if os.path.exists(marker):
+        os.remove(marker)
+    run = tmp_path / "evil"
+    shutil.copytree(trained, run)
+    (run / "train_state.pt").write_bytes(pickle.dumps({"epoch": _Evil()}))
+    code, _, err = run_cli(["train", *TINY, "--epochs", "3", "--out", run, "--resume"], capsys)
+    assert code == 2 and "refusing to load" in err
+    assert not os.path.exists(marker)
+    (run / "model.safetensors").write_bytes(b"garbage")
+    code, _, err = run_cli(["eval", run], capsys)
+    assert code == 2 and "not a valid safetensors file" in err
+
+
+def test_nan_loss_is_reported(tmp_path, capsys):
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--lr", "1e30",
+                            "--out", tmp_path / "nan"], capsys)
+    assert code == 2 and "NaN" in err and err.count("\n") == 1
+
+
+def test_console_script_exit_status(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "resprune.cli.main", "eval", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("resprune: error:")
+    r = subprocess.run([sys.executable, "-m", "resprune.cli.main", "--help"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "train" in r.stdout
