@@ -1,0 +1,44 @@
+"""VACL width pruning: cross-layer channel groups, variance-aware regularizer, pruning.
+
+Pipeline (see ``/shared/methods.md`` section 2 and ``docs/architecture.md``): start from a trained
+model, sparsity-train with :class:`Regularizer` added to the loss, score channel groups by RMS
+(:func:`group_scores`), remove the weakest with :func:`prune` (by threshold or down to a target
+reduction of params or MACs), then fine-tune without the regularizer.
+
+Use inside your own training loop::
+
+    import torch, torch.nn.functional as F
+    import resprune
+    from resprune import vacl
+
+    model = resprune.load("runs/resnet56")                 # or any Conv/BN/Linear ResNet
+    reg = vacl.Regularizer(model, form="moments", beta=4.0, lam=1e-4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    for x, y in loader:
+        loss = F.cross_entropy(model(x), y) + reg(model)   # reg(model) = lam * R
+        opt.zero_grad(); loss.backward(); opt.step()
+
+    report = vacl.prune(model, (3, 32, 32), target_params_reduction=0.5)
+    print(report["params_before"], "->", report["params_after"])
+    resprune.save(model, "runs/resnet56-vacl")            # a plain, smaller ResNet
+    # ... fine-tune with a fresh optimizer (and no regularizer) ...
+
+With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])``.
+"""
+
+from .groups import (
+                     CROSS,
+                     FILTER,
+                     ChannelGroup,
+                     GroupSet,
+                     Member,
+                     PadShortcutPruner,
+                     discover_groups,
+)
+from .prune import prune, remove_members
+from .regularizer import FORMS, Regularizer, group_scores
+
+__all__ = [
+    "CROSS", "FILTER", "FORMS", "ChannelGroup", "GroupSet", "Member", "PadShortcutPruner",
+    "Regularizer", "discover_groups", "group_scores", "prune", "remove_members",
+]

@@ -1,0 +1,202 @@
+"""Vectorised view of channel groups: per-member squared norms in a handful of tensor ops.
+
+A group ``g`` has *members* ``l``, one per layer taking part in it: each producer layer's
+output filter (with, when ``include_bn``, the gamma/beta entries of the BN that follows that
+layer directly) and, when ``include_consumers``, each consumer layer's input slice. The layout
+turns the groups into index tensors once. At call time every parameter read along its output
+channels is viewed as rows ``[O, K]``; tensors with the same row length ``K`` are concatenated
+and reduced together (one cat + square + row sum per distinct ``K``: a few ops for a whole
+ResNet, which matters on a busy CPU where each small op costs a thread wake-up), consumer
+input slices are reduced per tensor, and all results are scattered into members with a single
+``index_add``. There is no Python loop over channels or groups at call time.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .groups import BN, CROSS, IN, OUT, GroupSet, modules_by_name
+
+
+@dataclass
+class Entry:
+    """One parameter tensor read along its output (``out``) or input (``in``) channels."""
+
+    module: str
+    param: str
+    mode: str
+    groups: int
+    size: int                      # channel count the layout was built for
+    channels: torch.Tensor | None  # channels used, in slot order; None = all, in order
+
+
+def channel_sq(p: torch.Tensor, mode: str, groups: int) -> torch.Tensor:
+    """Per-channel sum of squares of a parameter along its output or input channels.
+
+    For a grouped conv (weight ``[O, I/G, kh, kw]``) input channel ``g*I/G + j`` is column
+    ``j`` of the rows of cardinal group ``g``.
+    """
+    sq = p.square()
+    if mode == OUT:
+        return sq.reshape(sq.shape[0], -1).sum(1)
+    if sq.dim() == 2:  # linear: [out, in]
+        return sq.sum(0)
+    per = sq.reshape(sq.shape[0], sq.shape[1], -1).sum(2)  # [O, I/G]
+    if groups == 1:
+        return per.sum(0)
+    o, ig = per.shape
+    return per.reshape(groups, o // groups, ig).sum(1).reshape(-1)
+
+
+def _scalars_per_channel(p: torch.Tensor, mode: str, groups: int) -> int:
+    if mode == OUT:
+        return p.numel() // p.shape[0]
+    if p.dim() == 2:
+        return p.shape[0]
+    return (p.shape[0] // groups) * math.prod(p.shape[2:])
+
+
+class Layout:
+    """Index tensors mapping parameter slices to members and members to groups.
+
+    ``member_group[l]`` is the group of member ``l``; ``size[g]`` (``p_g``) is the number of
+    scalars in group ``g``; ``count[g]`` (``m_g``) its number of members; ``cross[g]`` whether
+    it is a cross-layer group.
+    """
+
+    def __init__(self, model: nn.Module, groups: GroupSet, include_bn: bool = True,
+                 include_consumers: bool = False):
+        self.include_bn = include_bn
+        self.include_consumers = include_consumers
+        names = {m.module for g in groups for m in g.members}
+        mods = modules_by_name(model, names)
+        slots: dict[tuple[str, str, str], list[tuple[int, int]]] = defaultdict(list)
+        member_group: list[int] = []
+        for gi, g in enumerate(groups):
+            # member key -> member id; a BN joins the member of the layer that feeds it
+            member_of: dict[str, int] = {}
+            for m in sorted(g.members, key=lambda m: m.role != OUT):  # producers first
+                key = None
+                if m.role == OUT:
+                    key, pnames = m.module, ("weight", "bias")
+                elif m.role == BN and include_bn and getattr(mods[m.module], "affine", False):
+                    parent = groups.bn_parent.get(m.module)
+                    key = parent if parent in member_of else m.module
+                    pnames = ("weight", "bias")
+                elif m.role == IN and include_consumers:
+                    key, pnames = m.module + ":in", ("weight",)
+                if key is None:
+                    continue
+                if key not in member_of:
+                    member_of[key] = len(member_group)
+                    member_group.append(gi)
+                mode = IN if m.role == IN else OUT
+                for pname in pnames:
+                    if getattr(mods[m.module], pname, None) is not None:
+                        slots[(m.module, pname, mode)].append((m.channel, member_of[key]))
+
+        # Output-channel reads are batched: every parameter read along its output channels is
+        # viewed as rows [O, K]; parameters with the same row length K are concatenated and
+        # reduced together (one cat + square + sum per K). Rows in no group go to a dummy member.
+        self.entries: list[Entry] = []
+        size = [0.0] * len(groups)
+        num_members = len(member_group)
+        buckets: dict[tuple[int, torch.dtype], list[int]] = defaultdict(list)
+        rows: dict[int, list[int]] = {}
+        in_slots: list[int] = []
+        for (mname, pname, mode), pairs in slots.items():
+            mod = mods[mname]
+            p = getattr(mod, pname)
+            ngroups = getattr(mod, "groups", 1) if mode == IN else 1
+            n = p.shape[0] if mode == OUT else (p.shape[1] * ngroups if p.dim() > 2
+                                                else p.shape[1])
+            pairs.sort()
+            chans = [c for c, _ in pairs]
+            full = chans == list(range(n))
+            k = len(self.entries)
+            self.entries.append(Entry(mname, pname, mode, ngroups, n,
+                                      None if full else torch.tensor(chans, dtype=torch.long)))
+            per = _scalars_per_channel(p, mode, ngroups)
+            for _, mid in pairs:
+                size[member_group[mid]] += per
+            if mode == OUT:
+                buckets[(per, p.dtype)].append(k)
+                row = [num_members] * n
+                for c, mid in pairs:
+                    row[c] = mid
+                rows[k] = row
+            else:
+                in_slots.extend(mid for _, mid in pairs)
+        self.buckets = [ks for _, ks in sorted(buckets.items(), key=lambda kv: kv[0][0])]
+        self.in_entries = [k for k, e in enumerate(self.entries) if e.mode == IN]
+        slot_member = [mid for ks in self.buckets for k in ks for mid in rows[k]] + in_slots
+        self.num_groups = len(groups)
+        self.num_members = len(member_group)
+        self.slot_member = torch.tensor(slot_member, dtype=torch.long)
+        self.member_group = torch.tensor(member_group, dtype=torch.long)
+        self.size = torch.tensor(size, dtype=torch.float64)
+        self.count = torch.bincount(self.member_group, minlength=self.num_groups).double()
+        self.cross = torch.tensor([g.kind == CROSS for g in groups], dtype=torch.bool)
+        self._model_ref: weakref.ReferenceType | None = None
+        self._mods: list[nn.Module] = []
+        self._dev_cache: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    # -- call-time helpers ---------------------------------------------------------------
+    def _modules(self, model: nn.Module) -> list[nn.Module]:
+        if self._model_ref is None or self._model_ref() is not model:
+            table = modules_by_name(model, {e.module for e in self.entries})
+            self._mods = [table[e.module] for e in self.entries]
+            self._model_ref = weakref.ref(model)
+        return self._mods
+
+    def tensors(self, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Index and constant tensors on ``device`` (cached)."""
+        key = (device, dtype)
+        if key not in self._dev_cache:
+            self._dev_cache[key] = {
+                "slot_member": self.slot_member.to(device),
+                "member_group": self.member_group.to(device),
+                "size": self.size.to(device=device, dtype=dtype),
+                "count": self.count.to(device=device, dtype=dtype),
+                "cross": self.cross.to(device),
+                "channels": [None if e.channels is None else e.channels.to(device)
+                             for e in self.entries],
+            }
+        return self._dev_cache[key]
+
+    def member_sq(self, model: nn.Module) -> torch.Tensor:
+        """``||w_gl||^2`` of every member, differentiable w.r.t. the model's parameters."""
+        mods = self._modules(model)
+        params = []
+        for e, mod in zip(self.entries, mods):
+            p = getattr(mod, e.param, None)
+            n = None if p is None else (p.shape[0] if e.mode == OUT else (
+                p.shape[1] * e.groups if p.dim() > 2 else p.shape[1]))
+            if n != e.size:
+                raise UserError(f"layer {e.module} has changed shape since its channel groups "
+                                "were found (was it pruned?); build a new Regularizer for the "
+                                "pruned model")
+            params.append(p)
+        if not params:
+            return torch.zeros(0)
+        dtype = params[0].dtype
+        t = self.tensors(params[0].device, dtype)
+        parts = []
+        for ks in self.buckets:
+            mats = [params[k].reshape(params[k].shape[0], -1) for k in ks]
+            mat = mats[0] if len(mats) == 1 else torch.cat(mats)
+            parts.append(mat.square().sum(1))
+        for k in self.in_entries:
+            e, chans = self.entries[k], t["channels"][k]
+            s = channel_sq(params[k], e.mode, e.groups)
+            parts.append(s if chans is None else s.index_select(0, chans))
+        flat = torch.cat([x.to(dtype) for x in parts])
+        out = flat.new_zeros(self.num_members + 1)  # the last one collects unused rows
+        return out.index_add(0, t["slot_member"], flat)[: self.num_members]

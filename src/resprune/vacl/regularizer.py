@@ -1,0 +1,124 @@
+"""VACL's variance-aware group regularizer and the RMS group scores used for pruning.
+
+Per group ``g`` with member layers ``l`` (see :mod:`resprune.vacl.layout`), per-layer slice
+norms ``n_gl = ||w_gl||_2``, their mean ``mu_g`` and population variance ``sigma_g^2`` over the
+``m_g`` members, and ``p_g`` the number of scalars in the group:
+
+* ``moments`` (default): ``sqrt(p_g) * sqrt(m_g) * sqrt(mu_g^2 + beta * sigma_g^2)``. Since
+  ``m (mu^2 + sigma^2) = sum_l n_gl^2``, ``beta = 1`` is exactly cross-layer group lasso
+  ``sqrt(p_g) ||w_g||_2``; ``beta > 1`` additionally penalises members of unequal size, so a
+  group's layers shrink to zero together or stay alive together.
+* ``additive``: ``sqrt(p_g) ||w_g||_2 + beta * sigma_g^2``.
+* ``mean_std``: ``sqrt(p_g) * (mu_g + beta * sigma_g)``.
+
+Cross-layer groups get the chosen form; filter groups (inside a block) get plain filter-wise
+group lasso ``sqrt(p_g) ||w_g||_2``. The regularizer returns ``lam * sum_g R_g``.
+
+A small ``EPS`` inside every square root keeps gradients finite when a group reaches zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .groups import GroupSet, default_input_shape, discover_groups
+from .layout import Layout
+
+FORMS = ("moments", "additive", "mean_std")
+EPS = 1e-12
+
+
+def _nonneg(value: Any, what: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0:
+        raise UserError(f"{what} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Regularizer:
+    """VACL regularizer ``reg(model) -> lam * R`` (a scalar tensor), usable as a loss term.
+
+    Args:
+        model: the network; its channel groups are discovered by tracing it once, here.
+        form: ``"moments"`` (default), ``"additive"`` or ``"mean_std"`` (module docstring).
+        beta: weight of the variance term (default 4; ``moments`` with ``beta=1`` is group lasso).
+        lam: overall strength (the loss is ``CE + lam * R``).
+        include_bn: put each producer's BN gamma/beta into its slice (default on: a zeroed
+            filter would otherwise leak its BN shift into the residual stream).
+        include_consumers: also put the consumers' input slices into the groups (default off).
+        input_shape: ``[C, H, W]`` used for tracing; defaults to ``[in_channels, 32, 32]`` for
+            resprune models (channel groups do not depend on the spatial size).
+        groups: reuse an existing :class:`GroupSet` instead of tracing again.
+
+    The regularizer holds no reference to the model's parameters: every call reads them from
+    the model it is given, so it survives ``load_state_dict`` and device moves. After pruning,
+    build a new one (a call on a pruned model raises UserError).
+    """
+
+    def __init__(self, model: nn.Module, form: str = "moments", beta: float = 4.0,
+                 lam: float = 1e-4, include_bn: bool = True, include_consumers: bool = False,
+                 input_shape: Sequence[int] | None = None, groups: GroupSet | None = None):
+        if form not in FORMS:
+            raise UserError(f"unknown VACL regularizer form {form!r}; choose one of: "
+                            f"{', '.join(FORMS)}")
+        self.form = form
+        self.beta = _nonneg(beta, "VACL beta")
+        self.lam = _nonneg(lam, "VACL lambda (lam)")
+        self.include_bn = bool(include_bn)
+        self.include_consumers = bool(include_consumers)
+        if groups is None:
+            groups = discover_groups(model, input_shape if input_shape is not None
+                                     else default_input_shape(model))
+        self.groups = groups
+        self.layout = Layout(model, groups, self.include_bn, self.include_consumers)
+
+    def __repr__(self) -> str:
+        return (f"Regularizer(form={self.form!r}, beta={self.beta}, lam={self.lam}, "
+                f"include_bn={self.include_bn}, include_consumers={self.include_consumers}, "
+                f"groups={self.groups.counts()})")
+
+    def per_group(self, model: nn.Module) -> torch.Tensor:
+        """``R_g`` of every group (before ``lam``), differentiable."""
+        lay = self.layout
+        sq = lay.member_sq(model)
+        t = lay.tensors(sq.device, sq.dtype)
+        mg, size, count = t["member_group"], t["size"], t["count"]
+        sqrt_p = size.sqrt()
+        s2 = sq.new_zeros(lay.num_groups).index_add(0, mg, sq)
+        lasso = sqrt_p * torch.sqrt(s2 + EPS)
+        if not bool(lay.cross.any()):
+            return lasso
+        n = torch.sqrt(sq + EPS)
+        mu = sq.new_zeros(lay.num_groups).index_add(0, mg, n) / count
+        var = sq.new_zeros(lay.num_groups).index_add(0, mg, (n - mu[mg]).square()) / count
+        if self.form == "moments":
+            cross = sqrt_p * count.sqrt() * torch.sqrt(mu.square() + self.beta * var)
+        elif self.form == "additive":
+            cross = lasso + self.beta * var
+        else:
+            cross = sqrt_p * (mu + self.beta * torch.sqrt(var + EPS))
+        return torch.where(t["cross"], cross, lasso)
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return self.lam * self.per_group(model).sum()
+
+
+@torch.no_grad()
+def group_scores(model: nn.Module, groups: GroupSet, include_bn: bool = True,
+                 include_consumers: bool = False) -> torch.Tensor:
+    """RMS of each group's weights, ``||w_g||_2 / sqrt(p_g)`` (float64, one per group).
+
+    The group vector is the same as the regularizer's (producer filters, plus their BN
+    gamma/beta with ``include_bn``, plus consumer slices with ``include_consumers``), so a group
+    driven to zero by the regularizer scores exactly 0.
+    """
+    lay = Layout(model, groups, include_bn, include_consumers)
+    sq = lay.member_sq(model).double().cpu()
+    s2 = torch.zeros(lay.num_groups, dtype=torch.float64).index_add(0, lay.member_group, sq)
+    return torch.sqrt(s2 / lay.size)
