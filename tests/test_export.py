@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from typing import Any
 
 import numpy as np
@@ -115,7 +116,9 @@ def _run_file(path: str, fmt: str, x: torch.Tensor) -> torch.Tensor:
     if fmt == "onnx":
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0])
-    module = torch.jit.load(path, map_location="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 deprecates torch.jit
+        module = torch.jit.load(path, map_location="cpu")
     with torch.no_grad():
         return module(x)
 
