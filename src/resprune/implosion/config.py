@@ -27,8 +27,9 @@ class ImplosionConfig:
     per_step: units erased per step (the k lowest priorities).
     retrain_epochs / retrain_lr: the short retraining after each erasure, at a lowered
         learning rate (no warm-up).
-    tolerance: accept a step when val top-1 >= baseline val top-1 - tolerance (percentage
-        points, >= 0); otherwise roll back to the last accepted net and stop.
+    tolerance: accept a step when val top-1 >= baseline val top-1 - tolerance, in percentage
+        points (>= 0; 0.5 allows 93.0 % -> 92.5 %); otherwise roll back to the last accepted
+        net and stop.
     target_depth: stop once the net has at most this many weight layers (a step erases no
         more units than needed to reach it). max_steps: stop after this many steps.
     final_epochs / final_lr: optional longer retrain of the final net (final_lr defaults to
@@ -88,6 +89,8 @@ class ImplosionConfig:
             raise UserError(f"fold must be true or false, got {self.fold!r}")
         if not dataclasses.is_dataclass(self.train):
             raise UserError("train must be a resprune.train.TrainConfig")
+        if hasattr(self.train, "validate"):
+            self.train.validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

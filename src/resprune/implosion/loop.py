@@ -5,7 +5,8 @@
 2. Measure the baseline: validation top-1 of the starting net.
 3. Repeat: score the erasable units, erase the ``per_step`` lowest, retrain ``retrain_epochs``
    at ``retrain_lr``, evaluate on the **validation** split (never the test set). Accept when
-   ``val_top1 >= baseline - tolerance``; otherwise restore the last accepted net exactly and
+   ``val_top1 >= baseline - tolerance / 100`` (top-1 as a fraction, tolerance in percentage
+   points); otherwise restore the last accepted net exactly and
    stop. Also stop at ``target_depth``, after ``max_steps``, or when nothing is erasable.
 4. Optionally retrain the final net ``final_epochs``; fold the gates into the BNs.
 
@@ -49,10 +50,11 @@ log = logging.getLogger("resprune.implosion")
 #: ``trainer_factory(model, train_loader, val_loader, train_config, run_dir)`` returns an
 #: object whose ``fit()`` trains ``model`` in place (``resprune.train.Trainer`` by default).
 TrainerFactory = Callable[[nn.Module, Iterable, Iterable, Any, Path], Any]
-#: ``evaluate_fn(model, loader)`` returns at least ``{"top1": percent}``.
+#: ``evaluate_fn(model, loader)`` returns at least ``{"top1": fraction in [0, 1]}``.
 EvaluateFn = Callable[[nn.Module, Iterable], dict]
 
 STOP_REASONS = ("accuracy", "target_depth", "max_steps", "nothing_erasable")
+TRAIN_STATE_FILE = "train_state.pt"  # resprune.train.STATE_FILE
 
 
 @dataclass
@@ -119,6 +121,7 @@ class _Run:
         self.evaluate_fn = evaluate_fn
         self.input_shape = input_shape
         self.state: dict[str, Any] = {}
+        self.resume = False
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
@@ -137,16 +140,27 @@ class _Run:
         return {"val_top1": top1, "val_loss": None if loss is None else float(loss)}
 
     def train(self, epochs: int, lr: float, seed: int, directory: Path) -> int:
-        """Retrain the model in place; return the epochs spent (0: nothing to do)."""
+        """Retrain the model in place; return the epochs spent (0: nothing to do).
+
+        The trainer writes its logs into ``directory``. A retraining cut short by a kill is
+        continued from its last finished epoch when resuming (the trainer's own exact
+        resume), else started over; once finished, only its ``metrics.jsonl`` is kept.
+        """
         if epochs == 0:
             return 0
         cfg = dataclasses.replace(self.config.train, epochs=epochs, lr=lr, warmup_epochs=0,
                                   seed=seed)
-        if directory.exists():  # a retraining cut short by a kill starts over
+        partial = self.resume and (directory / TRAIN_STATE_FILE).is_file()
+        if directory.exists() and not partial:
             shutil.rmtree(directory)
         trainer = self.trainer_factory(self.model, self.train_loader, self.val_loader, cfg,
                                        directory)
-        trainer.fit()
+        if partial:
+            trainer.fit(resume=True)
+        else:
+            trainer.fit()
+        for name in (TRAIN_STATE_FILE, "model.safetensors", "arch.json"):
+            (directory / name).unlink(missing_ok=True)
         return epochs
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -181,8 +195,10 @@ def _jsonable(obj: Any) -> Any:
 
 def _restore(model: nn.Module, snapshot: nn.Module, names: list[str]) -> None:
     """Roll back: put the erased units back from ``snapshot`` and restore all its weights."""
+    ref = next(model.parameters(), None)
     for name in names:
-        set_submodule(model, name, snapshot.get_submodule(name))
+        unit = snapshot.get_submodule(name)
+        set_submodule(model, name, unit if ref is None else unit.to(ref.device))
     model.load_state_dict(snapshot.state_dict(), strict=True)
     model.zero_grad(set_to_none=True)
 
@@ -241,6 +257,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         _start(run, start_fp)
     else:
         _check_resume(state, config, start_fp, run_dir)
+        run.resume = True
         _replay(run, state)
     _steps(run)
     _finish(run)
@@ -260,7 +277,8 @@ def _start(run: _Run, start_fp: str) -> None:
         epochs = run.train(cfg.adapt_epochs, cfg.adapt_lr or cfg.retrain_lr, cfg.seed,
                            step_dir(run.run_dir, 0) / "train")
     baseline = {**run.evaluate(), **run.measure()}
-    log.info("baseline: val top-1 %.2f %%, depth %d", baseline["val_top1"], baseline["depth"])
+    log.info("baseline: val top-1 %.2f %%, depth %d", 100 * baseline["val_top1"],
+             baseline["depth"])
     run.state = {
         "format": 1, "kind": "implode", "config": _jsonable(cfg.to_dict()),
         "start_fingerprint": start_fp, "gates_added": added, "adapt_epochs": epochs,
@@ -331,11 +349,12 @@ def _steps(run: _Run) -> None:
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
                   "scores": scores, **run.evaluate(), **run.measure(),
                   "accepted": False, "epochs": epochs}
-        record["accepted"] = record["val_top1"] >= baseline - cfg.tolerance - 1e-9
+        # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
+        record["accepted"] = record["val_top1"] >= baseline - cfg.tolerance / 100 - 1e-12
         record["seconds"] = round(time.monotonic() - t0, 3)
         history.append(record)
         log.info("step %d: erased %s, val top-1 %.2f %% (baseline %.2f %%): %s", k,
-                 ", ".join(names), record["val_top1"], baseline,
+                 ", ".join(names), 100 * record["val_top1"], 100 * baseline,
                  "accepted" if record["accepted"] else "rolled back")
         if record["accepted"]:
             previous = state["accepted_step"]
@@ -370,6 +389,7 @@ def _finish(run: _Run) -> None:
         save_weights(run.model, run.run_dir)
         run.commit()
         remove_weights(step_dir(run.run_dir, state["accepted_step"]))
+        remove_weights(step_dir(run.run_dir, "final"))
 
 
 def _result(run: _Run) -> ImplosionResult:

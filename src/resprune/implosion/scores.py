@@ -37,8 +37,9 @@ def score_units(model: nn.Module, method: str = "gate", loader: Iterable | None 
     """``{unit name: priority}`` for every erasable unit of ``model``.
 
     ``loader`` (batches ``(x, y)`` or ``x``) and ``num_batches`` are used by ``norm`` only;
-    the loader is read under a forked RNG seeded with ``seed``, so a shuffled loader gives the
-    same batches every time. ``seed`` also seeds ``random``.
+    the loader is read under a forked RNG seeded with ``seed`` and, if it has ``set_epoch``
+    (resprune loaders), from epoch 0, so it gives the same batches every time. ``seed`` also
+    seeds ``random``.
     """
     check_method(method)
     units = erasable_items(model)
@@ -92,6 +93,8 @@ def _branch_norms(model: nn.Module, units: list[tuple[str, nn.Module]], loader: 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(0)
             for i, batch in enumerate(loader):
                 if i >= num_batches:
                     break
