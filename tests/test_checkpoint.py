@@ -93,3 +93,12 @@ def test_arch_json_is_plain_json(tmp_path):
     resprune.save(create("resnet8", width=4), tmp_path)
     spec = json.loads((tmp_path / "arch.json").read_text())
     assert spec["arch"] == "resnet8" and spec["format"] == 1
+
+
+def test_atomic_write_uses_normal_file_mode(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write_bytes(tmp_path / "f", b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f").stat().st_mode & 0o777 == 0o644
