@@ -148,3 +148,19 @@ def test_console_script_exit_status(tmp_path):
     r = subprocess.run([sys.executable, "-m", "resprune.cli.main", "--help"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+
+
+def test_export_cli(trained, tmp_path, capsys):
+    target = tmp_path / "m.onnx"
+    code, out, err = run_cli(["export", trained, "--out", target, "--json"], capsys)
+    assert code == 0, err
+    info = json.loads(out)
+    assert info["max_abs_diff"] <= 1e-4 and target.stat().st_size == info["bytes"]
+    code, _, err = run_cli(["export", trained, "--out", tmp_path / "m.x", "--format", "tflite"],
+                           capsys)
+    assert code == 2 and "invalid choice: 'tflite'" in err and err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    code, _, err = run_cli(["export", trained, "--out", blocker / "m.onnx"], capsys)
+    assert code == 2 and "is a file, not a directory" in err
+    assert blocker.read_text() == "keep"

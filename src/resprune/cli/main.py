@@ -21,18 +21,17 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
-COMMANDS = ("train", "eval", "profile", "demo")
 
 
 def build_parser() -> Parser:
-    from . import demo, evaluate, profile, train
+    from . import demo, evaluate, export, profile, train
 
     parser = Parser(prog="resprune", description="Prune trained residual networks: depth "
                     "(Network Implosion) and width (VACL), measured honestly.")
     parser.add_argument("--version", action="version", version=f"resprune {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subs.required = True
-    for mod in (train, evaluate, profile, demo):
+    for mod in (train, evaluate, profile, export, demo):
         mod.add_parser(subs)
     for name, sub in subs.choices.items():
         sub.set_defaults(_parser=sub, command=name)

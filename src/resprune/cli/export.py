@@ -1,0 +1,42 @@
+"""``resprune export``: ONNX or TorchScript, checked against PyTorch before it is written."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..checkpoint import load, load_spec
+from ..runs import input_shape_of
+from . import options
+
+
+def add_parser(subs) -> None:
+    p = subs.add_parser(
+        "export", help="export a run's model to ONNX or TorchScript",
+        description="Export the model of RUN with static C/H/W and a dynamic batch dimension. "
+                    "The written file is run (onnxruntime for ONNX) at batch sizes 1 and 3 and "
+                    "must match PyTorch within --atol (max abs), or nothing is written.")
+    p.add_argument("run", metavar="RUN", help="run directory")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--out", required=True, metavar="FILE", help="file to write")
+    p.add_argument("--opset", type=options.positive_int, default=18, help="ONNX opset (>= 18)")
+    p.add_argument("--atol", type=options.nonneg_float, default=1e-4,
+                   help="largest allowed max-abs difference to PyTorch (1e-4)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    options.add_config(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export
+    from ..report import fmt_count
+    from .common import emit
+
+    spec = load_spec(args.run)
+    model = load(args.run)
+    info = export(model, args.out, format=args.format, input_shape=input_shape_of(args.run, spec),
+                  opset=args.opset, atol=args.atol)
+    info = {k: (str(v) if k == "path" else v) for k, v in info.items()}
+    emit(args, info, f"wrote {info['path']} ({args.format}, {info['bytes'] / 1e6:.2f} MB, "
+                     f"{fmt_count(info['params'])} params); max |diff| to PyTorch "
+                     f"{info['max_abs_diff']:.2e} at batch sizes {info['batch_sizes']}")
+    return 0
