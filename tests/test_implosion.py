@@ -33,6 +33,15 @@ from .conftest import randomize_bn
 
 # -- helpers --------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is as fast, and does not fight other processes for the CPUs."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 
 IMAGENET = ("resnet18", "resnet50")
 
@@ -577,6 +586,11 @@ def test_resume_refuses_other_options_or_model(tmp_path):
     with pytest.raises(UserError, match=r"different options \(max_steps\)"):
         implode(copy.deepcopy(start), train, val, cfg(max_steps=2, retrain_epochs=0),
                 tmp_path, trainer_factory=SGDTrainer, resume=True)
+    # the device may change on resume (as for a training run); the finished run is returned
+    again = implode(copy.deepcopy(start), train, val,
+                    cfg(max_steps=1, retrain_epochs=0, train=TrainConfig(device="auto")),
+                    tmp_path, trainer_factory=SGDTrainer, resume=True, progress=False)
+    assert again.stop_reason == "max_steps"
     with pytest.raises(UserError, match="not the one the run .* started from"):
         implode(tiny("resnet14", shortcut="B"), train, val, cfg(max_steps=1, retrain_epochs=0),
                 tmp_path, trainer_factory=SGDTrainer, resume=True)
@@ -595,6 +609,7 @@ def test_resume_refuses_other_options_or_model(tmp_path):
     ({"retrain_epochs": -1}, "retrain_epochs must be an integer >= 0"),
     ({"seed": True}, "seed must be an integer >= 0"),
     ({"train": TrainConfig(momentum=2.0)}, "invalid training option momentum=2.0"),
+    ({"train": {"lr": 0.1}}, "train must be a resprune.train.TrainConfig, got dict"),
 ])
 def test_bad_options(opts, msg):
     with pytest.raises(UserError, match=msg):

@@ -8,13 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..train import TrainConfig
 from .scores import SCORE_METHODS
-
-
-def _default_train_config() -> Any:
-    from ..train import TrainConfig
-
-    return TrainConfig()
 
 
 @dataclass
@@ -59,7 +54,7 @@ class ImplosionConfig:
     score_batches: int = 4
     fold: bool = True
     seed: int = 0
-    train: Any = field(default_factory=_default_train_config)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> ImplosionConfig:
         """Check every option; raise :class:`UserError` naming the first bad one."""
@@ -87,10 +82,11 @@ class ImplosionConfig:
                             f"top-1 the net may lose), got {tol!r}")
         if not isinstance(self.fold, bool):
             raise UserError(f"fold must be true or false, got {self.fold!r}")
-        if not dataclasses.is_dataclass(self.train):
-            raise UserError("train must be a resprune.train.TrainConfig")
-        if hasattr(self.train, "validate"):
-            self.train.validate()
+        if not isinstance(self.train, TrainConfig):
+            raise UserError(f"train must be a resprune.train.TrainConfig, got "
+                            f"{type(self.train).__name__}")
+        # epochs, lr, warm-up and seed are set per retraining
+        dataclasses.replace(self.train, warmup_epochs=0).validate()
         return self
 
     def to_dict(self) -> dict[str, Any]:

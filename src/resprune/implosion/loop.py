@@ -31,6 +31,10 @@ from typing import Any
 from torch import nn
 
 from ..errors import UserError
+from ..measure import count_macs, count_params, depth, evaluate
+from ..train import STATE_FILE as TRAIN_STATE_FILE
+from ..train import Trainer
+from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -54,7 +58,7 @@ TrainerFactory = Callable[[nn.Module, Iterable, Iterable, Any, Path], Any]
 EvaluateFn = Callable[[nn.Module, Iterable], dict]
 
 STOP_REASONS = ("accuracy", "target_depth", "max_steps", "nothing_erasable")
-TRAIN_STATE_FILE = "train_state.pt"  # resprune.train.STATE_FILE
+
 
 
 @dataclass
@@ -94,16 +98,12 @@ class ImplosionResult:
 
 def _default_trainer_factory(progress: bool) -> TrainerFactory:
     def make(model, train_loader, val_loader, config, run_dir):
-        from ..train import Trainer
-
         return Trainer(model, train_loader, val_loader, config, run_dir=run_dir,
                        progress=progress)
     return make
 
 
 def _default_evaluate(model: nn.Module, loader: Iterable) -> dict:
-    from ..measure import evaluate
-
     return evaluate(model, loader)
 
 
@@ -125,8 +125,6 @@ class _Run:
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
-        from ..measure import count_macs, count_params, depth
-
         return {"params": int(count_params(self.model)),
                 "macs": int(count_macs(self.model, self.input_shape)),
                 "depth": int(depth(self.model))}
@@ -173,17 +171,24 @@ class _Run:
 
 def _check_resume(state: dict[str, Any], config: ImplosionConfig, start_fp: str,
                   run_dir: Path) -> None:
-    stored = state.get("config")
-    current = _jsonable(config.to_dict())
+    stored = _comparable(state.get("config") or {})
+    current = _comparable(_jsonable(config.to_dict()))
     if stored != current:
-        keys = sorted(k for k in set(stored or {}) | set(current)
-                      if (stored or {}).get(k) != current.get(k))
+        keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         raise UserError(f"{run_dir} holds an implosion run with different options "
                         f"({', '.join(keys)}); resume with the same options or use a new run "
                         "directory")
     if state.get("start_fingerprint") != start_fp:
         raise UserError(f"the model passed to implode is not the one the run in {run_dir} "
                         "started from; pass the same starting checkpoint to resume")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A config without the training options that may change on resume (as for Trainer)."""
+    train = config.get("train")
+    if isinstance(train, dict):
+        train = {k: v for k, v in train.items() if k not in RESUME_FREE_OPTIONS}
+    return {**config, "train": train}
 
 
 def _jsonable(obj: Any) -> Any:
@@ -245,6 +250,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
                trainer_factory or _default_trainer_factory(progress),
                evaluate_fn or _default_evaluate, tuple(input_shape))
 
+    run.resume = resume
     start_fp = fingerprint(model)
     state = read_state(run_dir)
     if state is not None and not resume:
@@ -257,7 +263,6 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         _start(run, start_fp)
     else:
         _check_resume(state, config, start_fp, run_dir)
-        run.resume = True
         _replay(run, state)
     _steps(run)
     _finish(run)
