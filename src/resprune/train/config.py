@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from ..errors import UserError
+from ..measure._device import PRECISIONS, resolve_device
 
 SCHEDULES = ("cosine", "multistep", "constant")
-PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -107,9 +107,7 @@ class TrainConfig:
 
     def resolve_device(self) -> torch.device:
         """The device this config trains on (``auto``: CUDA if available, else CPU)."""
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (milestones as a list)."""
