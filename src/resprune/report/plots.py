@@ -29,9 +29,10 @@ def training_curves(history: Sequence[dict[str, Any]], path: str | os.PathLike,
     a1.plot(epochs, [r["train_loss"] for r in history], marker=".")
     a1.set_xlabel("epoch")
     a1.set_ylabel("train loss")
-    a2.plot(epochs, [r["train_acc"] for r in history], marker=".", label="train")
+    a2.plot(epochs, [100 * r["train_acc"] for r in history], marker=".", label="train")
     if any(r.get("val_acc") is not None for r in history):
-        a2.plot(epochs, [r.get("val_acc") for r in history], marker=".", label="val")
+        a2.plot(epochs, [None if r.get("val_acc") is None else 100 * r["val_acc"]
+                         for r in history], marker=".", label="val")
     a2.set_xlabel("epoch")
     a2.set_ylabel("top-1 (%)")
     a2.legend()

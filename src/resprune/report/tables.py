@@ -24,7 +24,8 @@ def fmt_ms(x: float | None) -> str:
 
 
 def fmt_acc(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f} %"
+    """Accuracy stored as a fraction in [0, 1], shown in percent."""
+    return "-" if x is None else f"{100 * x:.2f} %"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
