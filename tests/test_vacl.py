@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import random
 
@@ -313,6 +314,7 @@ def test_pruned_model_saves_loads_and_gives_the_same_logits(tmp_path):
     randomize_bn(model)
     report = vacl.prune(model, CIFAR, target_params_reduction=0.3)
     assert report["params_reduction"] >= 0.3
+    assert json.loads(json.dumps(report)) == report
     assert report["params_after"] == sum(p.numel() for p in model.parameters())
     resprune.save(model, tmp_path / "run")
     loaded = resprune.load(tmp_path / "run")
@@ -414,6 +416,48 @@ def test_option_a_index_maps_after_pruning():
         assert spec_of(model)["stages"][int(pad[5]) - 1][0]["shortcut"] == {"pad": expected}
 
 
+class UserNet(nn.Module):
+    """A hand-written residual net (no resprune modules): stem, 2 residual blocks, head."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6),
+                                  nn.ReLU())
+        self.a1, self.an1 = nn.Conv2d(6, 5, 3, padding=1), nn.BatchNorm2d(5)
+        self.a2, self.an2 = nn.Conv2d(5, 6, 3, padding=1), nn.BatchNorm2d(6)
+        self.b1, self.act = nn.Conv2d(6, 4, 1), nn.PReLU(4)  # PReLU: not prunable here
+        self.b2 = nn.Conv2d(4, 6, 1)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = torch.relu(x + self.an2(self.a2(torch.relu(self.an1(self.a1(x))))))
+        x = torch.relu(x + self.b2(self.act(self.b1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_user_model_groups_regularizer_and_exact_pruning():
+    model = UserNet().eval()
+    randomize_bn(model)
+    with pytest.raises(UserError, match="pass input_shape"):
+        vacl.Regularizer(model)
+    gs = vacl.discover_groups(model, (3, 16, 16))
+    assert gs.counts() == {CROSS: 6, FILTER: 5}
+    assert ("b1[0]", "touches unsupported layer act") in gs.skipped
+    stream = next(g for g in gs if vacl.Member("stem.0", OUT, 2) in g.members)
+    assert {m for m in stream.members if m.role in (OUT, BN)} == {
+        vacl.Member("stem.0", OUT, 2), vacl.Member("stem.1", BN, 2),
+        vacl.Member("a2", OUT, 2), vacl.Member("an2", BN, 2), vacl.Member("b2", OUT, 2)}
+    reg = vacl.Regularizer(model, input_shape=(3, 16, 16), groups=gs)
+    reg(model).backward()
+    assert model.b2.bias.grad is not None and model.b1.weight.grad is None
+    chosen = [stream, next(g for g in gs if vacl.Member("a1", OUT, 1) in g.members)]
+    before, after, report = _zero_and_prune(model, (3, 16, 16), chosen, gs)
+    assert report["groups_removed"] == 2 and model.head.in_features == 5
+    assert model.a1.out_channels == 4 and model.b1.in_channels == 5
+    assert torch.allclose(before, after, rtol=0, atol=1e-5)
+
+
 # -- options -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs,match", [
     ({"lam": -1.0}, r"lambda \(lam\) must be a finite number >= 0, got -1.0"),
@@ -440,6 +484,15 @@ def test_bad_prune_options(kwargs, match):
     model = create("resnet8", width=4)
     with pytest.raises(UserError, match=match):
         vacl.prune(model, CIFAR, **kwargs)
+
+
+def test_groups_of_another_model_are_rejected():
+    gs = vacl.discover_groups(create("resnet8", width=8), CIFAR)
+    with pytest.raises(UserError, match="found on a different model"):
+        vacl.prune(create("resnet8", width=4), CIFAR, threshold=0.1, groups=gs)
+    with pytest.raises(UserError, match=r"has no layer 'layer3\.2\..*different model"):
+        vacl.Regularizer(create("resnet8", width=8), groups=vacl.discover_groups(
+            create("resnet20", width=4), CIFAR))
 
 
 def test_zero_reduction_removes_nothing():

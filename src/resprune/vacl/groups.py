@@ -243,7 +243,18 @@ def build_dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.D
     return dg
 
 
-_SUPPORTED = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._BatchNorm, PadShortcut)
+def is_conv(module: Any) -> bool:
+    """A (non-transposed) convolution: weight ``[out, in / groups, *kernel]``."""
+    return isinstance(module, nn.modules.conv._ConvNd) and not module.transposed
+
+
+def _supported(module: Any) -> bool:
+    return is_conv(module) or isinstance(module, (nn.Linear, nn.modules.batchnorm._BatchNorm,
+                                                  PadShortcut))
+
+
+def _has_state(module: nn.Module) -> bool:
+    return any(True for _ in module.parameters(False)) or any(True for _ in module.buffers(False))
 
 
 def _classify(dg: tp.DependencyGraph, module: Any, handler: Any) -> str | None:
@@ -252,7 +263,7 @@ def _classify(dg: tp.DependencyGraph, module: Any, handler: Any) -> str | None:
         return PAD_OUT if dg.is_out_channel_pruning_fn(handler) else PAD_IN
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         return BN
-    if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
+    if is_conv(module) or isinstance(module, nn.Linear):
         return OUT if dg.is_out_channel_pruning_fn(handler) else IN
     return None
 
@@ -277,7 +288,7 @@ def discover_groups(model: nn.Module, input_shape: Sequence[int]) -> GroupSet:
     raw: list[tuple[set[Member], bool, str | None]] = []  # members, has_add, skip reason
     covered: set[tuple[str, int]] = set()
     for root_name, root in model.named_modules():
-        if not isinstance(root, (nn.modules.conv._ConvNd, nn.Linear)) or root not in dg.module2node:
+        if not (is_conv(root) or isinstance(root, nn.Linear)) or root not in dg.module2node:
             continue
         pruner = dg.get_pruner_of_module(root)
         n_out = pruner.get_out_channels(root)
@@ -302,8 +313,8 @@ def discover_groups(model: nn.Module, input_shape: Sequence[int]) -> GroupSet:
                     members.add(Member(names[target], role, int(idx)))
                 elif _is_residual_add(target):
                     has_add[0] = True
-                elif isinstance(target, nn.Module) and not isinstance(
-                        target, _SUPPORTED) and any(True for _ in target.parameters(False)):
+                elif isinstance(target, nn.Module) and not _supported(target) and _has_state(
+                        target):
                     reasons.append(f"touches unsupported layer {names.get(target, target)}")
                 elif isinstance(target, nn.Parameter):
                     reasons.append("touches a free parameter")
@@ -324,7 +335,7 @@ def discover_groups(model: nn.Module, input_shape: Sequence[int]) -> GroupSet:
         g = ChannelGroup(len(groups), CROSS if has_add else FILTER, ordered)
         for m in ordered:
             mod = table[m.module]
-            if isinstance(mod, nn.modules.conv._ConvNd) and 1 < mod.groups == mod.out_channels:
+            if is_conv(mod) and 1 < mod.groups == mod.out_channels:
                 reason = reason or f"touches depthwise conv {m.module}"
         if reason is not None:
             skipped.append((g.name, reason))
@@ -335,7 +346,7 @@ def discover_groups(model: nn.Module, input_shape: Sequence[int]) -> GroupSet:
     for module, node in dg.module2node.items():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and len(node.inputs) == 1:
             src = node.inputs[0].module
-            if isinstance(src, (nn.modules.conv._ConvNd, nn.Linear)):
+            if is_conv(src) or isinstance(src, nn.Linear):
                 bn_parent[names[module]] = names[src]
     return GroupSet(groups, bn_parent, shape, skipped)
 
@@ -372,7 +383,7 @@ def modules_by_name(model: nn.Module, wanted: Iterable[str]) -> dict[str, nn.Mod
     """Look up modules by qualified name; UserError if the model lacks one (a different model)."""
     table = dict(model.named_modules())
     out = {}
-    for n in wanted:
+    for n in sorted(wanted):
         if n not in table:
             raise UserError(f"the model has no layer {n!r}: these channel groups were found on "
                             "a different model; discover them again on this one")

@@ -119,6 +119,9 @@ class Layout:
                                                 else p.shape[1])
             pairs.sort()
             chans = [c for c, _ in pairs]
+            if chans[-1] >= n:
+                raise UserError(f"channel groups do not fit layer {mname} ({n} channels): they "
+                                "were found on a different model; discover them again")
             full = chans == list(range(n))
             k = len(self.entries)
             self.entries.append(Entry(mname, pname, mode, ngroups, n,
