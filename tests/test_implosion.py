@@ -623,6 +623,8 @@ def test_bad_loop_inputs(tmp_path):
                 trainer_factory=SGDTrainer)
     with pytest.raises(UserError, match="needs a validation loader"):
         implode(tiny("resnet14"), train, None, cfg(), tmp_path, trainer_factory=SGDTrainer)
+    with pytest.raises(UserError, match="validation loader yields no batches"):
+        implode(tiny("resnet14"), train, [], cfg(), tmp_path, trainer_factory=SGDTrainer)
     net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())
     with pytest.raises(UserError, match="Sequential has no erasable residual unit"):
         implode(net, train, val, cfg(), tmp_path, trainer_factory=SGDTrainer)

@@ -38,8 +38,9 @@ from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
-from .scores import _first_tensor, score_units
+from .scores import batch_inputs, score_units
 from .store import (
+    STATE_FORMAT,
     fingerprint,
     load_weights,
     read_state,
@@ -245,7 +246,10 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         raise UserError("implode needs a run directory for its step checkpoints")
     run_dir = Path(run_dir)
     if input_shape is None:
-        input_shape = tuple(_first_tensor(next(iter(val_loader))).shape[1:])
+        first = next(iter(val_loader), None)
+        if first is None:
+            raise UserError("the validation loader yields no batches; check the data split")
+        input_shape = tuple(batch_inputs(first).shape[1:])
     run = _Run(model, train_loader, val_loader, config, run_dir,
                trainer_factory or _default_trainer_factory(progress),
                evaluate_fn or _default_evaluate, tuple(input_shape))
@@ -285,7 +289,7 @@ def _start(run: _Run, start_fp: str) -> None:
     log.info("baseline: val top-1 %.2f %%, depth %d", 100 * baseline["val_top1"],
              baseline["depth"])
     run.state = {
-        "format": 1, "kind": "implode", "config": _jsonable(cfg.to_dict()),
+        "format": STATE_FORMAT, "kind": "implode", "config": _jsonable(cfg.to_dict()),
         "start_fingerprint": start_fp, "gates_added": added, "adapt_epochs": epochs,
         "initial": initial, "baseline": baseline, "history": [], "erased": [],
         "accepted_step": 0, "phase": "steps", "stop_reason": None, "final": None,

@@ -65,7 +65,7 @@ def score_units(model: nn.Module, method: str = "gate", loader: Iterable | None 
     return _branch_norms(model, units, loader, num_batches, seed)
 
 
-def _first_tensor(batch) -> torch.Tensor:
+def batch_inputs(batch) -> torch.Tensor:
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     if not isinstance(x, torch.Tensor):
         raise UserError(f"loader batches must be tensors or (inputs, targets) pairs, got "
@@ -98,7 +98,7 @@ def _branch_norms(model: nn.Module, units: list[tuple[str, nn.Module]], loader: 
             for i, batch in enumerate(loader):
                 if i >= num_batches:
                     break
-                x = _first_tensor(batch).to(device)
+                x = batch_inputs(batch).to(device)
                 model(x)
                 count += x.shape[0]
     finally:
