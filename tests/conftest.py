@@ -7,6 +7,11 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = REPO.parent / "shared" / "datasets" / "cifar10-mini"
 
 
+# One intra-op thread: the suite's models are tiny (overhead-bound), and with two OpenMP
+# threads a busy machine makes torch spin-wait (measured 40x slower under contention).
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
