@@ -236,6 +236,25 @@ def test_gradient_matches_finite_differences(form, arch):
     assert all(torch.isfinite(p.grad).all() for _, p in params)
 
 
+def test_variance_term_penalises_unequal_members_at_equal_group_norm():
+    model = create("resnet8", shortcut="B", width=4).double()
+    gs = vacl.discover_groups(model, CIFAR)
+    g = next(g for g in gs if g.kind == CROSS)  # stem, layer1.0.conv2 (+ their BNs)
+    regs = {beta: vacl.Regularizer(model, beta=beta, lam=1.0, include_bn=False, groups=gs)
+            for beta in (1.0, 4.0)}
+    a, b = [model.get_submodule(m.module).weight for m in g.producers()[:2]]
+    i, j = g.producers()[0].channel, g.producers()[1].channel
+    with torch.no_grad():  # equal members, then the same total norm split 0.1 : 0.9
+        a[i] *= 1 / a[i].norm()
+        b[j] *= 1 / b[j].norm()
+        equal = {beta: r.per_group(model)[g.index].item() for beta, r in regs.items()}
+        a[i] *= math.sqrt(0.2)
+        b[j] *= math.sqrt(1.8)
+        unequal = {beta: r.per_group(model)[g.index].item() for beta, r in regs.items()}
+    assert unequal[1.0] == pytest.approx(equal[1.0], rel=1e-9)  # group lasso: norm only
+    assert unequal[4.0] > 1.2 * equal[4.0]
+
+
 def test_regularizer_is_a_loss_term_and_rejects_a_pruned_model():
     model = create("resnet8", width=4)
     reg = vacl.Regularizer(model, lam=1e-3)
