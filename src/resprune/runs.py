@@ -19,13 +19,14 @@ SUMMARY_FILE = "summary.json"
 STATE_FILE = "train_state.pt"
 # Everything resprune writes in a run directory; --overwrite removes exactly these.
 RUN_FILES = ("model.safetensors", "arch.json", "metrics.jsonl", SUMMARY_FILE, "report.md",
-             STATE_FILE, "pipeline_state.json", "command.json")
+             STATE_FILE, "pipeline_state.json", "command.json", "implosion_state.json")
 RUN_DIRS = ("plots", "stages", "steps", "work")
 
 
 def is_run(path: Path) -> bool:
     return (path / "arch.json").is_file() or (path / SUMMARY_FILE).is_file() or (
-        path / "pipeline_state.json").is_file() or (path / STATE_FILE).is_file()
+        path / "pipeline_state.json").is_file() or (path / STATE_FILE).is_file() or (
+        path / "implosion_state.json").is_file() or (path / "command.json").is_file()
 
 
 def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,

@@ -84,7 +84,8 @@ def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
     p = prefix.replace("-", "_")
     cfg = TrainConfig(
         epochs=getattr(args, f"{p}epochs", getattr(args, "epochs", 0)),
-        batch_size=args.batch_size, lr=getattr(args, f"{p}lr", args.lr),
+        batch_size=args.batch_size,
+        lr=getattr(args, f"{p}lr") if hasattr(args, f"{p}lr") else args.lr,
         momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
         schedule=args.schedule, milestones=tuple(args.milestones), gamma=args.gamma,
         warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,

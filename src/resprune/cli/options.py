@@ -88,15 +88,20 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="DataLoader workers for image-folder data (default 0)")
 
 
-def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float = 0.1,
+def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float | None = 0.1,
               prefix: str = "", title: str = "training") -> None:
-    """Optimisation options. ``prefix`` (e.g. "retrain-") namespaces a second schedule."""
+    """Optimisation options. ``prefix`` (e.g. "retrain-") namespaces a second schedule.
+
+    ``epochs=None`` / ``lr=None`` leave out ``--{prefix}epochs`` / ``--{prefix}lr`` (a command
+    whose schedules are all prefixed, such as ``implode``, has no plain ``--lr``).
+    """
     g = p.add_argument_group(title)
     if epochs is not None:
         g.add_argument(f"--{prefix}epochs", type=nonneg_int, default=epochs,
                        help=f"epochs (default {epochs})")
-    g.add_argument(f"--{prefix}lr", type=finite_float, default=lr,
-                   help=f"peak learning rate (default {lr})")
+    if lr is not None:
+        g.add_argument(f"--{prefix}lr", type=finite_float, default=lr,
+                       help=f"peak learning rate (default {lr})")
     if prefix:
         return
     g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (128)")
