@@ -212,14 +212,14 @@ def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     bundle = common.load_data(args)
     check_data(bundle, spec, args)
+    if len(bundle.val) == 0:
+        raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
+                        "implode accepts or rolls back every step on it")
     if not resuming:
         out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
         common.record_command(args, out, False)
     shape = input_shape(bundle)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
-    if val_loader.num_samples == 0:
-        raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
-                        "implode accepts or rolls back every step on it")
     units = [{"name": n, "erasable": is_erasable(u),
               "weight_layers": unit_weight_layers(u)} for n, u in residual_units(model)]
     new_gates = sum(1 for n, u in residual_units(model)
