@@ -16,7 +16,8 @@ from .conftest import randomize_bn
 def test_save_load_identical_logits(tmp_path):
     m = randomize_bn(create("resnet20", shortcut="A", gates=True)).eval()
     resprune.save(m, tmp_path / "run")
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["arch.json", "model.safetensors"]
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert names == ["arch.json", "model.safetensors"]
     m2 = resprune.load(tmp_path / "run").eval()
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(m(x), m2(x))

@@ -164,3 +164,26 @@ def test_export_cli(trained, tmp_path, capsys):
     code, _, err = run_cli(["export", trained, "--out", blocker / "m.onnx"], capsys)
     assert code == 2 and "is a file, not a directory" in err
     assert blocker.read_text() == "keep"
+
+
+def test_train_init_finetunes_a_run(trained, tmp_path, capsys):
+    import torch
+
+    import resprune
+
+    out = tmp_path / "ft"
+    code, _, err = run_cli(["train", "--init", trained, "--data", "synthetic", "--epochs", "0",
+                            "--batch-size", "32", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    a, b = resprune.load(trained), resprune.load(out)
+    assert resprune.spec_of(a) == resprune.spec_of(b)
+    for (k, v), (k2, w) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert k == k2 and torch.equal(v, w), k
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == "resnet8" and summary["epochs"] == 0
+    assert summary["top1"] == json.loads((trained / "summary.json").read_text())["top1"]
+    code, _, err = run_cli(["train", "--data", "synthetic", "--out", tmp_path / "x"], capsys)
+    assert code == 2 and "exactly one of --model" in err
+    code, _, err = run_cli(["train", "--init", trained, "--data", "digits", "--out",
+                            tmp_path / "y"], capsys)
+    assert code == 2 and "has 1 and 10" in err

@@ -27,7 +27,8 @@ def state_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
 
 
-def save(model: nn.Module, run_dir: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+def save(model: nn.Module, run_dir: str | os.PathLike,
+         metadata: dict[str, str] | None = None) -> Path:
     """Write ``model.safetensors`` and ``arch.json`` into ``run_dir`` (created if needed).
 
     Weights go first and the spec last, each atomically, so ``arch.json`` never describes

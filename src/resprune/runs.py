@@ -65,7 +65,8 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool
     return out, False
 
 
-def read_summary(run_dir: str | os.PathLike, kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
+def read_summary(run_dir: str | os.PathLike,
+                 kinds: tuple[str, ...] | None = None) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")

@@ -69,8 +69,8 @@ def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_s
     from ..data import make_loader
 
     bs = batch_size or args.batch_size
-    common = dict(device=device, seed=args.seed, channels_last=getattr(args, "channels_last", False),
-                  num_workers=getattr(args, "workers", 0))
+    common = dict(device=device, seed=args.seed, num_workers=getattr(args, "workers", 0),
+                  channels_last=getattr(args, "channels_last", False))
     train = make_loader(bundle, "train", bs, train=True, **common)
     val = make_loader(bundle, "val", max(bs, 256), train=False, **common)
     test = make_loader(bundle, "test", max(bs, 256), train=False, **common)
@@ -155,3 +155,32 @@ def metrics_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
                      m.get("depth", "-"), fmt_ms(lat.get("1")), fmt_ms(lat.get("64")),
                      fmt_acc(m.get("val_top1")), fmt_acc(m.get("top1"))])
     return text_table(headers, body)
+
+
+def load_input_run(run_dir: str, command: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """The model, architecture spec and summary (``{}`` when it has none) of an input run.
+
+    Shared by the commands that start from a trained run (``resprune vacl``, ...); ``command``
+    names the command in the error for a file passed where a run directory belongs.
+    """
+    from ..checkpoint import load, load_spec
+    from ..runs import SUMMARY_FILE, read_summary
+
+    path = Path(run_dir)
+    if path.is_file():
+        raise UserError(f"RUN {path} is a file, not a run directory; {command} needs a "
+                        "directory holding model.safetensors and arch.json (e.g. written by "
+                        "'resprune train')")
+    spec = load_spec(path)
+    model = load(path)
+    summary = read_summary(path) if (path / SUMMARY_FILE).is_file() else {}
+    return model, spec, summary
+
+
+def check_data_fits(bundle, spec: dict[str, Any], args: argparse.Namespace) -> None:
+    """The dataset must have the classes and image channels the input run's model expects."""
+    if (bundle.num_classes, bundle.in_channels) != (spec["num_classes"], spec["in_channels"]):
+        raise UserError(f"--data {args.data} has {bundle.num_classes} classes of "
+                        f"{bundle.in_channels}-channel images but the model in {args.run} "
+                        f"expects {spec['num_classes']} classes of {spec['in_channels']}-channel "
+                        "images; pass the dataset the run was trained on")

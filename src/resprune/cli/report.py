@@ -61,12 +61,11 @@ def run(args: argparse.Namespace) -> int:
               "skipped": [str(s) for s in skipped],
               "out": None if out is None else str(out),
               "plot": None if plot_path is None else str(plot_path)}
-    label = {r.label: r for r in rows}
     text = [text_table(HEADERS, table_rows(rows)), "",
             "Pareto front of test top-1 (no other run is cheaper and more accurate):",
             f"  vs params: {', '.join(front['params']) or '-'}",
             f"  vs MACs:   {', '.join(front['macs']) or '-'}"]
-    if len(label) and all(r.top1 is None for r in rows):
+    if all(r.top1 is None for r in rows):
         text.append("no run has a test top-1; the front and plot are empty")
     text += [f"wrote {p}" for p in (out, plot_path) if p is not None]
     emit(args, result, "\n".join(text))

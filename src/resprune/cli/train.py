@@ -7,12 +7,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import save
-from ..models import create, list_models
+from torch import nn
+
+from ..checkpoint import load, save
+from ..errors import UserError
+from ..io import atomic_write_text
+from ..models import create, list_models, spec_of
 from ..report import markdown_table
 from ..report.plots import training_curves
 from ..runs import prepare_out, write_summary
-from ..io import atomic_write_text
 from . import common, options
 
 
@@ -24,8 +27,11 @@ def add_parser(subs) -> None:
                     "Validation accuracy is measured on a split carved from the training set; "
                     "the test set is only reported.")
     g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, choices=list_models(), metavar="NAME",
-                   help=f"zoo model: {', '.join(list_models())}")
+    g.add_argument("--model", choices=list_models(), metavar="NAME",
+                   help=f"zoo model to train from scratch: {', '.join(list_models())}")
+    g.add_argument("--init", metavar="RUN",
+                   help="start from the model of this run instead (fine-tuning; e.g. a pruned "
+                        "model); its architecture is kept")
     g.add_argument("--shortcut", choices=["A", "B"],
                    help="CIFAR ResNets: A = zero padding (default), B = 1x1 conv + BN")
     g.add_argument("--width", type=options.positive_int,
@@ -49,17 +55,36 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def initial_model(args: argparse.Namespace, bundle) -> nn.Module:
+    if args.init is None:
+        return create(args.model, num_classes=bundle.num_classes,
+                      in_channels=bundle.in_channels, **model_options(args))
+    model = load(args.init)
+    spec = spec_of(model)
+    if spec["num_classes"] != bundle.num_classes or spec["in_channels"] != bundle.in_channels:
+        raise UserError(f"the model of {args.init} takes {spec['in_channels']}-channel images "
+                        f"and has {spec['num_classes']} classes, but --data {args.data} has "
+                        f"{bundle.in_channels} and {bundle.num_classes}")
+    if model_options(args):
+        raise UserError("model options (--shortcut, --width, --priority-gates, ...) do not "
+                        "apply with --init: the run's architecture is kept")
+    return model
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import input_shape
     from ..train import Trainer
 
     started = time.time()
-    out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=args.resume)
+    if (args.model is None) == (args.init is None):
+        raise UserError("pass exactly one of --model NAME (train from scratch) or --init RUN "
+                        "(start from a run's model)")
+    out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=args.resume,
+                                source=args.init)
     common.record_command(args, out, resuming)
     device = common.resolve_device(args.device)
     bundle = common.load_data(args)
-    model = create(args.model, num_classes=bundle.num_classes, in_channels=bundle.in_channels,
-                   **model_options(args))
+    model = initial_model(args, bundle)
     cfg = common.train_config(args)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
     trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,
@@ -70,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
     shape = input_shape(bundle)
     m = common.measure(model, shape, {"val": val_loader, "test": test_loader}, device,
                        args.precision)
-    summary = common.base_summary("train", args.model, args, bundle, shape, started)
+    name = args.model or spec_of(model)["arch"]
+    summary = common.base_summary("train", name, args, bundle, shape, started)
     summary.update(m)
     summary["epochs"] = len(history)
     summary["seconds"] = round(sum(r.get("seconds", 0.0) for r in history), 2)
     write_summary(out, summary)
     write_report(out, summary, history)
-    common.emit(args, summary, common.metrics_table([(args.model, summary)])
+    common.emit(args, summary, common.metrics_table([(name, summary)])
                 + f"\nrun directory: {out} (report: {out / 'report.md'})")
     return 0
 

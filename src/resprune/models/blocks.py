@@ -58,7 +58,8 @@ class PadShortcut(nn.Module):
         return torch.cat([x, zero], dim=1).index_select(1, self.gather_index)
 
     def extra_repr(self) -> str:
-        return f"in_channels={self.in_channels}, out_channels={self.out_channels}, stride={self.stride}"
+        return (f"in_channels={self.in_channels}, out_channels={self.out_channels}, "
+                f"stride={self.stride}")
 
 
 def projection(cin: int, cout: int, stride: int) -> nn.Sequential:

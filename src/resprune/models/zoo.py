@@ -6,7 +6,8 @@ Names follow torchvision where the architecture is torchvision's (``resnet50``,
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..errors import UserError
 from .blocks import PadShortcut
@@ -130,9 +131,10 @@ def _imagenet(arch: str, block: str, layers: list[int], groups: int = 1, width_p
     return fn
 
 
-register("resnet18", "ImageNet ResNet-18 (torchvision names)")(_imagenet("resnet18", "basic", [2, 2, 2, 2]))
-register("resnet34", "ImageNet ResNet-34 (torchvision names)")(_imagenet("resnet34", "basic", [3, 4, 6, 3]))
-register("resnet50", "ImageNet ResNet-50 (torchvision names)")(_imagenet("resnet50", "bottleneck", [3, 4, 6, 3]))
+for _name, _block, _layers in (("resnet18", "basic", [2, 2, 2, 2]),
+                               ("resnet34", "basic", [3, 4, 6, 3]),
+                               ("resnet50", "bottleneck", [3, 4, 6, 3])):
+    register(_name, f"ImageNet {_name} (torchvision names)")(_imagenet(_name, _block, _layers))
 register("resnet101", "ImageNet ResNet-101 (torchvision names)")(
     _imagenet("resnet101", "bottleneck", [3, 4, 23, 3]))
 register("resnext50_32x4d", "ImageNet ResNeXt-50 32x4d (torchvision names)")(
