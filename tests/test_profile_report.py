@@ -3,6 +3,7 @@
 import copy
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -347,3 +348,14 @@ def test_onnx_parity_tolerance_follows_output_scale():
     with torch.no_grad():
         net.fc.bias.fill_(-2000.0)
     assert cmp._parity_atol(net, tuple(SHAPE)) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    ({"batch_sizes": [0]}, "batch sizes must be positive integers"),
+    ({"repeats": 0}, "repeats must be an integer >= 1"),
+    ({"runtimes": ["tvm"]}, "unknown runtime(s) ['tvm']"),
+    ({"devices": ["tpu"]}, "unsupported device 'tpu'"),
+])
+def test_time_models_rejects_bad_arguments(kwargs, msg):
+    with pytest.raises(resprune.UserError, match=re.escape(msg)):
+        cmp.time_models({"m": create("resnet8", width=4)}, SHAPE, **kwargs)

@@ -38,6 +38,7 @@ from ..errors import UserError
 from ..models import ResNet, build, spec_of
 from ._device import synchronize
 from .counts import _input_shape, count_macs, count_params, depth
+from .latency import check_timing
 
 RUNTIMES = ("eager", "onnxruntime")
 # speed-up below this fraction of the MACs ratio: the MACs saved do not show on the clock
@@ -193,14 +194,7 @@ def time_models(models: Mapping[str, nn.Module], input_shape: Sequence[int],
     per combination that could not run here (no CUDA device, onnxruntime not installed).
     """
     shape = _input_shape(input_shape)
-    sizes = list(batch_sizes)
-    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
-                            for b in sizes):
-        raise UserError(f"latency batch sizes must be positive integers, got {sizes!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise UserError(f"latency warm-up runs must be an integer >= 0, got {warmup!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"latency repeats must be an integer >= 1, got {repeats!r}")
+    sizes = check_timing(batch_sizes, warmup, repeats)
     unknown = [r for r in runtimes if r not in RUNTIMES]
     if unknown or not runtimes:
         raise UserError(f"unknown runtime(s) {unknown or list(runtimes)!r}; choose from "

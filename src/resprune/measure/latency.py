@@ -16,6 +16,19 @@ from ._device import autocast, check_precision, resolve_device, synchronize
 from .counts import _input_shape
 
 
+def check_timing(batch_sizes: Sequence[int], warmup: int, repeats: int) -> list[int]:
+    """Validate timing options (UserError naming the bad one); return the batch sizes."""
+    sizes = list(batch_sizes)
+    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
+                            for b in sizes):
+        raise UserError(f"latency batch sizes must be positive integers, got {sizes!r}")
+    if not isinstance(warmup, int) or warmup < 0:
+        raise UserError(f"latency warm-up runs must be an integer >= 0, got {warmup!r}")
+    if not isinstance(repeats, int) or repeats < 1:
+        raise UserError(f"latency repeats must be an integer >= 1, got {repeats!r}")
+    return sizes
+
+
 def latency(model: nn.Module, input_shape: Sequence[int],
             batch_sizes: Sequence[int] = (1, 64, 256), device: str | torch.device = "cpu",
             warmup: int = 3, repeats: int = 10,
@@ -31,14 +44,7 @@ def latency(model: nn.Module, input_shape: Sequence[int],
     shape = _input_shape(input_shape)
     dev = resolve_device(device)
     check_precision(precision)
-    sizes = list(batch_sizes)
-    if not sizes or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0
-                            for b in sizes):
-        raise UserError(f"latency batch sizes must be positive integers, got {sizes!r}")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise UserError(f"latency warm-up runs must be an integer >= 0, got {warmup!r}")
-    if not isinstance(repeats, int) or repeats < 1:
-        raise UserError(f"latency repeats must be an integer >= 1, got {repeats!r}")
+    sizes = check_timing(batch_sizes, warmup, repeats)
     net = copy.deepcopy(model).to(dev).eval()
     gen = torch.Generator().manual_seed(0)
     out: dict[int, dict[str, Any]] = {}
