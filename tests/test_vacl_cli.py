@@ -1,0 +1,339 @@
+"""``resprune vacl``: the command end to end on synthetic data, resume, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import resprune
+from resprune import vacl
+from resprune.cli import vacl as vacl_cli
+from resprune.cli.main import main
+from resprune.data import load_dataset, make_loader
+from resprune.measure import count_macs, count_params, evaluate
+from resprune.train import Callback, TrainConfig, Trainer
+
+CIFAR = (3, 32, 32)
+QUIET = ["--batch-size", "32", "--no-progress"]
+# 2 + 2 epochs of 15 batches each: a kill inside an epoch resumes from a real checkpoint
+STAGES = ["--sparse-epochs", "2", "--finetune-epochs", "2", "--lam", "1e-3"]
+REFERENCE = [*QUIET, *STAGES, "--target-params-reduction", "0.4"]
+
+
+def run_cli(args, capsys):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def read_summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def weights(run) -> dict[str, torch.Tensor]:
+    return resprune.load(run).state_dict()
+
+
+def same_weights(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    run = tmp_path_factory.mktemp("base") / "resnet8"
+    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
+                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(trained, tmp_path_factory):
+    """The uninterrupted run, printed with --json."""
+    out = tmp_path_factory.mktemp("vacl") / "run"
+    stdout = tmp_path_factory.mktemp("stdout") / "stdout.txt"
+    with open(stdout, "w") as f, contextlib.redirect_stdout(f):
+        code = main(["vacl", str(trained), *REFERENCE, "--json", "--out", str(out)])
+    assert code == 0
+    return out, stdout.read_text()
+
+
+def library_pipeline(trained) -> tuple[torch.nn.Module, dict]:
+    """The same pipeline written against the Python API, all in memory."""
+    bundle = load_dataset("synthetic", val_fraction=0.1, seed=0)
+    train = make_loader(bundle, "train", 32, train=True, seed=0)
+    val = make_loader(bundle, "val", 256, train=False, seed=0)
+    model = resprune.load(trained)
+    reg = vacl.Regularizer(model, form="moments", beta=4.0, lam=1e-3, input_shape=CIFAR)
+    cfg = dict(batch_size=32, lr=0.01, device="cpu", seed=0)
+    Trainer(model, train, val, TrainConfig(epochs=2, **cfg), loss_terms=[reg],
+            progress=False).fit()
+    report = vacl.prune(model, CIFAR, target_params_reduction=0.4)
+    Trainer(model, train, val, TrainConfig(epochs=2, **cfg), progress=False).fit()
+    return model.eval(), report
+
+
+# -- the happy path -------------------------------------------------------------------------
+
+def test_vacl_writes_the_library_pipelines_smaller_model(trained, reference):
+    out, stdout = reference
+    summary = read_summary(out)
+    assert stdout.count("\n") == 1 and json.loads(stdout) == summary  # --json: one object
+    base_model, model = resprune.load(trained).eval(), resprune.load(out).eval()
+    expected, report = library_pipeline(trained)
+    x = torch.randn(8, *CIFAR, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), expected(x))  # same weights, same logits, bit for bit
+    assert resprune.spec_of(model) == resprune.spec_of(expected)
+    # fewer params; every count agrees with the model and with the arithmetic
+    assert summary["kind"] == "vacl" and summary["model"] == "resnet8"
+    base = summary["base"]
+    assert base["params"] == count_params(base_model) > count_params(model) == summary["params"]
+    assert summary["params"] == report["params_after"] == summary["prune"]["params_after"]
+    assert summary["macs"] == count_macs(model, CIFAR) == report["macs_after"]
+    assert base["macs"] == count_macs(base_model, CIFAR)
+    assert summary["params_removed_pct"] == pytest.approx(
+        100 * (base["params"] - summary["params"]) / base["params"])
+    assert summary["macs_removed_pct"] == pytest.approx(
+        100 * (base["macs"] - summary["macs"]) / base["macs"])
+    assert summary["params_removed_pct"] >= 40.0 and summary["prune"]["target_reached"]
+    assert summary["depth"] == base["depth"] == 8  # width pruning keeps every layer
+    convs = {n: m.out_channels for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Conv2d)}
+    base_convs = {n: m.out_channels for n, m in base_model.named_modules()
+                  if isinstance(m, torch.nn.Conv2d)}
+    assert summary["widths"] == {n: [base_convs[n], convs[n]] for n in base_convs}
+    assert list(summary["widths"]) == list(base_convs)  # network order
+    pr = summary["prune"]
+    assert pr["groups_removed"] == len(report["removed_groups"]) > 0
+    assert sum(pr["removed_by_kind"].values()) == pr["groups_removed"]
+    assert pr["groups_total"] == sum(summary["groups"].values()) == summary["group_rms"]["count"]
+    for k in ("before", "after"):
+        h = summary["group_rms"]
+        assert sum(h[k]) + h[f"zeros_{k}"] == h["count"]
+    # the base is the input model measured on the input run's own splits
+    assert base["top1"] == pytest.approx(read_summary(trained)["top1"])
+    assert base["val_top1"] == pytest.approx(read_summary(trained)["val_top1"])
+    assert summary["data"] == read_summary(trained)["data"]
+    # accuracy before fine-tuning is the pruned stage model's own
+    bundle = load_dataset("synthetic", val_fraction=0.1, seed=0)
+    pruned = resprune.load(out / "stages" / "pruned")
+    test = make_loader(bundle, "test", 256, train=False)
+    assert summary["top1_before_finetune"] == evaluate(pruned, test)["top1"]
+    assert count_params(pruned) == summary["params"]
+    assert summary["epochs"] == 4 and summary["epochs_detail"] == {"sparse": 2, "finetune": 2}
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [(r["epoch"], r["stage"], r["stage_epoch"]) for r in records] == [
+        (1, "sparse", 1), (2, "sparse", 2), (3, "finetune", 1), (4, "finetune", 2)]
+    assert all("extra_loss" in r for r in records[:2]) and "extra_loss" not in records[2]
+    for key in ("top1", "val_top1", "top5", "seconds", "input_shape", "config", "cpu_latency_ms",
+                "top1_after_sparse", "val_top1_after_sparse", "val_top1_before_finetune"):
+        assert key in summary, key
+    assert summary["config"]["lam"] == 1e-3 and summary["config"]["form"] == "moments"
+    # a finished run keeps stage weights and logs, not optimizer states
+    assert not list((out / "stages").glob("*/train_state.pt"))
+    assert not (out / "train_state.pt").exists()
+
+
+def test_report_and_plots(reference, capsys):
+    out, _ = reference
+    summary = read_summary(out)
+    report = (out / "report.md").read_text()
+    for png in ("group_rms.png", "widths.png", "training.png"):
+        assert f"]({png})" in report
+        with Image.open(out / png) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200
+    assert f"| fine-tuned | {summary['params'] / 1e3:.2f} k |" in report
+    assert f"{100 * summary['top1_before_finetune']:.2f} % |" in report
+    assert f"| removed | {summary['params_removed_pct']:.2f} % |" in report
+    for name, (before, after) in summary["widths"].items():
+        assert f"| `{name}` | {before} | {after} |" in report
+    # the saved model's validation accuracy is the summary's (same split reproduced)
+    code, stdout, err = run_cli(["eval", out, "--split", "val", "--json"], capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["top1"] == pytest.approx(summary["val_top1"])
+
+
+def test_threshold_removes_exactly_the_groups_below_it(trained, tmp_path, capsys):
+    """No training: the removed groups are those of the input whose RMS is below T."""
+    model = resprune.load(trained)
+    groups = vacl.discover_groups(model, CIFAR)
+    scores = vacl.group_scores(model, groups)
+    t = float(scores.median())
+    below = {groups[i].name for i in range(len(groups)) if scores[i] < t}
+    cfg = tmp_path / "vacl.yaml"  # options from a config file; flags win
+    cfg.write_text("sparse-epochs: 3\nfinetune_epochs: 0\nthreshold: 0.5\n")
+    out = tmp_path / "run"
+    code, stdout, err = run_cli(["vacl", trained, "--config", cfg, *QUIET, "--sparse-epochs",
+                                 "0", "--threshold", t, "--out", out], capsys)
+    assert code == 0, err
+    s = read_summary(out)
+    report = json.loads((out / "stages" / "pruned" / "prune_report.json").read_text())
+    skipped = report["units_skipped_to_keep_layers"]
+    assert set(report["removed_groups"]) <= below
+    assert len(report["removed_groups"]) + skipped == len(below)
+    assert s["prune"]["mode"] == "threshold" and s["prune"]["cutoff"] == pytest.approx(t)
+    assert s["epochs"] == 0 and s["config"]["finetune_epochs"] == 0
+    # nothing was trained: the accuracies after "sparsity training" are the input's, and the
+    # fine-tuned model is the pruned one
+    assert s["top1_after_sparse"] == s["base"]["top1"]
+    assert s["top1"] == s["top1_before_finetune"]
+    assert "removed" in stdout and "channel groups" in stdout
+    # --overwrite replaces the finished run
+    code, _, err = run_cli(["vacl", trained, *QUIET, "--sparse-epochs", "0",
+                            "--finetune-epochs", "0", "--target-macs-reduction", "0.3", "--out",
+                            out, "--overwrite"], capsys)
+    assert code == 0, err
+    s = read_summary(out)
+    assert s["prune"]["mode"] == "macs" and s["macs_removed_pct"] >= 30.0
+
+
+# -- resume -----------------------------------------------------------------------------------
+
+class Interrupt(Callback):
+    """Ctrl-C in the middle of the second epoch (15 batches per epoch)."""
+
+    def after_step(self, trainer):
+        if trainer.global_step == 20:
+            raise KeyboardInterrupt
+
+
+def _interrupt_trainer(which: int):
+    calls = {"n": 0}
+
+    def factory(*args, **kwargs):  # trainings: 1 = sparsity training, 2 = fine-tuning
+        calls["n"] += 1
+        return Trainer(*args, callbacks=[Interrupt()] if calls["n"] == which else [], **kwargs)
+
+    return factory
+
+
+def _raise(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+KILLS = {  # where a run dies -> the phase its pipeline_state.json records
+    "mid-sparse": "sparse", "before-prune": "prune", "before-finetune": "finetune",
+    "mid-finetune": "finetune"}
+
+
+def _kill_at(monkeypatch, kill: str) -> None:
+    if kill == "mid-sparse":
+        monkeypatch.setattr(vacl_cli, "Trainer", _interrupt_trainer(1))
+    elif kill == "mid-finetune":  # a resumed run builds only the fine-tuning Trainer
+        monkeypatch.setattr(vacl_cli, "Trainer", _interrupt_trainer(1))
+    elif kill == "before-prune":
+        monkeypatch.setattr(vacl_cli, "_prune_stage", _raise)
+    else:
+        monkeypatch.setattr(vacl_cli, "_finetune_stage", _raise)
+
+
+def test_resume_after_kills_equals_uninterrupted_run(trained, reference, tmp_path, monkeypatch,
+                                                     capsys):
+    """Killed at every point in turn (each resume dies at the next), then finished."""
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    for i, kill in enumerate(KILLS):
+        _kill_at(monkeypatch, kill)
+        args = [*REFERENCE] if i == 0 else ["--resume", "--no-progress"]
+        code, _, err = run_cli(["vacl", trained, *args, "--out", out], capsys)
+        monkeypatch.undo()
+        assert code == 130 and "rerun the same command with --resume" in err, (kill, err)
+        assert not (out / "summary.json").exists()
+        assert json.loads((out / "pipeline_state.json").read_text())["phase"] == KILLS[kill]
+    # without --resume the half-finished run is protected
+    code, _, err = run_cli(["vacl", trained, *REFERENCE, "--out", out], capsys)
+    assert code == 2 and "pass --overwrite to replace the run in it or --resume" in err
+    # resume with no options at all: the saved ones are reused
+    code, _, err = run_cli(["vacl", trained, "--out", out, "--resume", "--no-progress"],
+                           capsys)
+    assert code == 0, err
+    assert same_weights(weights(out), weights(ref_out))
+    for stage in ("sparse", "pruned"):
+        assert same_weights(weights(out / "stages" / stage), weights(ref_out / "stages" / stage))
+    ref, got = read_summary(ref_out), read_summary(out)
+    for key in ("params", "macs", "top1", "val_top1", "top1_after_sparse",
+                "top1_before_finetune", "val_top1_before_finetune", "widths", "prune",
+                "group_rms", "epochs", "epochs_detail", "params_removed_pct"):
+        assert got[key] == ref[key], key
+    assert got["config"] == {**ref["config"], "out": str(out), "json": False, "resume": True}
+    drop = ("seconds", "images_per_s")
+    strip = [{k: v for k, v in json.loads(line).items() if k not in drop}
+             for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert strip == [{k: v for k, v in json.loads(line).items() if k not in drop}
+                     for line in (ref_out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, capsys,
+                                                 monkeypatch):
+    ref_out, _ = reference
+    out = tmp_path / "run"
+    shutil.copytree(ref_out, out)
+    monkeypatch.setattr(vacl_cli, "Trainer", _raise)
+    monkeypatch.setattr(vacl_cli, "_prune_stage", _raise)
+    code, stdout, err = run_cli(["vacl", trained, "--out", out, "--resume", "--json"], capsys)
+    assert code == 0, err
+    after, before = json.loads(stdout), read_summary(ref_out)
+    for key in ("params", "top1", "val_top1", "prune", "widths", "epochs", "group_rms"):
+        assert after[key] == before[key], key
+    assert same_weights(weights(out), weights(ref_out))
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra,msg", [
+    (["--lam", "-1", "--threshold", "0.1"], "argument --lam: must be >= 0, got -1.0"),
+    (["--beta", "-2", "--threshold", "0.1"], "argument --beta: must be >= 0, got -2.0"),
+    (["--target-params-reduction", "1"],
+     "argument --target-params-reduction: must be in [0, 1), got 1.0"),
+    (["--target-macs-reduction", "-0.1"],
+     "argument --target-macs-reduction: must be in [0, 1), got -0.1"),
+    (["--threshold", "0.1", "--target-params-reduction", "0.5"],
+     "give exactly one of --threshold, --target-params-reduction and --target-macs-reduction "
+     "(got --threshold, --target-params-reduction)"),
+    ([], "give exactly one of --threshold, --target-params-reduction and "
+         "--target-macs-reduction (got none)"),
+    (["--threshold", "-1"], "argument --threshold: must be >= 0, got -1.0"),
+    (["--form", "l1", "--threshold", "0.1"], "argument --form: invalid choice: 'l1'"),
+    (["--sparse-lr", "0", "--threshold", "0.1"], "argument --sparse-lr: must be > 0, got 0.0"),
+    (["--finetune-epochs", "-1", "--threshold", "0.1"],
+     "argument --finetune-epochs: must be >= 0, got -1"),
+    (["--data", "digits", "--threshold", "0.1"],
+     "--data digits has 10 classes of 1-channel images but the model"),
+    (["--lr", "0.1", "--threshold", "0.1"], "unrecognized arguments: --lr 0.1"),
+    (["--resume", "--overwrite", "--threshold", "0.1"],
+     "--overwrite and --resume contradict each other"),
+    (["--resume", "--threshold", "0.1"], "nothing to resume in"),
+])
+def test_bad_options_one_line_exit_2(trained, tmp_path, capsys, extra, msg):
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, "--out", out, *extra], capsys)
+    assert code == 2 and stdout == ""
+    assert err.count("\n") == 1 and err.startswith("resprune: error: ") and msg in err, err
+    assert not out.exists()  # nothing written
+
+
+def test_refuses_bad_runs(trained, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    cases = [(tmp_path / "empty", "is not a resprune run directory (no arch.json)"),
+             (tmp_path / "missing", f"run directory {tmp_path / 'missing'} does not exist"),
+             (trained / "summary.json", "is a file, not a run directory; vacl needs")]
+    for run, msg in cases:
+        code, _, err = run_cli(["vacl", run, "--data", "synthetic", "--threshold", "0.1",
+                                "--out", tmp_path / "out"], capsys)
+        assert code == 2 and err.count("\n") == 1 and msg in err, err
+    code, _, err = run_cli(["vacl", trained, "--threshold", "0.1", "--out", trained], capsys)
+    assert code == 2 and "is the input run; write the result to a new directory" in err
+    # a run of another command cannot be resumed as vacl
+    other = tmp_path / "train-run"
+    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
+                 "--epochs", "0", *QUIET, "--out", str(other)]) == 0
+    code, _, err = run_cli(["vacl", trained, "--threshold", "0.1", "--out", other, "--resume"],
+                           capsys)
+    assert code == 2 and "is a 'train' run; resume it with 'resprune train ... --resume'" in err
+    assert not (tmp_path / "out").exists()
