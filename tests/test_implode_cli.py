@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -57,8 +58,6 @@ def imploded(trained, tmp_path_factory):
     """The reference run: two accepted steps and a final retrain, printed with --json."""
     out = tmp_path_factory.mktemp("imp") / "run"
     capsys_out = tmp_path_factory.mktemp("stdout") / "stdout.txt"
-    import contextlib
-
     with open(capsys_out, "w") as f, contextlib.redirect_stdout(f):
         code = main(["implode", str(trained), *REFERENCE, "--json", "--out", str(out)])
     assert code == 0

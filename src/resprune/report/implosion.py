@@ -39,6 +39,14 @@ def _n(count: int, noun: str) -> str:
     return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
+def _latency_note(summary: dict[str, Any]) -> str:
+    t = summary.get("step_latency") or {}
+    return (f"Latency: CPU time of one forward pass at batch {t.get('batch', 64)} of the "
+            "architecture after the step (gates folded): the lowest of "
+            f"{t.get('rounds', 1)} interleaved medians of {t.get('repeats', '?')} runs, "
+            f"{_n(t.get('threads', 0), 'thread')}.")
+
+
 def _fmt_priority(p: float | None) -> str:
     return "-" if p is None else f"{p:.4g}"
 
@@ -159,7 +167,8 @@ def accuracy_depth_plot(summary: dict[str, Any], path: str | Path) -> None:
             path_y.append(100 * h["val_top1"])
         else:
             rejected.append(h)
-    ax.plot(path_x, path_y, "o-", color="tab:blue", markersize=4, label="accepted steps")
+    ax.plot(path_x, path_y, "o-", color="tab:blue", markersize=4,
+            label="start net, accepted steps")
     for h in steps:
         ax.annotate(str(h["step"]), (h["depth"], 100 * h["val_top1"]), fontsize=7,
                     textcoords="offset points", xytext=(3, 4))
@@ -201,9 +210,7 @@ def implosion_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str
              "Each step erases the lowest-priority unit(s), retrains, and is accepted when "
              f"validation top-1 >= {fmt_acc(start['val_top1'])} (the start net's) minus the "
              "tolerance; otherwise the step is rolled back and the loop stops. The test set "
-             "plays no part in any decision. Latency: median CPU time of one forward pass at "
-             f"batch 64 of the architecture after the step (gates folded), "
-             f"{summary.get('cpu_threads', '?')} thread(s).\n",
+             "plays no part in any decision. " + _latency_note(summary) + "\n",
              step_table(summary)]
     if start.get("gates_added"):
         lines.append(f"The input model had no priority gates: {start['gates_added']} were "
