@@ -45,9 +45,10 @@ def add_parser(subs) -> None:
     p.add_argument("--runtimes", choices=RUNTIMES, nargs="+", default=list(RUNTIMES),
                    help="with --compare: runtimes to time (eager onnxruntime; onnxruntime is "
                         "skipped when not installed)")
-    p.add_argument("--threads", type=options.positive_int,
+    p.add_argument("--threads", type=options.positive_int, metavar="N",
                    help="CPU threads for torch and onnxruntime (default: torch's default)")
-    p.add_argument("--warmup", type=options.nonneg_int, default=3)
+    p.add_argument("--warmup", type=options.nonneg_int, default=3,
+                   help="untimed runs before timing (3)")
     p.add_argument("--repeats", type=options.positive_int, default=10,
                    help="timed runs per model and batch size (10); lower it for large models "
                         "at batch 256")
