@@ -187,3 +187,21 @@ def test_train_init_finetunes_a_run(trained, tmp_path, capsys):
     code, _, err = run_cli(["train", "--init", trained, "--data", "digits", "--out",
                             tmp_path / "y"], capsys)
     assert code == 2 and "has 1 and 10" in err
+
+
+def test_train_arch_trains_a_spec_from_scratch(trained, tmp_path, capsys):
+    import resprune
+
+    spec = json.loads((trained / "arch.json").read_text())
+    spec["stages"][0][0] = {"erased": True, "in": 4, "out": 4}  # a pruned architecture
+    arch = tmp_path / "arch.json"
+    arch.write_text(json.dumps(spec))
+    out = tmp_path / "scratch"
+    code, _, err = run_cli(["train", "--arch", arch, "--data", "synthetic", "--epochs", "1",
+                            "--batch-size", "32", "--no-progress", "--out", out], capsys)
+    assert code == 0, err
+    assert resprune.spec_of(resprune.load(out)) == spec
+    assert json.loads((out / "summary.json").read_text())["depth"] == 6
+    code, _, err = run_cli(["train", "--arch", arch, "--model", "resnet8", "--data", "synthetic",
+                            "--out", tmp_path / "z"], capsys)
+    assert code == 2 and "exactly one of" in err

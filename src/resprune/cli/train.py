@@ -7,12 +7,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..checkpoint import load, save
 from ..errors import UserError
-from ..io import atomic_write_text
-from ..models import create, list_models, spec_of
+from ..io import atomic_write_text, read_json
+from ..models import build, create, list_models, spec_of
 from ..report import markdown_table
 from ..report.plots import training_curves
 from ..runs import prepare_out, write_summary
@@ -32,6 +33,9 @@ def add_parser(subs) -> None:
     g.add_argument("--init", metavar="RUN",
                    help="start from the model of this run instead (fine-tuning; e.g. a pruned "
                         "model); its architecture is kept")
+    g.add_argument("--arch", metavar="FILE",
+                   help="train this architecture spec (an arch.json, e.g. of a pruned run) "
+                        "from a fresh initialisation")
     g.add_argument("--shortcut", choices=["A", "B"],
                    help="CIFAR ResNets: A = zero padding (default), B = 1x1 conv + BN")
     g.add_argument("--width", type=options.positive_int,
@@ -56,18 +60,24 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def initial_model(args: argparse.Namespace, bundle) -> nn.Module:
-    if args.init is None:
+    if args.model is not None:
         return create(args.model, num_classes=bundle.num_classes,
                       in_channels=bundle.in_channels, **model_options(args))
-    model = load(args.init)
+    if args.arch is not None:
+        torch.manual_seed(args.seed)
+        model = build(read_json(args.arch, "architecture file"))
+        source = args.arch
+    else:
+        model = load(args.init)
+        source = args.init
     spec = spec_of(model)
     if spec["num_classes"] != bundle.num_classes or spec["in_channels"] != bundle.in_channels:
-        raise UserError(f"the model of {args.init} takes {spec['in_channels']}-channel images "
+        raise UserError(f"the model of {source} takes {spec['in_channels']}-channel images "
                         f"and has {spec['num_classes']} classes, but --data {args.data} has "
                         f"{bundle.in_channels} and {bundle.num_classes}")
     if model_options(args):
-        raise UserError("model options (--shortcut, --width, --priority-gates, ...) do not "
-                        "apply with --init: the run's architecture is kept")
+        raise UserError("model options (--shortcut, --width, --priority-gates, ...) only "
+                        "apply with --model")
     return model
 
 
@@ -76,8 +86,9 @@ def run(args: argparse.Namespace) -> int:
     from ..train import Trainer
 
     started = time.time()
-    if (args.model is None) == (args.init is None):
-        raise UserError("pass exactly one of --model NAME (train from scratch) or --init RUN "
+    if sum(x is not None for x in (args.model, args.init, args.arch)) != 1:
+        raise UserError("pass exactly one of --model NAME (a zoo model from scratch), "
+                        "--arch FILE (an architecture spec from scratch) or --init RUN "
                         "(start from a run's model)")
     out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=args.resume,
                                 source=args.init)
