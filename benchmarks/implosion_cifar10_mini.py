@@ -1,0 +1,513 @@
+"""Evidence for Network Implosion on real images: ResNet-56 (shortcut A) on cifar10-mini.
+
+Every number comes from the real command line (``resprune train`` / ``resprune implode``,
+called in worker processes through ``resprune.cli.main.main``). Per seed (default 0 1 2):
+
+- baseline: ``resprune train --model resnet56 --priority-gates`` for ``--base-epochs``;
+- implosion with each score (gate, norm, gate_bn): ``resprune implode BASE --score S``;
+- random units at the same depth: ``implode --score random --target-depth D --tolerance 100``
+  (D: the gate row's final depth, reached whatever the accuracy);
+- no retraining: ``implode --score gate --retrain-epochs 0 --final-epochs 0``;
+- from scratch: ``resprune train`` of the gate row's final architecture from a fresh
+  initialisation, for base epochs + the loop's epochs (``--scratch-budget total``: all the
+  training the imploded net received) or for the loop's epochs only (``loop``).
+
+The baseline is trained with priority gates (the priority term learns with the network, so
+``implode`` needs no adaptation; the 25 scalar gates are folded away for the table). Every
+implosion row uses the same budget (``--retrain-epochs``, ``--per-step``, ``--max-steps``,
+``--final-epochs``, ``--tolerance``) and the same validation split as its baseline (implode
+inherits the run's data options); the test set is only reported. The scratch row runs the
+real ``resprune train`` code with ``create`` replaced by the gate row's architecture (the CLI
+trains zoo models only); everything else (data, schedule, checkpoints, summary) is the
+command's own.
+
+Jobs that do not depend on each other run in ``--jobs`` worker processes (default 2), each
+with one torch thread (``OMP_NUM_THREADS=1`` + ``torch.set_num_threads(1)``). One baseline
+per seed serves every row. A job whose run directory already has ``summary.json`` is skipped
+and an interrupted one is resumed (``--resume``), so the script can be re-run to fill gaps;
+the work directory's name encodes the budget, so a different budget never mixes with old
+runs. CPU latency (batch 64, one thread) is measured at the end, after every job, once per
+distinct architecture (it does not depend on the weight values): three interleaved rounds of
+a 3-run median after a warm-up run, the lowest median kept, so that a burst of load from
+other processes does not land on one row only.
+
+Cost (calibrated on the shared 2-core machine, one thread per process): one ResNet-56 epoch
+over cifar10-mini's 3661 training images (+ 407 validation) takes 40-55 s of CPU with
+channels_last (55-65 s without), 60-90 s of wall time when other processes compete.
+Erasing a unit of ResNet-56 saves ~3.7 % of its MACs, so a net with 12 of 27 units erased
+trains ~1.8x faster. The default budget per seed is about 22 full-epoch equivalents: baseline
+6, each of the four looping implosion rows 3 retrains of 1 epoch (at 4, 8, 12 units erased) +
+1 final ~ 2.7, scratch 10 epochs of the 32-layer net ~ 5.6. Three seeds on two idle cores:
+~23-27 minutes (add the latency pass, ~1 minute); expect up to twice that on a busy machine.
+This budget is far below a converged ResNet-56 (hundreds of epochs): it compares the rows
+with one another under equal budgets, not with published full-data numbers.
+
+    .venv/bin/python benchmarks/implosion_cifar10_mini.py              # ~25 min, 3 seeds
+    .venv/bin/python benchmarks/implosion_cifar10_mini.py --smoke      # ~2 min plumbing check
+    .venv/bin/python benchmarks/implosion_cifar10_mini.py --base-epochs 30 --retrain-epochs 3
+
+Writes ``benchmarks/results/implosion_cifar10_mini.md`` (tables, the exact command line,
+machine info) and copies seed 0's gate-row plots next to it. ``--smoke`` (ResNet-14, one seed,
+one-epoch trainings, two steps, every step accepted) writes its table into the work directory
+only, never into benchmarks/results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-mini"
+RESULTS = REPO / "benchmarks" / "results"
+NAME = "implosion_cifar10_mini"
+SCORES = ("gate", "norm", "gate_bn")
+ROWS = {  # row key -> label, in table order
+    "base": "baseline (trained with priority gates)",
+    "gate": "implosion, score gate",
+    "norm": "implosion, score norm",
+    "gate_bn": "implosion, score gate_bn",
+    "random": "random units, same depth as gate",
+    "noretrain": "implosion gate, no retraining",
+    "scratch": "gate architecture, from scratch",
+}
+LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS, LATENCY_ROUNDS = 64, 1, 3, 3
+
+
+# -- worker side -----------------------------------------------------------------------------
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_cli(argv: list[str], log_path: str, scratch_spec: str | None = None) -> int:
+    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``.
+
+    ``scratch_spec``: train that architecture (arch.json) from scratch instead of the zoo's.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    from resprune.cli import train as train_cmd
+    from resprune.cli.main import main
+
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        print(f"$ resprune {shlex.join(argv)}", flush=True)
+        if scratch_spec is None:
+            return main(argv)
+        from resprune.models import build
+
+        spec = json.loads(Path(scratch_spec).read_text())
+        original = train_cmd.create
+        train_cmd.create = lambda *a, **k: build(spec)  # fresh init of the pruned architecture
+        try:
+            return main(argv)
+        finally:
+            train_cmd.create = original
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    seed: int
+    row: str
+    run_dir: Path
+    deps: list[str] = field(default_factory=list)  # row keys of the same seed
+    status: str = "waiting"  # waiting, done, skipped (already done), failed, blocked
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"seed{self.seed}/{self.row}"
+
+
+def budget_tag(a: argparse.Namespace) -> str:
+    tol = f"{a.tolerance:g}".replace(".", "p")
+    return (f"{a.model}-b{a.base_epochs}-r{a.retrain_epochs}-k{a.per_step}-s{a.max_steps}"
+            f"-f{a.final_epochs}-t{tol}-{a.scratch_budget}")
+
+
+def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
+    jobs = {}
+    for s in a.seeds:
+        d = workdir / f"seed{s}"
+        deps = {"base": [], "gate": ["base"], "norm": ["base"], "gate_bn": ["base"],
+                "noretrain": ["base"], "random": ["base", "gate"], "scratch": ["gate"]}
+        for row in ROWS:
+            job = Job(s, row, d / row, deps[row])
+            jobs[job.key] = job
+    return jobs
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> tuple[list[str], str | None]:
+    """The command line of a job (and, for scratch, the architecture file)."""
+    seed_dir = workdir / f"seed{job.seed}"
+    common = ["--no-progress", "--batch-size", str(a.batch_size), "--out", str(job.run_dir)]
+    if a.channels_last:
+        common.append("--channels-last")
+    if job.run_dir.is_dir() and any(job.run_dir.iterdir()):
+        common.append("--resume")  # an interrupted job continues where it stopped
+    train = ["train", "--model", a.model, "--data", "cifar10", "--data-dir", str(a.data_dir),
+             "--seed", str(job.seed), "--lr", str(a.lr)]
+    if job.row == "base":
+        return [*train, "--priority-gates", "--epochs", str(a.base_epochs), *common], None
+    if job.row == "scratch":
+        gate = read_summary(seed_dir / "gate")
+        epochs = gate["epochs"] + (a.base_epochs if a.scratch_budget == "total" else 0)
+        return ([*train, "--epochs", str(max(epochs, 1)), *common],
+                str(seed_dir / "gate" / "arch.json"))
+    loop = ["implode", str(seed_dir / "base"), "--retrain-epochs", str(a.retrain_epochs),
+            "--retrain-lr", str(a.retrain_lr), "--per-step", str(a.per_step),
+            "--final-epochs", str(a.final_epochs), "--tolerance", str(a.tolerance)]
+    steps = ["--max-steps", str(a.max_steps)]
+    if job.row in SCORES:
+        return [*loop, "--score", job.row, *steps, *common], None
+    if job.row == "noretrain":
+        loop[loop.index("--retrain-epochs") + 1] = "0"
+        loop[loop.index("--final-epochs") + 1] = "0"
+        return [*loop, "--score", "gate", *steps, *common], None
+    # random: the gate row's final depth, whatever the accuracy
+    depth = read_summary(seed_dir / "gate")["depth"]
+    loop[loop.index("--tolerance") + 1] = "100"
+    return [*loop, "--score", "random", "--target-depth", str(depth), *common], None
+
+
+def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
+    """Run every job once its dependencies are done, ``a.jobs`` at a time."""
+    order = list(ROWS)  # bases first, then the gate rows others wait for
+    for job in jobs.values():
+        if read_summary(job.run_dir) is not None:
+            job.status = "skipped"
+    env_threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    os.environ.update(env_threads)  # inherited by the spawned workers
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=a.jobs, mp_context=ctx,
+                                initializer=_init_worker) as pool:
+        running: dict[cf.Future, tuple[Job, float]] = {}
+        while True:
+            for job in sorted(jobs.values(), key=lambda j: (order.index(j.row), j.seed)):
+                if job.status != "waiting" or len(running) >= a.jobs:
+                    continue
+                dep_states = [jobs[f"seed{job.seed}/{d}"].status for d in job.deps]
+                if any(s in ("failed", "blocked") for s in dep_states):
+                    job.status = "blocked"
+                    print(f"[blocked] {job.key}: a job it needs failed", flush=True)
+                elif all(s in ("done", "skipped") for s in dep_states):
+                    argv, spec = job_argv(job, a, workdir)
+                    log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
+                    print(f"[start] {job.key}: resprune {shlex.join(argv)}", flush=True)
+                    fut = pool.submit(run_cli, argv, str(log), spec)
+                    job.status = "running"
+                    running[fut] = (job, time.time())
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                job, t0 = running.pop(fut)
+                job.seconds = time.time() - t0
+                try:
+                    code = fut.result()
+                except Exception:  # noqa: BLE001 - report and carry on with other jobs
+                    code = -1
+                    with open(workdir / "logs" / f"seed{job.seed}-{job.row}.log", "a") as f:
+                        f.write(traceback.format_exc())
+                ok = code == 0 and read_summary(job.run_dir) is not None
+                job.status = "done" if ok else "failed"
+                print(f"[{job.status}] {job.key} in {job.seconds:.0f} s"
+                      + ("" if ok else f" (exit {code}; see logs/seed{job.seed}-{job.row}.log)"),
+                      flush=True)
+
+
+# -- measuring and reporting -----------------------------------------------------------------
+
+def deployed(run_dir: Path):
+    """The run's model with its gates folded (as deployed) and its input shape."""
+    import resprune
+    from resprune.implosion import fold_gates
+
+    model = resprune.load(run_dir)
+    fold_gates(model)
+    return model, tuple(read_summary(run_dir)["input_shape"])
+
+
+def latencies(run_dirs: list[Path]) -> dict[Path, float]:
+    """CPU ms at batch 64 of each run's deployed net, timed once per distinct architecture.
+
+    Rounds are interleaved over the architectures and the lowest round median is kept.
+    """
+    from resprune.measure import latency
+    from resprune.models import spec_of
+
+    arch_of, nets = {}, {}
+    for d in run_dirs:
+        model, shape = deployed(d)
+        key = json.dumps([spec_of(model), shape], sort_keys=True)
+        arch_of[d] = key
+        nets.setdefault(key, (model, shape))
+    best = dict.fromkeys(nets, float("inf"))
+    for _ in range(LATENCY_ROUNDS):
+        for key, (model, shape) in nets.items():
+            r = latency(model, shape, batch_sizes=(LATENCY_BATCH,), warmup=LATENCY_WARMUP,
+                        repeats=LATENCY_REPEATS)
+            best[key] = min(best[key], r[LATENCY_BATCH]["median_ms"])
+    return {d: round(best[k], 3) for d, k in arch_of.items()}
+
+
+def folded_counts(run_dir: Path) -> dict[str, int]:
+    """params / MACs / depth of the model with its gates folded (as deployed)."""
+    from resprune.measure import count_macs, count_params, depth
+
+    model, shape = deployed(run_dir)
+    return {"params": count_params(model), "macs": count_macs(model, shape),
+            "depth": depth(model)}
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+def mean_std(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
+    xs = [scale * x for x in xs if x is not None]
+    if not xs:
+        return "-"
+    if len(xs) == 1:
+        return f"{xs[0]:.{digits}f}"
+    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
+
+
+def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Per row, one record per finished seed (latency measured here, one model at a time)."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows: dict[str, list[dict[str, Any]]] = {r: [] for r in ROWS}
+    finished: list[Path] = []
+    for s in a.seeds:
+        base = read_summary(jobs[f"seed{s}/base"].run_dir)
+        if base is None:
+            continue
+        base_depth = folded_counts(jobs[f"seed{s}/base"].run_dir)["depth"]
+        for row in ROWS:
+            job = jobs[f"seed{s}/{row}"]
+            summary = read_summary(job.run_dir)
+            if summary is None:
+                continue
+            counts = folded_counts(job.run_dir)
+            finished.append(job.run_dir)
+            rows[row].append({
+                "seed": s, **counts, "top1": summary.get("top1"),
+                "val_top1": summary.get("val_top1"), "epochs": summary.get("epochs"),
+                "removed_pct": 100.0 * (base_depth - counts["depth"]) / base_depth,
+                "run_dir": job.run_dir,
+                "erased": [e["name"] for e in summary.get("erased_units", [])],
+                "stop": summary.get("stop_reason"), "seconds": summary.get("seconds"),
+            })
+    lat = latencies(finished)
+    for recs in rows.values():
+        for r in recs:
+            r["latency"] = lat[r.pop("run_dir")]
+    return rows
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    from resprune.report import fmt_count
+
+    head = ["row", "seeds", "weight layers removed %", "depth", "params", "MACs",
+            "CPU latency b64 (ms)", "test top-1 % (mean ± std)", "val top-1 % (mean ± std)",
+            "epochs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, recs in rows.items():
+        if not recs:
+            lines.append(f"| {ROWS[row]} | 0 | " + " | ".join("-" for _ in head[2:]) + " |")
+            continue
+        lines.append("| " + " | ".join([
+            ROWS[row], str(len(recs)), mean_std([r["removed_pct"] for r in recs]),
+            mean_std([r["depth"] for r in recs], digits=1),
+            fmt_count(statistics.mean(r["params"] for r in recs)),
+            fmt_count(statistics.mean(r["macs"] for r in recs)),
+            mean_std([r["latency"] for r in recs], digits=1),
+            mean_std([r["top1"] for r in recs], 100), mean_std([r["val_top1"] for r in recs], 100),
+            mean_std([r["epochs"] for r in recs], digits=1)]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def detail_table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    head = ["row", "seed", "depth", "test top-1 %", "val top-1 %", "epochs", "stop",
+            "erased units (in order)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row, recs in rows.items():
+        for r in recs:
+            pct = ["-" if r[k] is None else f"{100 * r[k]:.2f}" for k in ("top1", "val_top1")]
+            lines.append(f"| {ROWS[row]} | {r['seed']} | {r['depth']} | {pct[0]} | {pct[1]} | "
+                         f"{r['epochs']} | {r['stop'] or '-'} | {', '.join(r['erased']) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def machine_info(a: argparse.Namespace) -> str:
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs "
+            f"(load average {load[0]:.2f} at the end); Python {platform.python_version()}, "
+            f"torch {torch.__version__}; {a.jobs} worker processes x 1 torch thread; "
+            f"resprune commit {commit}")
+
+
+def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -> None:
+    plots = []
+    gate0 = jobs.get(f"seed{a.seeds[0]}/gate")
+    for png in ("priorities.png", "accuracy_vs_depth.png"):
+        if gate0 is not None and (gate0.run_dir / png).is_file():
+            target = path.parent / f"{path.stem}_{png}"
+            shutil.copyfile(gate0.run_dir / png, target)
+            plots.append(target.name)
+    failed = [j.key for j in jobs.values() if j.status in ("failed", "blocked")]
+    cmd = shlex.join([".venv/bin/python", "benchmarks/implosion_cifar10_mini.py", *argv])
+    text = [
+        f"# Network Implosion on cifar10-mini: {a.model} (shortcut A)\n",
+        "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
+        f"Machine: {machine_info(a)}. Wall time of this invocation: {wall / 60:.1f} min "
+        f"(runs already finished were reused). Work directory: `{workdir}`.\n",
+        f"Budget: baseline {plural(a.base_epochs, 'epoch')} (lr {a.lr}, cosine, batch "
+        f"{a.batch_size}); each implosion erases {plural(a.per_step, 'unit')} per step for at "
+        f"most {plural(a.max_steps, 'step')}, retrains {plural(a.retrain_epochs, 'epoch')} at "
+        f"lr {a.retrain_lr} after each, then {plural(a.final_epochs, 'final epoch')}; "
+        f"tolerance {a.tolerance:g} percentage points of validation "
+        f"top-1; scratch budget `{a.scratch_budget}`. Seeds {' '.join(map(str, a.seeds))}.\n",
+        "Accuracies: test = the official test images in cifar10-mini (1017), never used for "
+        "a decision; val = the seeded 10 % split of the training images every acceptance "
+        "decision uses. Params / MACs / depth are of the deployed net (gates folded). CPU "
+        f"latency: one forward pass at batch {LATENCY_BATCH}, one thread, timed after all "
+        "training, once per distinct architecture: the lowest of "
+        f"{LATENCY_ROUNDS} interleaved medians of {LATENCY_REPEATS} runs. "
+        "Mean ± sample standard deviation over seeds.\n",
+        table(rows),
+        "## Per seed\n", detail_table(rows),
+    ]
+    if failed:
+        text.append(f"Missing (failed or blocked; see {workdir}/logs): {', '.join(failed)}\n")
+    for p in plots:
+        text.append(f"![{p}]({p})\n")
+    if plots:
+        text.append(f"Plots: the gate row of seed {a.seeds[0]}.\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text), encoding="utf-8")
+
+
+# -- main ------------------------------------------------------------------------------------
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="plumbing check: resnet14, seed 0, 1 epoch everywhere, 2 steps, "
+                        "tolerance 100")
+    p.add_argument("--model", default=None, help="CIFAR ResNet (default resnet56)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (0 1 2)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2)")
+    p.add_argument("--base-epochs", type=int, default=None, help="baseline epochs (6)")
+    p.add_argument("--retrain-epochs", type=int, default=None,
+                   help="retraining epochs after each erasure (1)")
+    p.add_argument("--per-step", type=int, default=None, help="units erased per step (4)")
+    p.add_argument("--max-steps", type=int, default=None, help="at most this many steps (3)")
+    p.add_argument("--final-epochs", type=int, default=None, help="final retraining epochs (1)")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help="percentage points of val top-1 a step may lose (0)")
+    p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (0.1)")
+    p.add_argument("--retrain-lr", type=float, default=0.01, help="retraining lr (0.01)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--scratch-budget", choices=["total", "loop"], default="total",
+                   help="scratch row epochs: base + loop epochs (total) or the loop's only")
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="train in the default memory format (channels_last is ~25 %% faster)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where runs go (default runs/bench/implosion_cifar10_mini/<budget>)")
+    p.add_argument("--results", type=Path, default=None,
+                   help=f"markdown file to write (default benchmarks/results/{NAME}.md; "
+                        "smoke: inside the work directory)")
+    a = p.parse_args(argv)
+    real = {"model": "resnet56", "seeds": [0, 1, 2], "base_epochs": 6, "retrain_epochs": 1,
+            "per_step": 4, "max_steps": 3, "final_epochs": 1, "tolerance": 0.0}
+    # smoke: every step accepted, so the random and scratch rows get a pruned architecture
+    smoke = {"model": "resnet14", "seeds": [0], "base_epochs": 1, "retrain_epochs": 1,
+             "per_step": 1, "max_steps": 2, "final_epochs": 0, "tolerance": 100.0}
+    for k, v in (smoke if a.smoke else real).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    for k in ("jobs", "per_step", "max_steps"):
+        if getattr(a, k) < 1:
+            p.error(f"--{k.replace('_', '-')} must be >= 1")
+    for k in ("base_epochs", "retrain_epochs", "final_epochs"):
+        if getattr(a, k) < 0:
+            p.error(f"--{k.replace('_', '-')} must be >= 0")
+    if not math.isfinite(a.tolerance) or a.tolerance < 0:
+        p.error("--tolerance must be >= 0")
+    if not (a.data_dir / "cifar-10-batches-py").is_dir():
+        p.error(f"{a.data_dir} has no cifar-10-batches-py/ (cifar10-mini lives in "
+                "../shared/datasets/cifar10-mini beside the repository)")
+    if a.workdir is None:
+        a.workdir = REPO / "runs" / "bench" / NAME / (("smoke-" if a.smoke else "")
+                                                      + budget_tag(a))
+    if a.results is None:
+        a.results = (a.workdir / f"{NAME}_smoke.md" if a.smoke else RESULTS / f"{NAME}.md")
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    started = time.time()
+    workdir = a.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    jobs = make_jobs(a, workdir)
+    print(f"work directory {workdir}; {len(jobs)} jobs, {a.jobs} at a time", flush=True)
+    schedule(jobs, a, workdir)
+    print("measuring CPU latency of every finished run (one at a time) ...", flush=True)
+    rows = collect(jobs, a)
+    write_results(a.results, rows, jobs, a, argv, workdir, time.time() - started)
+    print(table(rows))
+    print(f"wrote {a.results} in {(time.time() - started) / 60:.1f} min", flush=True)
+    return 1 if any(j.status in ("failed", "blocked") for j in jobs.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
