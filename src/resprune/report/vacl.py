@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
 from ..io import atomic_write_text
 from .plots import plt, save_figure, training_curves
@@ -87,9 +88,14 @@ def rms_plot(summary: dict[str, Any], path: str | Path) -> None:
     if zeros:
         ax.plot([], [], " ", label="exactly 0 (not shown): " + ", ".join(zeros))
     ax.set_xscale("log")
+    if edges[-1] / edges[0] < 100:  # under two decades: label the minor ticks too
+        plain = FuncFormatter(lambda v, _: f"{v:.2g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.set_xlabel("group RMS norm (log scale)")
     ax.set_ylabel("channel groups")
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"Channel-group RMS norms ({summary['model']}, {h['count']} groups; "
                  f"{pr['groups_removed']} removed)", fontsize=9)
     save_figure(fig, path)

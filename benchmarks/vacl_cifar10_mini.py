@@ -1,0 +1,537 @@
+"""Evidence for VACL on real images: ResNet-56 (shortcut A) on cifar10-mini, against
+torch-pruning at the same parameter reduction.
+
+Per seed (default 0 1 2), every row starts from the same trained baseline and gets the same
+epoch budget (``--sparse-epochs`` S + ``--finetune-epochs`` F):
+
+- **baseline**: ``resprune train --model resnet56`` for ``--base-epochs`` (or a run of
+  ``--base-runs``);
+- **VACL moments**: ``resprune vacl BASE --form moments --beta 4 --target-params-reduction R``:
+  S epochs of sparsity training, prune, F epochs of fine-tuning;
+- **VACL beta 1**: the same with ``--beta 1``, plain cross-layer group lasso (no variance
+  term);
+- **torch-pruning GroupNormPruner**: DepGraph group-sparsity training (``pruner.regularize``,
+  reg ``--tp-reg``) for S epochs, ``pruner.step()`` at the params reduction the VACL moments
+  row of the same seed reached, F epochs of fine-tuning;
+- **torch-pruning magnitude**: ``BasePruner`` (= ``MagnitudePruner``) with
+  ``GroupMagnitudeImportance(p=2)`` on the baseline at that same reduction, then S + F epochs
+  of fine-tuning (no sparsity training, the same total budget).
+
+The two torch-pruning rows (``benchmarks/_tp_baselines.py``) train with resprune's Trainer
+on the baseline run's own data split, and save resprune run directories. Torch-pruning alone
+cannot prune option-A (zero-padding) shortcuts: it traces the padding as channel-preserving
+and the pruned net no longer runs; the rows register resprune's ``PadShortcutPruner`` and
+index-map coupling through torch-pruning's ``customized_pruners`` extension point (details
+in ``_tp_baselines.py``), so every row prunes the same option-A baseline. Their
+``pruning_ratio`` (a fraction of channels) is searched until the params reduction reaches the
+VACL row's, so the rows compare at the same size; both prune globally.
+
+No decision uses the test set: the pruning rule is a fixed target, the validation split is
+reported only. Jobs run in ``--jobs`` worker processes (default 2), each with one torch thread
+(``OMP_NUM_THREADS=1`` + ``torch.set_num_threads(1)``); a job whose run directory already has
+``summary.json`` is skipped, an interrupted one is resumed, so the script can be re-run to
+fill gaps. The work directory's name encodes the budget. CPU latency (batch 64, median of 5
+after 2 warm-up runs, one thread) is measured at the end, one model at a time.
+
+Cost: one ResNet-56 epoch over cifar10-mini (3661 training + 407 validation images) takes
+~40-55 s of CPU with channels_last on the shared 2-core machine (60-90 s of wall time when
+other processes compete); a net with half its params removed trains ~1.5x faster. Default
+budget per seed, baselines excluded: 4 rows x (3 + 2) epochs ~ 17 full-epoch equivalents;
+three seeds on two idle cores ~23 minutes (+ the latency pass, ~1 minute), up to twice that
+on a busy machine. Baselines, when not given, cost 6 epochs per seed more. The budget is far
+below a converged ResNet-56: it compares the rows under equal budgets, not with published
+full-data numbers. ``--lam`` (VACL) and ``--tp-reg`` (torch-pruning) are not tuned.
+
+    .venv/bin/python benchmarks/vacl_cifar10_mini.py                 # ~25 min, 3 seeds
+    .venv/bin/python benchmarks/vacl_cifar10_mini.py --smoke         # plumbing check
+    .venv/bin/python benchmarks/vacl_cifar10_mini.py --base-runs runs/bench/bases
+
+Writes ``benchmarks/results/vacl_cifar10_mini.md`` (tables, the exact command line, machine
+info) and copies seed 0's VACL plots next to it. ``--smoke`` (ResNet-8, one seed, one epoch
+per stage) writes its table into the work directory only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import contextlib
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-mini"
+RESULTS = REPO / "benchmarks" / "results"
+NAME = "vacl_cifar10_mini"
+ROWS = {  # row key -> label, in table order
+    "base": "baseline",
+    "moments": "VACL moments, beta 4",
+    "lasso": "VACL beta 1 (cross-layer group lasso)",
+    "tp_groupnorm": "torch-pruning GroupNormPruner (sparsity training)",
+    "tp_magnitude": "torch-pruning magnitude (no sparsity training)",
+}
+DEPS = {"base": [], "moments": ["base"], "lasso": ["base"], "tp_groupnorm": ["moments"],
+        "tp_magnitude": ["moments"]}
+LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 2, 5
+
+
+# -- worker side -----------------------------------------------------------------------------
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _logged(log_path: str, title: str):
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        print(f"$ {title}", flush=True)
+        yield
+
+
+def run_cli(argv: list[str], log_path: str) -> int:
+    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``."""
+    import torch
+
+    torch.set_num_threads(1)
+    from resprune.cli.main import main
+
+    with _logged(log_path, f"resprune {shlex.join(argv)}"):
+        return main(argv)
+
+
+def run_tp(kwargs: dict[str, Any], log_path: str) -> int:
+    """One torch-pruning baseline (``_tp_baselines.run``) in this worker process."""
+    import torch
+
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _tp_baselines
+
+    with _logged(log_path, f"_tp_baselines.run(**{kwargs!r})"):
+        summary = _tp_baselines.run(**kwargs)
+        print(json.dumps({k: summary[k] for k in ("params_removed_pct", "top1",
+                                                  "pruning_ratio")}))
+    return 0
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+@dataclass
+class Job:
+    seed: int
+    row: str
+    run_dir: Path
+    deps: list[str] = field(default_factory=list)  # row keys of the same seed
+    status: str = "waiting"  # waiting, running, done, skipped (already done), failed, blocked
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"seed{self.seed}/{self.row}"
+
+
+def budget_tag(a: argparse.Namespace) -> str:
+    def num(x: float) -> str:
+        return f"{x:g}".replace(".", "p").replace("-", "m")
+
+    tag = (f"{a.model}-s{a.sparse_epochs}-f{a.finetune_epochs}-lam{num(a.lam)}"
+           f"-r{num(a.target_params_reduction)}-tpreg{num(a.tp_reg)}")
+    return ("smoke-" if a.smoke else "") + tag
+
+
+def base_dir(a: argparse.Namespace, seed: int) -> Path:
+    """The baseline run of ``seed``: in ``--base-runs`` (``base_s{seed}`` or
+    ``seed{seed}/base``), else this script's own (shared by every VACL budget)."""
+    if a.base_runs is not None:
+        for cand in (a.base_runs / f"base_s{seed}", a.base_runs / f"seed{seed}" / "base"):
+            if (cand / "summary.json").is_file():
+                return cand
+        raise SystemExit(f"--base-runs {a.base_runs}: no finished run base_s{seed}/ or "
+                         f"seed{seed}/base/ in it")
+    lr = f"{a.base_lr:g}".replace(".", "p")
+    return a.runs_root / "bases" / f"{a.model}-b{a.base_epochs}-lr{lr}" / f"base_s{seed}"
+
+
+def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
+    jobs = {}
+    for s in a.seeds:
+        for row in ROWS:
+            run_dir = base_dir(a, s) if row == "base" else workdir / f"seed{s}" / row
+            job = Job(s, row, run_dir, DEPS[row])
+            jobs[job.key] = job
+    return jobs
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
+    """(worker function, its first argument) of a job."""
+    base = jobs[f"seed{job.seed}/base"].run_dir
+    resume = ["--resume"] if job.run_dir.is_dir() and any(job.run_dir.iterdir()) else []
+    common = ["--no-progress", "--batch-size", str(a.batch_size), "--out", str(job.run_dir),
+              *resume]
+    if a.channels_last:
+        common.append("--channels-last")
+    if job.row == "base":
+        return run_cli, ["train", "--model", a.model, "--data", "cifar10", "--data-dir",
+                         str(a.data_dir), "--seed", str(job.seed), "--epochs",
+                         str(a.base_epochs), "--lr", str(a.base_lr), *common]
+    if job.row in ("moments", "lasso"):
+        return run_cli, ["vacl", str(base), "--form", "moments", "--beta",
+                         "4" if job.row == "moments" else "1", "--lam", str(a.lam),
+                         "--sparse-epochs", str(a.sparse_epochs), "--sparse-lr",
+                         str(a.sparse_lr), "--finetune-epochs", str(a.finetune_epochs),
+                         "--finetune-lr", str(a.finetune_lr), "--target-params-reduction",
+                         str(a.target_params_reduction), *common]
+    vacl = read_summary(jobs[f"seed{job.seed}/moments"].run_dir)
+    return run_tp, {"base_run": str(base), "out": str(job.run_dir),
+                    "method": job.row.removeprefix("tp_"),
+                    "params_reduction": vacl["params_removed_pct"] / 100,
+                    "sparse_epochs": a.sparse_epochs, "finetune_epochs": a.finetune_epochs,
+                    "sparse_lr": a.sparse_lr, "finetune_lr": a.finetune_lr, "reg": a.tp_reg,
+                    "batch_size": a.batch_size, "channels_last": a.channels_last}
+
+
+def describe(fn, arg) -> str:
+    return f"resprune {shlex.join(arg)}" if fn is run_cli else f"_tp_baselines.run({arg})"
+
+
+def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
+    """Run every job once its dependencies are done, ``a.jobs`` at a time."""
+    order = list(ROWS)
+    for job in jobs.values():
+        if read_summary(job.run_dir) is not None:
+            job.status = "skipped"
+    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # for the workers
+    ctx = mp.get_context("spawn")
+    with cf.ProcessPoolExecutor(max_workers=a.jobs, mp_context=ctx,
+                                initializer=_init_worker) as pool:
+        running: dict[cf.Future, tuple[Job, float]] = {}
+        while True:
+            for job in sorted(jobs.values(), key=lambda j: (order.index(j.row), j.seed)):
+                if job.status != "waiting" or len(running) >= a.jobs:
+                    continue
+                dep_states = [jobs[f"seed{job.seed}/{d}"].status for d in job.deps]
+                if any(s in ("failed", "blocked") for s in dep_states):
+                    job.status = "blocked"
+                    print(f"[blocked] {job.key}: a job it needs failed", flush=True)
+                elif all(s in ("done", "skipped") for s in dep_states):
+                    fn, arg = job_call(job, a, jobs)
+                    log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
+                    print(f"[start] {job.key}: {describe(fn, arg)}", flush=True)
+                    running[pool.submit(fn, arg, str(log))] = (job, time.time())
+                    job.status = "running"
+            if not running:
+                break
+            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in finished:
+                job, t0 = running.pop(fut)
+                job.seconds = time.time() - t0
+                log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
+                try:
+                    code = fut.result()
+                except Exception:  # noqa: BLE001 - report and carry on with other jobs
+                    code = -1
+                    with open(log, "a", encoding="utf-8") as f:
+                        f.write(traceback.format_exc())
+                ok = code == 0 and read_summary(job.run_dir) is not None
+                job.status = "done" if ok else "failed"
+                print(f"[{job.status}] {job.key} in {job.seconds:.0f} s"
+                      + ("" if ok else f" (exit {code}; see {log})"), flush=True)
+
+
+# -- measuring and reporting -----------------------------------------------------------------
+
+def cpu_latency_b64(run_dir: Path) -> float:
+    """Median CPU ms at batch 64 of the run's model (cached in the run directory)."""
+    cache = run_dir / "bench_latency.json"
+    stamp = (run_dir / "model.safetensors").stat().st_mtime_ns
+    if cache.is_file():
+        c = json.loads(cache.read_text())
+        if c.get("stamp") == stamp:
+            return c["ms"]
+    import resprune
+    from resprune.measure import latency
+
+    model = resprune.load(run_dir)
+    shape = tuple(read_summary(run_dir)["input_shape"])
+    r = latency(model, shape, batch_sizes=(LATENCY_BATCH,), warmup=LATENCY_WARMUP,
+                repeats=LATENCY_REPEATS)
+    ms = round(r[LATENCY_BATCH]["median_ms"], 3)
+    cache.write_text(json.dumps({"stamp": stamp, "ms": ms}))
+    return ms
+
+
+def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
+    """Per row, one record per finished seed (latency measured here, one model at a time)."""
+    import torch
+
+    torch.set_num_threads(1)
+    rows: dict[str, list[dict[str, Any]]] = {r: [] for r in ROWS}
+    for s in a.seeds:
+        for row in ROWS:
+            job = jobs[f"seed{s}/{row}"]
+            summary = read_summary(job.run_dir)
+            if summary is None:
+                continue
+            is_base = row == "base"
+            rows[row].append({
+                "seed": s, "params": summary["params"], "macs": summary["macs"],
+                "params_removed": 0.0 if is_base else summary["params_removed_pct"],
+                "macs_removed": 0.0 if is_base else summary["macs_removed_pct"],
+                "top1": summary.get("top1"), "val_top1": summary.get("val_top1"),
+                "top1_after_sparse": summary.get("top1_after_sparse"),
+                "top1_before_ft": summary.get("top1_before_finetune"),
+                "epochs": summary.get("epochs"), "latency": cpu_latency_b64(job.run_dir),
+                "ratio": summary.get("pruning_ratio"),
+                "target_reached": (summary.get("prune") or {}).get("target_reached"),
+            })
+    return rows
+
+
+def mean_std(xs: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
+    vals = [scale * x for x in xs if x is not None]
+    if not vals:
+        return "-"
+    if len(vals) == 1:
+        return f"{vals[0]:.{digits}f}"
+    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
+
+
+def fmt_count(n: float) -> str:
+    return f"{n / 1e6:.3f} M" if n >= 1e5 else f"{n / 1e3:.2f} k"
+
+
+def md_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body]) + "\n"
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    head = ["row", "seeds", "params removed %", "MACs removed %", "params", "MACs",
+            "CPU latency b64 (ms)", "test top-1 % before fine-tuning", "test top-1 % after",
+            "val top-1 % after", "epochs trained"]
+    body = []
+    for row, recs in rows.items():
+        if not recs:
+            body.append([ROWS[row], "0"] + ["-"] * (len(head) - 2))
+            continue
+        body.append([
+            ROWS[row], str(len(recs)), mean_std([r["params_removed"] for r in recs]),
+            mean_std([r["macs_removed"] for r in recs]),
+            fmt_count(statistics.mean(r["params"] for r in recs)),
+            fmt_count(statistics.mean(r["macs"] for r in recs)),
+            mean_std([r["latency"] for r in recs], digits=1),
+            "-" if row == "base" else mean_std([r["top1_before_ft"] for r in recs], 100),
+            mean_std([r["top1"] for r in recs], 100),
+            mean_std([r["val_top1"] for r in recs], 100),
+            mean_std([r["epochs"] for r in recs], digits=1)])
+    return md_table(head, body)
+
+
+def detail_table(rows: dict[str, list[dict[str, Any]]]) -> str:
+    head = ["row", "seed", "params removed %", "MACs removed %", "test top-1 % after sparsity "
+            "training", "before fine-tuning", "after", "val top-1 % after", "tp channel ratio"]
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    body = [[ROWS[row], r["seed"], f"{r['params_removed']:.2f}", f"{r['macs_removed']:.2f}",
+             pct(r["top1_after_sparse"]), pct(r["top1_before_ft"]), pct(r["top1"]),
+             pct(r["val_top1"]), "-" if r["ratio"] is None else f"{r['ratio']:.4f}"]
+            for row, recs in rows.items() for r in recs]
+    return md_table(head, body)
+
+
+def machine_info(a: argparse.Namespace) -> str:
+    import importlib.metadata
+
+    import torch
+
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
+    tp_version = importlib.metadata.version("torch-pruning")
+    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs "
+            f"(load average {load[0]:.2f} at the end); Python {platform.python_version()}, "
+            f"torch {torch.__version__}, torch-pruning {tp_version}; {a.jobs} worker "
+            f"processes x 1 torch thread; resprune commit {commit}")
+
+
+def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -> None:
+    plots = []
+    vacl0 = jobs.get(f"seed{a.seeds[0]}/moments")
+    for png in ("group_rms.png", "widths.png"):
+        if vacl0 is not None and (vacl0.run_dir / png).is_file():
+            target = path.parent / f"{path.stem}_{png}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(vacl0.run_dir / png, target)
+            plots.append(target.name)
+    failed = [j.key for j in jobs.values() if j.status in ("failed", "blocked")]
+    unreached = [f"seed{r['seed']}" for r in rows["moments"] + rows["lasso"]
+                 if r["target_reached"] is False]
+    base0 = read_summary(jobs[f"seed{a.seeds[0]}/base"].run_dir) or {}
+    cmd = shlex.join([".venv/bin/python", "benchmarks/vacl_cifar10_mini.py", *argv])
+    text = [
+        f"# VACL on cifar10-mini: {a.model} (shortcut A) against torch-pruning\n",
+        "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
+        f"Machine: {machine_info(a)}. Wall time of this invocation: {wall / 60:.1f} min "
+        f"(runs already finished were reused). Work directory: `{workdir}`; baselines: "
+        f"`{jobs[f'seed{a.seeds[0]}/base'].run_dir.parent}`.\n",
+        f"Budget: baseline {base0.get('epochs', '?')} epoch(s) at lr "
+        f"{(base0.get('config') or {}).get('lr', '?')}; every pruning row "
+        f"{a.sparse_epochs} epoch(s) of sparsity training at lr {a.sparse_lr} + "
+        f"{a.finetune_epochs} epoch(s) of fine-tuning at lr {a.finetune_lr} (the magnitude "
+        f"row: {a.sparse_epochs + a.finetune_epochs} epochs of fine-tuning, no sparsity "
+        f"training); batch {a.batch_size}, cosine schedule, weight decay 5e-4. VACL: lambda "
+        f"{a.lam}, target params reduction {a.target_params_reduction}. torch-pruning: reg "
+        f"{a.tp_reg}, GroupMagnitudeImportance(p=2), global pruning, channel ratio searched "
+        f"to reach the VACL moments row's params reduction of the same seed. Seeds "
+        f"{' '.join(map(str, a.seeds))}.\n",
+        "Accuracies: test = the 1017 official test images in cifar10-mini, never used for a "
+        "decision; val = the seeded 10 % split of the training images. CPU latency is the "
+        f"median of {LATENCY_REPEATS} forward passes at batch {LATENCY_BATCH} after "
+        f"{LATENCY_WARMUP} warm-up passes, one thread, measured after all training, one "
+        "model at a time. Mean ± sample standard deviation over seeds. Epochs trained: the "
+        "baseline's own training, for the other rows the epochs after the baseline.\n",
+        table(rows),
+        "Option-A shortcuts: torch-pruning alone cannot prune them (the pruned net fails "
+        "with an index error); its rows use resprune's PadShortcut pruner and index-map "
+        "coupling through torch-pruning's `customized_pruners` (see "
+        "`benchmarks/_tp_baselines.py`).\n",
+        "## Per seed\n", detail_table(rows),
+    ]
+    if unreached:
+        text.append(f"VACL target not reached (a layer would have emptied): "
+                    f"{', '.join(unreached)}.\n")
+    if failed:
+        text.append(f"Missing (failed or blocked; see {workdir}/logs): {', '.join(failed)}\n")
+    for p in plots:
+        text.append(f"![{p}]({p})\n")
+    if plots:
+        text.append(f"Plots: the VACL moments row of seed {a.seeds[0]} (group RMS norms "
+                    "before and after sparsity training; per-layer widths).\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(text), encoding="utf-8")
+
+
+# -- main ------------------------------------------------------------------------------------
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true",
+                   help="plumbing check: resnet8, seed 0, 1 epoch per stage")
+    p.add_argument("--model", default=None, help="CIFAR ResNet (default resnet56)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (0 1 2)")
+    p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2)")
+    p.add_argument("--base-runs", type=Path, default=None,
+                   help="directory of trained baselines (base_s{seed}/ or seed{seed}/base/); "
+                        "default: train them under runs/bench/vacl_cifar10_mini/bases/")
+    p.add_argument("--base-epochs", type=int, default=None,
+                   help="epochs of baselines this script trains (6)")
+    p.add_argument("--base-lr", type=float, default=0.1, help="baseline learning rate (0.1)")
+    p.add_argument("--sparse-epochs", type=int, default=None,
+                   help="sparsity-training epochs of every pruning row (3)")
+    p.add_argument("--finetune-epochs", type=int, default=None,
+                   help="fine-tuning epochs of every pruning row (2)")
+    p.add_argument("--sparse-lr", type=float, default=0.01, help="(0.01)")
+    p.add_argument("--finetune-lr", type=float, default=0.01, help="(0.01)")
+    p.add_argument("--lam", type=float, default=2e-3, help="VACL lambda (2e-3)")
+    p.add_argument("--target-params-reduction", type=float, default=0.5,
+                   help="VACL target fraction of params to remove (0.5)")
+    p.add_argument("--tp-reg", type=float, default=5e-4,
+                   help="torch-pruning GroupNormPruner reg (5e-4)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_false",
+                   help="train in the default memory format (channels_last is faster on CPU)")
+    p.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    p.add_argument("--runs-root", type=Path, default=REPO / "runs" / "bench" / NAME,
+                   help="where runs go (default runs/bench/vacl_cifar10_mini)")
+    p.add_argument("--results", type=Path, default=None,
+                   help=f"markdown file to write (default benchmarks/results/{NAME}.md; "
+                        "smoke: inside the work directory)")
+    a = p.parse_args(argv)
+    real = {"model": "resnet56", "seeds": [0, 1, 2], "base_epochs": 6, "sparse_epochs": 3,
+            "finetune_epochs": 2}
+    smoke = {"model": "resnet8", "seeds": [0], "base_epochs": 1, "sparse_epochs": 1,
+             "finetune_epochs": 1}
+    for k, v in (smoke if a.smoke else real).items():
+        if getattr(a, k) is None:
+            setattr(a, k, v)
+    if a.jobs < 1:
+        p.error("--jobs must be >= 1")
+    for k in ("base_epochs", "sparse_epochs", "finetune_epochs"):
+        if getattr(a, k) < 0:
+            p.error(f"--{k.replace('_', '-')} must be >= 0")
+    for k in ("lam", "tp_reg", "sparse_lr", "finetune_lr", "base_lr"):
+        if not math.isfinite(getattr(a, k)) or getattr(a, k) < 0:
+            p.error(f"--{k.replace('_', '-')} must be a number >= 0")
+    if not 0 <= a.target_params_reduction < 1:
+        p.error("--target-params-reduction must be in [0, 1)")
+    if not (a.data_dir / "cifar-10-batches-py").is_dir():
+        p.error(f"{a.data_dir} has no cifar-10-batches-py/ (cifar10-mini lives in "
+                "../shared/datasets/cifar10-mini beside the repository)")
+    a.data_dir = a.data_dir.resolve()
+    a.runs_root = a.runs_root.resolve()
+    if a.base_runs is not None:
+        a.base_runs = a.base_runs.resolve()
+    if a.results is None:
+        a.results = None if a.smoke else RESULTS / f"{NAME}.md"
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse(argv)
+    started = time.time()
+    tag = budget_tag(a)
+    if a.base_runs is not None:  # other baselines, other results: keep them apart
+        tag += "-bases" + hashlib.sha1(str(a.base_runs).encode()).hexdigest()[:8]
+    workdir = a.runs_root / tag
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = a.results or workdir / f"{NAME}_smoke.md"
+    jobs = make_jobs(a, workdir)
+    print(f"work directory {workdir}; {len(jobs)} jobs, {a.jobs} at a time", flush=True)
+    schedule(jobs, a, workdir)
+    print("measuring CPU latency of every finished run (one at a time) ...", flush=True)
+    rows = collect(jobs, a)
+    write_results(results, rows, jobs, a, argv, workdir, time.time() - started)
+    print(table(rows))
+    print(f"wrote {results} in {(time.time() - started) / 60:.1f} min", flush=True)
+    return 1 if any(j.status in ("failed", "blocked") for j in jobs.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
