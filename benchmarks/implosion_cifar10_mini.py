@@ -256,36 +256,32 @@ def deployed(run_dir: Path):
     return model, tuple(read_summary(run_dir)["input_shape"])
 
 
-def latencies(run_dirs: list[Path]) -> dict[Path, float]:
-    """CPU ms at batch 64 of each run's deployed net, timed once per distinct architecture.
+def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
+    """params / MACs / depth of each run's deployed net, and its CPU latency at batch 64.
 
-    Rounds are interleaved over the architectures and the lowest round median is kept.
+    Latency is timed once per distinct architecture (it does not depend on the weights), in
+    interleaved rounds, the lowest median kept (``resprune.cli.implode.interleaved_latency``).
     """
-    from resprune.measure import latency
+    from resprune.cli.implode import interleaved_latency
+    from resprune.measure import count_macs, count_params, depth
     from resprune.models import spec_of
 
-    arch_of, nets = {}, {}
+    out, arch_of, nets, shapes = {}, {}, {}, set()
     for d in run_dirs:
         model, shape = deployed(d)
-        key = json.dumps([spec_of(model), shape], sort_keys=True)
-        arch_of[d] = key
-        nets.setdefault(key, (model, shape))
-    best = dict.fromkeys(nets, float("inf"))
-    for _ in range(LATENCY_ROUNDS):
-        for key, (model, shape) in nets.items():
-            r = latency(model, shape, batch_sizes=(LATENCY_BATCH,), warmup=LATENCY_WARMUP,
-                        repeats=LATENCY_REPEATS)
-            best[key] = min(best[key], r[LATENCY_BATCH]["median_ms"])
-    return {d: round(best[k], 3) for d, k in arch_of.items()}
-
-
-def folded_counts(run_dir: Path) -> dict[str, int]:
-    """params / MACs / depth of the model with its gates folded (as deployed)."""
-    from resprune.measure import count_macs, count_params, depth
-
-    model, shape = deployed(run_dir)
-    return {"params": count_params(model), "macs": count_macs(model, shape),
-            "depth": depth(model)}
+        out[d] = {"params": count_params(model), "macs": count_macs(model, shape),
+                  "depth": depth(model)}
+        arch_of[d] = json.dumps(spec_of(model), sort_keys=True)
+        nets.setdefault(arch_of[d], model)
+        shapes.add(shape)
+    if len(shapes) > 1:  # one dataset: never happens unless runs were mixed by hand
+        raise SystemExit(f"runs have different input shapes: {sorted(shapes)}")
+    ms = interleaved_latency(nets, shapes.pop() if shapes else (3, 32, 32),
+                             batch=LATENCY_BATCH, warmup=LATENCY_WARMUP,
+                             repeats=LATENCY_REPEATS, rounds=LATENCY_ROUNDS)
+    for d in run_dirs:
+        out[d]["latency"] = round(ms[arch_of[d]], 3)
+    return out
 
 
 def plural(n: int, noun: str) -> str:
@@ -302,36 +298,26 @@ def mean_std(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
 
 
 def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
-    """Per row, one record per finished seed (latency measured here, one model at a time)."""
+    """Per row, one record per finished seed (measured here, after all training)."""
     import torch
 
     torch.set_num_threads(1)
+    done = [j for j in jobs.values() if read_summary(j.run_dir) is not None]
+    measured = measure([j.run_dir for j in done])
     rows: dict[str, list[dict[str, Any]]] = {r: [] for r in ROWS}
-    finished: list[Path] = []
-    for s in a.seeds:
-        base = read_summary(jobs[f"seed{s}/base"].run_dir)
-        if base is None:
+    for job in sorted(done, key=lambda j: j.seed):
+        base = jobs[f"seed{job.seed}/base"].run_dir
+        if base not in measured:
             continue
-        base_depth = folded_counts(jobs[f"seed{s}/base"].run_dir)["depth"]
-        for row in ROWS:
-            job = jobs[f"seed{s}/{row}"]
-            summary = read_summary(job.run_dir)
-            if summary is None:
-                continue
-            counts = folded_counts(job.run_dir)
-            finished.append(job.run_dir)
-            rows[row].append({
-                "seed": s, **counts, "top1": summary.get("top1"),
-                "val_top1": summary.get("val_top1"), "epochs": summary.get("epochs"),
-                "removed_pct": 100.0 * (base_depth - counts["depth"]) / base_depth,
-                "run_dir": job.run_dir,
-                "erased": [e["name"] for e in summary.get("erased_units", [])],
-                "stop": summary.get("stop_reason"), "seconds": summary.get("seconds"),
-            })
-    lat = latencies(finished)
-    for recs in rows.values():
-        for r in recs:
-            r["latency"] = lat[r.pop("run_dir")]
+        summary, m = read_summary(job.run_dir), measured[job.run_dir]
+        rows[job.row].append({
+            "seed": job.seed, **m, "top1": summary.get("top1"),
+            "val_top1": summary.get("val_top1"), "epochs": summary.get("epochs"),
+            "removed_pct": 100.0 * (measured[base]["depth"] - m["depth"])
+            / measured[base]["depth"],
+            "erased": [e["name"] for e in summary.get("erased_units", [])],
+            "stop": summary.get("stop_reason"), "seconds": summary.get("seconds"),
+        })
     return rows
 
 
@@ -501,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = make_jobs(a, workdir)
     print(f"work directory {workdir}; {len(jobs)} jobs, {a.jobs} at a time", flush=True)
     schedule(jobs, a, workdir)
-    print("measuring CPU latency of every finished run (one at a time) ...", flush=True)
+    print("measuring the finished runs (latency once per architecture) ...", flush=True)
     rows = collect(jobs, a)
     write_results(a.results, rows, jobs, a, argv, workdir, time.time() - started)
     print(table(rows))

@@ -51,6 +51,7 @@ from ..implosion import (
     implode,
 )
 from ..implosion.gates import is_erasable, residual_units, unit_weight_layers
+from ..measure import depth, latency
 from ..models import build
 from ..report import fmt_acc, pct_removed
 from ..report.implosion import write_report
@@ -153,7 +154,7 @@ def check_options(args: argparse.Namespace, model: nn.Module) -> None:
     if not erasable_units(model):
         raise UserError(f"the model in {args.run} has no erasable residual unit left (every "
                         "remaining unit changes resolution or width)")
-    d = _depth(model)
+    d = depth(model)
     if args.target_depth is not None and args.target_depth > d:
         raise UserError(f"--target-depth {args.target_depth} is above the depth of {args.run} "
                         f"({d} weight layers); choose a smaller target")
@@ -165,12 +166,6 @@ def check_data(bundle, spec: dict[str, Any], args: argparse.Namespace) -> None:
                         f"{bundle.in_channels}-channel images but the model in {args.run} "
                         f"expects {spec['num_classes']} classes of {spec['in_channels']}-channel "
                         "images; pass the dataset the run was trained on")
-
-
-def _depth(model: nn.Module) -> int:
-    from ..measure import depth
-
-    return int(depth(model))
 
 
 def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
@@ -294,8 +289,6 @@ def arch_latencies(spec: dict[str, Any], erased: list[list[str]], shape) -> list
     Latency depends on the architecture, not on the weight values, so each net is rebuilt
     from the spec. Identical architectures are timed once.
     """
-    from ..measure import latency
-
     keys = [tuple(sorted(e)) for e in erased]
     nets = {}
     for key in dict.fromkeys(keys):
@@ -303,13 +296,25 @@ def arch_latencies(spec: dict[str, Any], erased: list[list[str]], shape) -> list
         erase_units(net, list(key))
         fold_gates(net)  # as deployed: no gate multiply
         nets[key] = net
-    best = dict.fromkeys(nets, float("inf"))
-    for _ in range(STEP_LATENCY_ROUNDS):
-        for key, net in nets.items():
-            r = latency(net, tuple(shape), batch_sizes=(STEP_LATENCY_BATCH,), device="cpu",
-                        warmup=STEP_LATENCY_WARMUP, repeats=STEP_LATENCY_REPEATS)
-            best[key] = min(best[key], r[STEP_LATENCY_BATCH]["median_ms"])
+    best = interleaved_latency(nets, shape)
     return [round(best[k], 4) for k in keys]
+
+
+def interleaved_latency(nets: dict[Any, nn.Module], shape, batch: int = STEP_LATENCY_BATCH,
+                        warmup: int = STEP_LATENCY_WARMUP, repeats: int = STEP_LATENCY_REPEATS,
+                        rounds: int = STEP_LATENCY_ROUNDS) -> dict[Any, float]:
+    """``{key: CPU ms}`` of each net at ``batch``: the lowest median over ``rounds`` rounds.
+
+    The rounds visit every net in turn, so a burst of load from other processes raises one
+    round of every net rather than all rounds of one. (Also used by the evidence benchmark.)
+    """
+    best = dict.fromkeys(nets, float("inf"))
+    for _ in range(rounds):
+        for key, net in nets.items():
+            r = latency(net, tuple(shape), batch_sizes=(batch,), device="cpu", warmup=warmup,
+                        repeats=repeats)
+            best[key] = min(best[key], r[batch]["median_ms"])
+    return best
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
