@@ -43,7 +43,7 @@ This budget is far below a converged ResNet-56 (hundreds of epochs): it compares
 with one another under equal budgets, not with published full-data numbers.
 
     .venv/bin/python benchmarks/implosion_cifar10_mini.py              # ~25 min, 3 seeds
-    .venv/bin/python benchmarks/implosion_cifar10_mini.py --smoke      # ~2 min plumbing check
+    .venv/bin/python benchmarks/implosion_cifar10_mini.py --smoke      # ~4 min plumbing check
     .venv/bin/python benchmarks/implosion_cifar10_mini.py --base-epochs 30 --retrain-epochs 3
 
 Writes ``benchmarks/results/implosion_cifar10_mini.md`` (tables, the exact command line,
