@@ -374,7 +374,8 @@ def vacl_fields(state: dict[str, Any]) -> dict[str, Any]:
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
     pr = summary["prune"]
     rule = (f"RMS < {pr['threshold']:g}" if pr["mode"] == "threshold" else
-            f"target {pr['mode']} reduction {100 * pr['target_reduction']:.2f} %"
+            f"target {'params' if pr['mode'] == 'params' else 'MACs'} reduction "
+            f"{100 * pr['target_reduction']:.2f} %"
             + ("" if pr["target_reached"] else " (not reached)"))
     lines = [common.metrics_table([("input", summary["base"]), ("vacl", summary)]), "",
              f"removed {pr['groups_removed']} of {pr['groups_total']} channel groups "

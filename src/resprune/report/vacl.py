@@ -34,6 +34,10 @@ TRAINING_PNG = "training.png"
 RMS_BINS = 40
 
 
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _sig(x: float) -> float:
     return float(f"{x:.6g}")
 
@@ -174,26 +178,27 @@ def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     kinds = summary.get("groups") or pr["groups_by_kind"]
     lines = [
         f"# VACL width pruning: {summary['model']} on {summary['data']['name']}\n",
-        f"Input run: `{summary['base']['run']}`. Sparsity training: {detail['sparse']} epoch(s) "
-        f"at lr {cfg.get('sparse_lr')} with the `{cfg.get('form')}` regularizer (beta "
-        f"{cfg.get('beta')}, lambda {cfg.get('lam')}, BN "
+        f"Input run: `{summary['base']['run']}`. Sparsity training: "
+        f"{_n(detail['sparse'], 'epoch')} at lr {cfg.get('sparse_lr')} with the "
+        f"`{cfg.get('form')}` regularizer (beta {cfg.get('beta')}, lambda {cfg.get('lam')}, BN "
         f"{'in' if cfg.get('include_bn') else 'not in'} the groups, consumer slices "
         f"{'in' if cfg.get('include_consumers') else 'not in'} the groups). Pruning: "
-        f"{_rule(pr)}. Fine-tuning: {detail['finetune']} epoch(s) at lr "
+        f"{_rule(pr)}. Fine-tuning: {_n(detail['finetune'], 'epoch')} at lr "
         f"{cfg.get('finetune_lr')} without the regularizer.\n",
         comparison_table(summary),
         "Accuracies are top-1 on the validation split (carved from the training set) and on "
         "the test set; neither chose anything here (the pruning rule is the user's). MACs are "
         "multiply-accumulates of convolutions and linear layers for one image of shape "
         f"{summary['input_shape']}; depth counts weight layers; latency is the median CPU time "
-        f"of one forward pass ({summary.get('cpu_threads', '?')} thread(s)).\n",
+        f"of one forward pass ({_n(summary.get('cpu_threads', 0), 'thread')}).\n",
         "## Pruning\n",
         f"{pr['groups_total']} channel groups ({kinds.get('cross', 0)} cross-layer, "
         f"{kinds.get('filter', 0)} filter); {pr['groups_removed']} removed "
         f"({pr['removed_by_kind'].get('cross', 0)} cross-layer, "
         f"{pr['removed_by_kind'].get('filter', 0)} filter). "
-        f"{pr['units_skipped_to_keep_layers']} removal(s) skipped to keep at least one channel "
-        f"per layer; {pr['groups_fixed']} group(s) could not be removed at all. Params "
+        f"{_n(pr['units_skipped_to_keep_layers'], 'removal')} skipped to keep at least one "
+        f"channel per layer; {_n(pr['groups_fixed'], 'group')} could not be removed at all. "
+        "Params "
         f"{fmt_count(pr['params_before'])} -> {fmt_count(pr['params_after'])}, MACs "
         f"{fmt_count(pr['macs_before'])} -> {fmt_count(pr['macs_after'])}.\n",
         f"Group RMS norms: median {h['median_before']:.3g} before sparsity training, "
