@@ -10,6 +10,9 @@ stages, each checkpointed in ``--out`` so that a run killed at any point and con
 2. **pruning** (``stages/pruned/``: the pruned model and ``prune_report.json``): groups are
    scored by their RMS norm and removed by ``--threshold`` or down to a target reduction of
    params or MACs (one global ranking, at least one channel kept per layer), physically.
+   ``--auto-tolerance T`` chooses the params target from validation accuracy instead (see
+   :mod:`resprune.vacl.select`): the largest candidate reduction whose pruned copy, not
+   fine-tuned, keeps val top-1 within T points of the sparse model's.
 3. **fine-tuning** (``stages/finetune/``): ``--finetune-epochs`` at ``--finetune-lr``
    without the regularizer. The result is written to ``--out`` (``model.safetensors`` +
    ``arch.json``, a plain, smaller ResNet that ``resprune.load`` reads).
@@ -17,7 +20,7 @@ stages, each checkpointed in ``--out`` so that a run killed at any point and con
 Each stage starts from the previous stage's weights *as read back from disk*, in a fresh and
 in a resumed run alike, so both take the same path. ``pipeline_state.json`` records the phase
 reached and what was measured on the way. No decision uses the test set: the pruning rule is
-the user's (threshold or target) and the validation split is only reported, like the test set.
+the user's (threshold or target), or, with ``--auto-tolerance``, chosen on the validation split.
 
 ``summary.json`` (kind ``vacl``) holds, besides the common fields (``params``, ``macs``,
 ``depth``, ``top1``, ``top5``, ``val_top1``, ``cpu_latency_ms``, ``input_shape``, ``data``,
@@ -31,7 +34,9 @@ the user's (threshold or target) and the validation split is only reported, like
 - ``widths``: ``{conv layer: [out channels before, after]}`` in network order;
 - ``prune``: the essentials of the library's prune report (mode, threshold / target, whether
   the target was reached, group counts removed by kind, params and MACs before / after) and
-  ``cutoff``: the highest RMS score removed (the threshold, for ``--threshold``);
+  ``cutoff``: the highest RMS score removed (the threshold, for ``--threshold``); with
+  ``--auto-tolerance``, ``auto``: the candidates tried and the choice
+  (:func:`resprune.vacl.select.choose_reduction`);
 - ``group_rms``: a log-scale histogram of the groups' RMS scores before and after sparsity
   training (see :func:`resprune.report.vacl.rms_histogram`);
 - ``epochs`` (sparse + fine-tune) and ``epochs_detail``; ``seconds`` is the training and
@@ -73,7 +78,8 @@ PRUNE_KEYS = ("mode", "threshold", "target_reduction", "target_reached", "groups
               "units_skipped_to_keep_layers", "params_before", "params_after",
               "params_reduction", "macs_before", "macs_after", "macs_reduction")
 TARGETS = (("threshold", "--threshold"), ("target_params_reduction", "--target-params-reduction"),
-           ("target_macs_reduction", "--target-macs-reduction"))
+           ("target_macs_reduction", "--target-macs-reduction"),
+           ("auto_tolerance", "--auto-tolerance"))
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
 
 
@@ -92,8 +98,8 @@ def add_parser(subs) -> None:
                     "RMS norm (by --threshold or down to a target reduction of params or "
                     "MACs), then fine-tune without the regularizer. Data options default to "
                     "the input run's, so its validation split is reproduced; the test set is "
-                    "only reported. Give exactly one of --threshold, --target-params-reduction "
-                    "and --target-macs-reduction.")
+                    "only reported. Give exactly one of --threshold, --target-params-reduction, "
+                    "--target-macs-reduction and --auto-tolerance.")
     p.add_argument("run", metavar="RUN", help="input run directory (model.safetensors + "
                    "arch.json, e.g. written by 'resprune train')")
     g = p.add_argument_group("sparsity training (VACL regularizer)")
@@ -123,6 +129,11 @@ def add_parser(subs) -> None:
     g.add_argument("--target-macs-reduction", type=options.fraction, metavar="R",
                    help="remove the lowest-RMS groups until MACs fall by at least the "
                         "fraction R in [0, 1)")
+    g.add_argument("--auto-tolerance", type=options.nonneg_float, metavar="T",
+                   help="choose the params reduction on the validation split: the largest of "
+                        "5 %%, 10 %%, ..., 95 %% whose pruned copy of the sparse model (not "
+                        "fine-tuned) keeps val top-1 within T percentage points of the sparse "
+                        "model's (the scan stops at the first that does not)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=options.nonneg_int, default=20,
                    help="epochs of fine-tuning after pruning, no regularizer (default 20)")
@@ -147,8 +158,8 @@ def prune_target(args: argparse.Namespace) -> dict[str, float]:
     given = [(dest, flag) for dest, flag in TARGETS if getattr(args, dest, None) is not None]
     if len(given) != 1:
         names = ", ".join(flag for _, flag in given) or "none"
-        raise UserError("give exactly one of --threshold, --target-params-reduction and "
-                        f"--target-macs-reduction (got {names})")
+        raise UserError("give exactly one of --threshold, --target-params-reduction, "
+                        f"--target-macs-reduction and --auto-tolerance (got {names})")
     dest, _ = given[0]
     return {dest: float(getattr(args, dest))}
 
@@ -260,6 +271,10 @@ def run(args: argparse.Namespace) -> int:
     device = common.resolve_device(args.device)
     bundle = common.load_data(args)
     common.check_data_fits(bundle, spec, args)
+    if "auto_tolerance" in target and len(bundle.val) == 0:
+        raise UserError(f"--auto-tolerance chooses on the validation split, which is empty "
+                        f"(--val-fraction {args.val_fraction}); raise --val-fraction or give "
+                        "a target")
     shape = input_shape(bundle)
     reg = Regularizer(model, form=args.form, beta=args.beta, lam=args.lam,
                       include_bn=args.include_bn, include_consumers=args.include_consumers,
@@ -300,7 +315,11 @@ def run(args: argparse.Namespace) -> int:
     if state["phase"] == "prune":
         common.log(f"vacl: pruning ({', '.join(f'{k}={v}' for k, v in target.items())})")
         t0 = time.perf_counter()
-        state.update(_prune_stage(out, shape, reg, target, state["rms_after"]))
+        auto = _auto_target(out, shape, reg, val_loader, target, args.precision, device)
+        rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
+        state.update(_prune_stage(out, shape, reg, rule, state["rms_after"]))
+        if auto is not None:
+            state["prune"]["auto"] = auto
         pruned = load(stage_dir(out, "pruned"), device=device)
         state.update(phase="finetune", prune_seconds=round(time.perf_counter() - t0, 3),
                      before_finetune=_accuracy(pruned, evals, args.precision))
@@ -326,6 +345,22 @@ def run(args: argparse.Namespace) -> int:
     write_report(out, summary, history)
     common.emit(args, summary, terminal_text(summary, out))
     return 0
+
+
+def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],
+                 precision: str, device) -> dict[str, Any] | None:
+    """--auto-tolerance: the params reduction chosen on the validation split (else None)."""
+    if "auto_tolerance" not in target:
+        return None
+    from ..vacl.select import choose_reduction
+
+    auto = choose_reduction(load(stage_dir(out, "sparse"), device=device), shape, val_loader,
+                            target["auto_tolerance"], groups=reg.groups,
+                            include_bn=reg.include_bn,
+                            include_consumers=reg.include_consumers, precision=precision)
+    common.log(f"vacl: auto: {len(auto['candidates'])} candidate(s) tried on the validation "
+               f"split; params target {100 * auto['chosen']:.0f} % (stop: {auto['stop']})")
+    return auto
 
 
 def _warn_target(pr: dict[str, Any]) -> None:
@@ -376,7 +411,9 @@ def terminal_text(summary: dict[str, Any], out: Path) -> str:
     rule = (f"RMS < {pr['threshold']:g}" if pr["mode"] == "threshold" else
             f"target {'params' if pr['mode'] == 'params' else 'MACs'} reduction "
             f"{100 * pr['target_reduction']:.2f} %"
-            + ("" if pr["target_reached"] else " (not reached)"))
+            + ("" if pr["target_reached"] else " (not reached)")
+            + (f", chosen on val with --auto-tolerance {pr['auto']['tolerance']:g}"
+               if pr.get("auto") else ""))
     lines = [common.metrics_table([("input", summary["base"]), ("vacl", summary)]), "",
              f"removed {pr['groups_removed']} of {pr['groups_total']} channel groups "
              f"({pr['removed_by_kind'].get('cross', 0)} cross-layer, "
