@@ -8,18 +8,16 @@ called in worker processes through ``resprune.cli.main.main``). Per seed (defaul
 - random units at the same depth: ``implode --score random --target-depth D --tolerance 100``
   (D: the gate row's final depth, reached whatever the accuracy);
 - no retraining: ``implode --score gate --retrain-epochs 0 --final-epochs 0``;
-- from scratch: ``resprune train`` of the gate row's final architecture from a fresh
-  initialisation, for base epochs + the loop's epochs (``--scratch-budget total``: all the
-  training the imploded net received) or for the loop's epochs only (``loop``).
+- from scratch: ``resprune train --arch GATE/arch.json``, the gate row's final architecture
+  from a fresh initialisation, for base epochs + the loop's epochs (``--scratch-budget
+  total``: all the training the imploded net received) or for the loop's epochs only
+  (``loop``).
 
 The baseline is trained with priority gates (the priority term learns with the network, so
 ``implode`` needs no adaptation; the 25 scalar gates are folded away for the table). Every
 implosion row uses the same budget (``--retrain-epochs``, ``--per-step``, ``--max-steps``,
 ``--final-epochs``, ``--tolerance``) and the same validation split as its baseline (implode
-inherits the run's data options); the test set is only reported. The scratch row runs the
-real ``resprune train`` code with ``create`` replaced by the gate row's architecture (the CLI
-trains zoo models only); everything else (data, schedule, checkpoints, summary) is the
-command's own.
+inherits the run's data options); the test set is only reported.
 
 Jobs that do not depend on each other run in ``--jobs`` worker processes (default 2), each
 with one torch thread (``OMP_NUM_THREADS=1`` + ``torch.set_num_threads(1)``). One baseline
@@ -27,9 +25,9 @@ per seed serves every row. A job whose run directory already has ``summary.json`
 and an interrupted one is resumed (``--resume``), so the script can be re-run to fill gaps;
 the work directory's name encodes the budget, so a different budget never mixes with old
 runs. CPU latency (batch 64, one thread) is measured at the end, after every job, once per
-distinct architecture (it does not depend on the weight values): three interleaved rounds of
-a 3-run median after a warm-up run, the lowest median kept, so that a burst of load from
-other processes does not land on one row only.
+distinct architecture (it does not depend on the weight values), all of them interleaved
+(``resprune.measure.compare.time_models``: each round times every net once, alternating the
+order), so that a burst of load from other processes does not land on one row only.
 
 Cost (calibrated on the shared 2-core machine, one thread per process): one ResNet-56 epoch
 over cifar10-mini's 3661 training images (+ 407 validation) takes 40-55 s of CPU with
@@ -87,7 +85,7 @@ ROWS = {  # row key -> label, in table order
     "noretrain": "implosion gate, no retraining",
     "scratch": "gate architecture, from scratch",
 }
-LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS, LATENCY_ROUNDS = 64, 1, 3, 3
+LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 1, 7
 
 
 # -- worker side -----------------------------------------------------------------------------
@@ -98,32 +96,18 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def run_cli(argv: list[str], log_path: str, scratch_spec: str | None = None) -> int:
-    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``.
-
-    ``scratch_spec``: train that architecture (arch.json) from scratch instead of the zoo's.
-    """
+def run_cli(argv: list[str], log_path: str) -> int:
+    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``."""
     import torch
 
     torch.set_num_threads(1)
-    from resprune.cli import train as train_cmd
     from resprune.cli.main import main
 
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log):
         print(f"$ resprune {shlex.join(argv)}", flush=True)
-        if scratch_spec is None:
-            return main(argv)
-        from resprune.models import build
-
-        spec = json.loads(Path(scratch_spec).read_text())
-        original = train_cmd.create
-        train_cmd.create = lambda *a, **k: build(spec)  # fresh init of the pruned architecture
-        try:
-            return main(argv)
-        finally:
-            train_cmd.create = original
+        return main(argv)
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -165,37 +149,38 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> tuple[list[str], str | None]:
-    """The command line of a job (and, for scratch, the architecture file)."""
+def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
+    """The command line of a job."""
     seed_dir = workdir / f"seed{job.seed}"
     common = ["--no-progress", "--batch-size", str(a.batch_size), "--out", str(job.run_dir)]
     if a.channels_last:
         common.append("--channels-last")
     if job.run_dir.is_dir() and any(job.run_dir.iterdir()):
         common.append("--resume")  # an interrupted job continues where it stopped
-    train = ["train", "--model", a.model, "--data", "cifar10", "--data-dir", str(a.data_dir),
-             "--seed", str(job.seed), "--lr", str(a.lr)]
+    train = ["train", "--data", "cifar10", "--data-dir", str(a.data_dir), "--seed",
+             str(job.seed), "--lr", str(a.lr)]
     if job.row == "base":
-        return [*train, "--priority-gates", "--epochs", str(a.base_epochs), *common], None
-    if job.row == "scratch":
+        return [*train, "--model", a.model, "--priority-gates", "--epochs",
+                str(a.base_epochs), *common]
+    if job.row == "scratch":  # the gate row's final architecture, freshly initialised
         gate = read_summary(seed_dir / "gate")
         epochs = gate["epochs"] + (a.base_epochs if a.scratch_budget == "total" else 0)
-        return ([*train, "--epochs", str(max(epochs, 1)), *common],
-                str(seed_dir / "gate" / "arch.json"))
+        return [*train, "--arch", str(seed_dir / "gate" / "arch.json"), "--epochs",
+                str(max(epochs, 1)), *common]
     loop = ["implode", str(seed_dir / "base"), "--retrain-epochs", str(a.retrain_epochs),
             "--retrain-lr", str(a.retrain_lr), "--per-step", str(a.per_step),
             "--final-epochs", str(a.final_epochs), "--tolerance", str(a.tolerance)]
     steps = ["--max-steps", str(a.max_steps)]
     if job.row in SCORES:
-        return [*loop, "--score", job.row, *steps, *common], None
+        return [*loop, "--score", job.row, *steps, *common]
     if job.row == "noretrain":
         loop[loop.index("--retrain-epochs") + 1] = "0"
         loop[loop.index("--final-epochs") + 1] = "0"
-        return [*loop, "--score", "gate", *steps, *common], None
+        return [*loop, "--score", "gate", *steps, *common]
     # random: the gate row's final depth, whatever the accuracy
     depth = read_summary(seed_dir / "gate")["depth"]
     loop[loop.index("--tolerance") + 1] = "100"
-    return [*loop, "--score", "random", "--target-depth", str(depth), *common], None
+    return [*loop, "--score", "random", "--target-depth", str(depth), *common]
 
 
 def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
@@ -219,10 +204,10 @@ def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None
                     job.status = "blocked"
                     print(f"[blocked] {job.key}: a job it needs failed", flush=True)
                 elif all(s in ("done", "skipped") for s in dep_states):
-                    argv, spec = job_argv(job, a, workdir)
+                    argv = job_argv(job, a, workdir)
                     log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
                     print(f"[start] {job.key}: resprune {shlex.join(argv)}", flush=True)
-                    fut = pool.submit(run_cli, argv, str(log), spec)
+                    fut = pool.submit(run_cli, argv, str(log))
                     job.status = "running"
                     running[fut] = (job, time.time())
             if not running:
@@ -259,11 +244,11 @@ def deployed(run_dir: Path):
 def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
     """params / MACs / depth of each run's deployed net, and its CPU latency at batch 64.
 
-    Latency is timed once per distinct architecture (it does not depend on the weights), in
-    interleaved rounds, the lowest median kept (``resprune.cli.implode.interleaved_latency``).
+    Latency is timed once per distinct architecture (it does not depend on the weights), all
+    of them interleaved (``resprune.measure.compare.time_models``).
     """
-    from resprune.cli.implode import interleaved_latency
     from resprune.measure import count_macs, count_params, depth
+    from resprune.measure.compare import time_models
     from resprune.models import spec_of
 
     out, arch_of, nets, shapes = {}, {}, {}, set()
@@ -274,13 +259,13 @@ def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
         arch_of[d] = json.dumps(spec_of(model), sort_keys=True)
         nets.setdefault(arch_of[d], model)
         shapes.add(shape)
-    if len(shapes) > 1:  # one dataset: never happens unless runs were mixed by hand
-        raise SystemExit(f"runs have different input shapes: {sorted(shapes)}")
-    ms = interleaved_latency(nets, shapes.pop() if shapes else (3, 32, 32),
-                             batch=LATENCY_BATCH, warmup=LATENCY_WARMUP,
-                             repeats=LATENCY_REPEATS, rounds=LATENCY_ROUNDS)
+    if len(shapes) != 1:  # one dataset: only if runs were mixed by hand
+        raise SystemExit(f"expected runs of one input shape, got {sorted(shapes)}")
+    rows, _ = time_models(nets, shapes.pop(), batch_sizes=(LATENCY_BATCH,),
+                          runtimes=("eager",), devices=["cpu"], warmup=LATENCY_WARMUP,
+                          repeats=LATENCY_REPEATS)
     for d in run_dirs:
-        out[d]["latency"] = round(ms[arch_of[d]], 3)
+        out[d]["latency"] = round(rows[0]["ms"][arch_of[d]], 3)
     return out
 
 
@@ -403,8 +388,9 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
         "a decision; val = the seeded 10 % split of the training images every acceptance "
         "decision uses. Params / MACs / depth are of the deployed net (gates folded). CPU "
         f"latency: one forward pass at batch {LATENCY_BATCH}, one thread, timed after all "
-        "training, once per distinct architecture: the lowest of "
-        f"{LATENCY_ROUNDS} interleaved medians of {LATENCY_REPEATS} runs. "
+        "training, once per distinct architecture, all architectures interleaved (each "
+        f"round times every net once, alternating the order): median of {LATENCY_REPEATS} "
+        "runs. "
         "Mean ± sample standard deviation over seeds.\n",
         table(rows),
         "## Per seed\n", detail_table(rows),

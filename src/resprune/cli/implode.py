@@ -19,8 +19,8 @@ fields (``params``, ``macs``, ``depth``, ``top1``, ``val_top1``, ``cpu_latency_m
   ``cpu_latency_ms_64`` (CPU latency at batch 64 of the architecture after that step);
 - ``units``: every residual unit of the input in network order (``erasable``), for the plot;
   ``gates``: the surviving gates' values before they were folded into the BNs;
-  ``step_latency``: how the per-step latency was timed (batch, warm-up, repeats, rounds,
-  threads).
+  ``step_latency``: how the per-step latency was timed (batch, warm-up, repeats,
+  threads; the nets of all steps interleaved).
 
 Per-step latency is measured after the loop, from the architecture each step produced (input
 spec + that step's erasures, gates folded): latency depends on the architecture, not on the
@@ -51,7 +51,7 @@ from ..implosion import (
     implode,
 )
 from ..implosion.gates import is_erasable, residual_units, unit_weight_layers
-from ..measure import depth, latency
+from ..measure import depth
 from ..models import build
 from ..report import fmt_acc, pct_removed
 from ..report.implosion import write_report
@@ -59,13 +59,12 @@ from ..runs import SUMMARY_FILE, prepare_out, read_summary, write_summary
 from . import common, options
 from .evaluate import inherit_data_options
 
-# Per-step latency: every architecture is timed in STEP_LATENCY_ROUNDS interleaved rounds of
-# STEP_LATENCY_REPEATS runs (after one warm-up), and the lowest round median is kept, so a
-# burst of load from other processes does not land on one step only.
+# Per-step latency: the nets of all steps are timed together, interleaved (each round times
+# every net once, alternating the order; resprune.measure.compare.time_models), so a burst of
+# load from other processes hits all steps alike; the median of each net's runs is kept.
 STEP_LATENCY_BATCH = 64
 STEP_LATENCY_WARMUP = 1
-STEP_LATENCY_REPEATS = 3
-STEP_LATENCY_ROUNDS = 2
+STEP_LATENCY_REPEATS = 5
 
 
 def positive_float(text: str) -> float:
@@ -278,7 +277,7 @@ def implosion_fields(result, base: dict[str, Any], units: list[dict[str, Any]],
         "stop_reason": result.stop_reason, "steps": history, "units": units,
         "gates": result.gates,
         "step_latency": {"batch": STEP_LATENCY_BATCH, "warmup": STEP_LATENCY_WARMUP,
-                         "repeats": STEP_LATENCY_REPEATS, "rounds": STEP_LATENCY_ROUNDS,
+                         "repeats": STEP_LATENCY_REPEATS, "interleaved": True,
                          "threads": torch.get_num_threads()},
     }
 
@@ -287,34 +286,22 @@ def arch_latencies(spec: dict[str, Any], erased: list[list[str]], shape) -> list
     """CPU ms at batch 64 of ``spec`` with each list of units removed (gates folded).
 
     Latency depends on the architecture, not on the weight values, so each net is rebuilt
-    from the spec. Identical architectures are timed once.
+    from the spec; identical architectures are timed once.
     """
-    keys = [tuple(sorted(e)) for e in erased]
-    nets = {}
-    for key in dict.fromkeys(keys):
-        net = build(spec)
-        erase_units(net, list(key))
-        fold_gates(net)  # as deployed: no gate multiply
-        nets[key] = net
-    best = interleaved_latency(nets, shape)
-    return [round(best[k], 4) for k in keys]
+    from ..measure.compare import time_models
 
-
-def interleaved_latency(nets: dict[Any, nn.Module], shape, batch: int = STEP_LATENCY_BATCH,
-                        warmup: int = STEP_LATENCY_WARMUP, repeats: int = STEP_LATENCY_REPEATS,
-                        rounds: int = STEP_LATENCY_ROUNDS) -> dict[Any, float]:
-    """``{key: CPU ms}`` of each net at ``batch``: the lowest median over ``rounds`` rounds.
-
-    The rounds visit every net in turn, so a burst of load from other processes raises one
-    round of every net rather than all rounds of one. (Also used by the evidence benchmark.)
-    """
-    best = dict.fromkeys(nets, float("inf"))
-    for _ in range(rounds):
-        for key, net in nets.items():
-            r = latency(net, tuple(shape), batch_sizes=(batch,), device="cpu", warmup=warmup,
-                        repeats=repeats)
-            best[key] = min(best[key], r[batch]["median_ms"])
-    return best
+    keys = [",".join(sorted(e)) for e in erased]
+    nets: dict[str, nn.Module] = {}
+    for key, names in zip(keys, erased):
+        if key not in nets:
+            net = build(spec)
+            erase_units(net, names)
+            fold_gates(net)  # as deployed: no gate multiply
+            nets[key] = net
+    rows, _ = time_models(nets, shape, batch_sizes=(STEP_LATENCY_BATCH,), runtimes=("eager",),
+                          devices=["cpu"], warmup=STEP_LATENCY_WARMUP,
+                          repeats=STEP_LATENCY_REPEATS)
+    return [round(rows[0]["ms"][k], 4) for k in keys]
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:

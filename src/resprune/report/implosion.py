@@ -42,8 +42,8 @@ def _n(count: int, noun: str) -> str:
 def _latency_note(summary: dict[str, Any]) -> str:
     t = summary.get("step_latency") or {}
     return (f"Latency: CPU time of one forward pass at batch {t.get('batch', 64)} of the "
-            "architecture after the step (gates folded): the lowest of "
-            f"{t.get('rounds', 1)} interleaved medians of {t.get('repeats', '?')} runs, "
+            "architecture after the step (gates folded), median of "
+            f"{t.get('repeats', '?')} runs timed interleaved with the other steps' nets, "
             f"{_n(t.get('threads', 0), 'thread')}.")
 
 
