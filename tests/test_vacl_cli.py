@@ -294,10 +294,10 @@ def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, c
     (["--target-macs-reduction", "-0.1"],
      "argument --target-macs-reduction: must be in [0, 1), got -0.1"),
     (["--threshold", "0.1", "--target-params-reduction", "0.5"],
-     "give exactly one of --threshold, --target-params-reduction and --target-macs-reduction "
-     "(got --threshold, --target-params-reduction)"),
-    ([], "give exactly one of --threshold, --target-params-reduction and "
-         "--target-macs-reduction (got none)"),
+     "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction "
+     "and --auto-tolerance (got --threshold, --target-params-reduction)"),
+    ([], "give exactly one of --threshold, --target-params-reduction, "
+         "--target-macs-reduction and --auto-tolerance (got none)"),
     (["--threshold", "-1"], "argument --threshold: must be >= 0, got -1.0"),
     (["--form", "l1", "--threshold", "0.1"], "argument --form: invalid choice: 'l1'"),
     (["--sparse-lr", "0", "--threshold", "0.1"], "argument --sparse-lr: must be > 0, got 0.0"),
