@@ -265,7 +265,7 @@ def implosion_fields(result, base: dict[str, Any], units: list[dict[str, Any]],
               for h in history if h["accepted"] for n in h["erased"]]
     detail = {"adapt": int(result.adapt_epochs),
               "retrain": int(sum(h["epochs"] for h in history)),
-              "final": int((result.final or {}).get("epochs", 0))}
+              "final": int(result.final["epochs"])}
     final_depth = int(result.final["depth"])
     return {
         "base": base, "start": start, "erased_units": erased,
@@ -273,7 +273,6 @@ def implosion_fields(result, base: dict[str, Any], units: list[dict[str, Any]],
         "params_removed_pct": pct_removed(base["params"], result.final["params"]),
         "macs_removed_pct": pct_removed(base["macs"], result.final["macs"]),
         "epochs": sum(detail.values()), "epochs_detail": detail,
-        "final_epochs": detail["final"],
         "stop_reason": result.stop_reason, "steps": history, "units": units,
         "gates": result.gates,
         "step_latency": {"batch": STEP_LATENCY_BATCH, "warmup": STEP_LATENCY_WARMUP,

@@ -145,7 +145,7 @@ def accuracy_depth_plot(summary: dict[str, Any], path: str | Path) -> None:
                                                        or base["depth"] != start["depth"])
     if show_input:
         values.append(100 * base["val_top1"])
-    if summary.get("final_epochs", 0) > 0:
+    if summary["epochs_detail"]["final"] > 0:
         values.append(100 * summary["val_top1"])
     low, high = min(values), max(values)
     if tol > 0 and base_pct - tol >= low - max(2.0, 0.5 * (high - low)):
@@ -175,7 +175,7 @@ def accuracy_depth_plot(summary: dict[str, Any], path: str | Path) -> None:
     if rejected:
         ax.plot([h["depth"] for h in rejected], [100 * h["val_top1"] for h in rejected], "x",
                 color="tab:red", markersize=7, label="rolled back")
-    if summary.get("final_epochs", 0) > 0:
+    if summary["epochs_detail"]["final"] > 0:
         ax.plot([summary["depth"]], [100 * summary["val_top1"]], "D", color="tab:green",
                 markersize=5, label="after final retrain")
     ax.invert_xaxis()  # fewer layers to the right
