@@ -152,8 +152,9 @@ def budget_tag(a: argparse.Namespace) -> str:
     def num(x: float) -> str:
         return f"{x:g}".replace(".", "p").replace("-", "m")
 
-    tag = (f"{a.model}-s{a.sparse_epochs}-f{a.finetune_epochs}-lam{num(a.lam)}"
-           f"-r{num(a.target_params_reduction)}-tpreg{num(a.tp_reg)}")
+    tag = (f"{a.model}-b{a.base_epochs}-blr{num(a.base_lr)}-s{a.sparse_epochs}"
+           f"-f{a.finetune_epochs}-lam{num(a.lam)}-r{num(a.target_params_reduction)}"
+           f"-tpreg{num(a.tp_reg)}")
     return ("smoke-" if a.smoke else "") + tag
 
 
@@ -518,6 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     tag = budget_tag(a)
     if a.base_runs is not None:  # other baselines, other results: keep them apart
+        tag = tag.replace(f"-b{a.base_epochs}-blr{a.base_lr:g}".replace(".", "p"), "")
         tag += "-bases" + hashlib.sha1(str(a.base_runs).encode()).hexdigest()[:8]
     workdir = a.runs_root / tag
     workdir.mkdir(parents=True, exist_ok=True)
