@@ -183,8 +183,8 @@ def plan(args: argparse.Namespace) -> list[str]:
     if (args.run is None) == (args.model is None):
         raise UserError("give either RUN (a trained run to compress) or --model NAME (train "
                         "it first), " + ("not both" if args.run is not None else "got neither"))
-    if args.run is not None and any(getattr(args, k) is not None for k in MODEL_OPTIONS) or (
-            args.run is not None and args.priority_gates):
+    if args.run is not None and (args.priority_gates or any(
+            getattr(args, k) is not None for k in MODEL_OPTIONS)):
         raise UserError("model options (--shortcut, --width, --priority-gates, ...) only "
                         "apply with --model")
     if args.model is not None and args.data is None:
