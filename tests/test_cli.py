@@ -205,3 +205,24 @@ def test_train_arch_trains_a_spec_from_scratch(trained, tmp_path, capsys):
     code, _, err = run_cli(["train", "--arch", arch, "--model", "resnet8", "--data", "synthetic",
                             "--out", tmp_path / "z"], capsys)
     assert code == 2 and "exactly one of" in err
+
+
+def test_train_is_seeded(tmp_path, capsys):
+    import resprune
+    import torch
+
+    runs = []
+    for name in ("a", "b"):
+        torch.manual_seed(1234 if name == "a" else 99)  # global state must not matter
+        code, _, err = run_cli(["train", *TINY, "--epochs", "0", "--seed", "3",
+                                "--out", tmp_path / name], capsys)
+        assert code == 0, err
+        runs.append(resprune.load(tmp_path / name).state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+
+
+def test_demo_refuses_a_foreign_directory(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("mine")
+    code, _, err = run_cli(["demo", "--out", tmp_path], capsys)
+    assert code == 2 and "not a demo directory" in err
+    assert (tmp_path / "notes.txt").read_text() == "mine"

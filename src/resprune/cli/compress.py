@@ -44,8 +44,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from .. import __version__
 from ..checkpoint import load, save
 from ..errors import UserError
@@ -293,8 +291,6 @@ def _run_stage(name: str, ns: argparse.Namespace) -> None:
 
     module = {"train": train, "finetune": train, "implode": implode, "vacl": vacl}[name]
     ns.func = module.run
-    if name == "train":  # the zoo model's initial weights come from the global RNG
-        torch.manual_seed(ns.seed)
     with contextlib.redirect_stdout(sys.stderr):  # stdout is compress's own (--json)
         module.run(ns)
 

@@ -60,11 +60,11 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def initial_model(args: argparse.Namespace, bundle) -> nn.Module:
+    torch.manual_seed(args.seed)  # the initial weights are a function of --seed
     if args.model is not None:
         return create(args.model, num_classes=bundle.num_classes,
                       in_channels=bundle.in_channels, **model_options(args))
     if args.arch is not None:
-        torch.manual_seed(args.seed)
         model = build(read_json(args.arch, "architecture file"))
         source = args.arch
     else:
