@@ -1,6 +1,6 @@
 """VACL width pruning: cross-layer channel groups, variance-aware regularizer, pruning.
 
-Pipeline (see ``/shared/methods.md`` section 2 and ``docs/architecture.md``): start from a trained
+Pipeline (see ``docs/vacl.md``): start from a trained
 model, sparsity-train with :class:`Regularizer` added to the loss, score channel groups by RMS
 (:func:`group_scores`), remove the weakest with :func:`prune` (by threshold or down to a target
 reduction of params or MACs), then fine-tune without the regularizer.
@@ -27,13 +27,13 @@ With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])
 """
 
 from .groups import (
-                     CROSS,
-                     FILTER,
-                     ChannelGroup,
-                     GroupSet,
-                     Member,
-                     PadShortcutPruner,
-                     discover_groups,
+    CROSS,
+    FILTER,
+    ChannelGroup,
+    GroupSet,
+    Member,
+    PadShortcutPruner,
+    discover_groups,
 )
 from .prune import prune, remove_members
 from .regularizer import FORMS, Regularizer, group_scores
