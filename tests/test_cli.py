@@ -208,8 +208,9 @@ def test_train_arch_trains_a_spec_from_scratch(trained, tmp_path, capsys):
 
 
 def test_train_is_seeded(tmp_path, capsys):
-    import resprune
     import torch
+
+    import resprune
 
     runs = []
     for name in ("a", "b"):
