@@ -97,12 +97,6 @@ def stage_list(value: Any) -> list[str]:
     return names
 
 
-def positive_float(text: str) -> float:
-    v = options.finite_float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
 
 def _stage_parsers() -> dict[str, argparse.ArgumentParser]:
     """Throwaway parsers of the stage commands, whose actions compress adopts."""
@@ -161,7 +155,7 @@ def add_parser(subs) -> None:
                         f"{DEFAULT_STAGES}); with --model a train stage comes first")
     g.add_argument("--finetune-final-epochs", type=options.nonneg_int, default=10,
                    help="epochs of the finetune stage (default 10)")
-    g.add_argument("--finetune-final-lr", type=positive_float, default=0.01,
+    g.add_argument("--finetune-final-lr", type=options.positive_float, default=0.01,
                    help="peak learning rate of the finetune stage (default 0.01)")
     b = p.add_argument_group("budget (at most one of)")
     b.add_argument("--target-params-reduction", type=options.fraction, metavar="R",

@@ -40,7 +40,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load, load_spec
 from ..errors import UserError
 from ..implosion import (
     SCORE_METHODS,
@@ -55,7 +54,7 @@ from ..measure import depth
 from ..models import build
 from ..report import fmt_acc, pct_removed
 from ..report.implosion import write_report
-from ..runs import SUMMARY_FILE, prepare_out, read_summary, write_summary
+from ..runs import prepare_out, write_summary
 from . import common, options
 from .evaluate import inherit_data_options
 
@@ -66,12 +65,6 @@ STEP_LATENCY_BATCH = 64
 STEP_LATENCY_WARMUP = 1
 STEP_LATENCY_REPEATS = 5
 
-
-def positive_float(text: str) -> float:
-    v = options.finite_float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
 
 
 def add_parser(subs) -> None:
@@ -95,7 +88,7 @@ def add_parser(subs) -> None:
                    help="units erased per step (default 1)")
     g.add_argument("--retrain-epochs", type=options.nonneg_int, default=10,
                    help="retraining epochs after each erasure (default 10; 0: no retraining)")
-    g.add_argument("--retrain-lr", type=positive_float, default=0.01,
+    g.add_argument("--retrain-lr", type=options.positive_float, default=0.01,
                    help="learning rate of every retraining, lowered from training's, no "
                         "warm-up (default 0.01)")
     g.add_argument("--tolerance", type=options.nonneg_float, default=0.0,
@@ -107,23 +100,20 @@ def add_parser(subs) -> None:
                    help="stop after this many steps (default: none)")
     g.add_argument("--final-epochs", type=options.nonneg_int, default=0,
                    help="longer retraining of the final net (default 0)")
-    g.add_argument("--final-lr", type=positive_float,
+    g.add_argument("--final-lr", type=options.positive_float,
                    help="learning rate of the final retraining (default: --retrain-lr)")
     g.add_argument("--adapt-epochs", type=options.nonneg_int, default=5,
                    help="when the input has no priority gates: they are added (w = 1, logits "
                         "unchanged) and trained this many epochs before step 1 (default 5)")
-    g.add_argument("--adapt-lr", type=positive_float,
+    g.add_argument("--adapt-lr", type=options.positive_float,
                    help="learning rate of the gate adaptation (default: --retrain-lr)")
     g.add_argument("--score-batches", type=options.positive_int, default=4,
                    help="training batches the norm score reads (default 4)")
     options.add_data(p, required=False)
-    options.add_train(p, epochs=None, lr=None, title="training (every retraining)")
-    for action in p._actions:  # the run's own seed reproduces its validation split
-        if action.dest == "seed":
-            action.default = None
-            action.help = ("seed of the validation split and of every retraining (default: "
-                           "the input run's seed)")
-        elif action.dest == "warmup_epochs":
+    options.add_train(p, epochs=None, lr=None, title="training (every retraining)",
+                      seed_of="every retraining")
+    for action in p._actions:
+        if action.dest == "warmup_epochs":
             action.help = "not used: retrainings start at the lowered rate (leave at 0)"
     options.add_output(p)
     options.add_config(p)
@@ -131,19 +121,6 @@ def add_parser(subs) -> None:
 
 
 # -- input checks -------------------------------------------------------------------------
-
-def load_input(run_dir: str) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """The input run's model, spec and summary (``{}`` when it has none)."""
-    path = Path(run_dir)
-    if path.is_file():
-        raise UserError(f"RUN {path} is a file, not a run directory; implode needs a directory "
-                        "holding model.safetensors and arch.json (e.g. written by 'resprune "
-                        "train')")
-    spec = load_spec(path)
-    model = load(path)
-    summary = read_summary(path) if (path / SUMMARY_FILE).is_file() else {}
-    return model, spec, summary
-
 
 def check_options(args: argparse.Namespace, model: nn.Module) -> None:
     """Options that need the model, checked before anything is written."""
@@ -157,14 +134,6 @@ def check_options(args: argparse.Namespace, model: nn.Module) -> None:
     if args.target_depth is not None and args.target_depth > d:
         raise UserError(f"--target-depth {args.target_depth} is above the depth of {args.run} "
                         f"({d} weight layers); choose a smaller target")
-
-
-def check_data(bundle, spec: dict[str, Any], args: argparse.Namespace) -> None:
-    if (bundle.num_classes, bundle.in_channels) != (spec["num_classes"], spec["in_channels"]):
-        raise UserError(f"--data {args.data} has {bundle.num_classes} classes of "
-                        f"{bundle.in_channels}-channel images but the model in {args.run} "
-                        f"expects {spec['num_classes']} classes of {spec['in_channels']}-channel "
-                        "images; pass the dataset the run was trained on")
 
 
 def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
@@ -205,13 +174,13 @@ def run(args: argparse.Namespace) -> int:
     if resuming:  # the saved options win (record_command), so read them first
         out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
         common.record_command(args, out, True)
-    model, spec, summary_in = load_input(args.run)
+    model, spec, summary_in = common.load_input_run(args.run, "implode")
     inherit_data_options(args, summary_in)
     check_options(args, model)
     config = implosion_config(args)
     device = common.resolve_device(args.device)
     bundle = common.load_data(args)
-    check_data(bundle, spec, args)
+    common.check_data_fits(bundle, spec, args)
     if len(bundle.val) == 0:
         raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
                         "implode accepts or rolls back every step on it")

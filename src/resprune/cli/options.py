@@ -36,6 +36,13 @@ def finite_float(text: str) -> float:
     return v
 
 
+def positive_float(text: str) -> float:
+    v = finite_float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
 def nonneg_float(text: str) -> float:
     v = finite_float(text)
     if v < 0:
@@ -89,9 +96,11 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float | None = 0.1,
-              prefix: str = "", title: str = "training") -> None:
+              prefix: str = "", title: str = "training", seed_of: str | None = None) -> None:
     """Optimisation options. ``prefix`` (e.g. "retrain-") namespaces a second schedule.
 
+    ``seed_of`` (e.g. "every retraining"): the command starts from an input run, so ``--seed``
+    defaults to that run's seed (None here), which reproduces its validation split.
     ``epochs=None`` / ``lr=None`` leave out ``--{prefix}epochs`` / ``--{prefix}lr`` (a command
     whose schedules are all prefixed, such as ``implode``, has no plain ``--lr``).
     """
@@ -125,5 +134,10 @@ def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float 
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto = cuda when available")
-    g.add_argument("--seed", type=nonneg_int, default=0,
-                   help="seed for weights, validation split, shuffling and augmentation (0)")
+    if seed_of is None:
+        g.add_argument("--seed", type=nonneg_int, default=0,
+                       help="seed for weights, validation split, shuffling and augmentation (0)")
+    else:
+        g.add_argument("--seed", type=nonneg_int, default=None,
+                       help=f"seed of the validation split and of {seed_of} (default: the "
+                            "input run's seed)")

@@ -83,12 +83,6 @@ TARGETS = (("threshold", "--threshold"), ("target_params_reduction", "--target-p
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
 
 
-def positive_float(text: str) -> float:
-    v = options.finite_float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
 
 def add_parser(subs) -> None:
     p = subs.add_parser(
@@ -118,7 +112,7 @@ def add_parser(subs) -> None:
                    help="also put the consumers' input slices into the groups (default off)")
     g.add_argument("--sparse-epochs", type=options.nonneg_int, default=20,
                    help="epochs of sparsity training (default 20; 0: prune the input as is)")
-    g.add_argument("--sparse-lr", type=positive_float, default=0.01,
+    g.add_argument("--sparse-lr", type=options.positive_float, default=0.01,
                    help="peak learning rate of sparsity training (default 0.01)")
     g = p.add_argument_group("pruning (exactly one of)")
     g.add_argument("--threshold", type=options.nonneg_float, metavar="T",
@@ -137,15 +131,11 @@ def add_parser(subs) -> None:
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=options.nonneg_int, default=20,
                    help="epochs of fine-tuning after pruning, no regularizer (default 20)")
-    g.add_argument("--finetune-lr", type=positive_float, default=0.01,
+    g.add_argument("--finetune-lr", type=options.positive_float, default=0.01,
                    help="peak learning rate of fine-tuning (default 0.01)")
     options.add_data(p, required=False)
-    options.add_train(p, epochs=None, lr=None, title="training (both stages)")
-    for action in p._actions:  # the run's own seed reproduces its validation split
-        if action.dest == "seed":
-            action.default = None
-            action.help = ("seed of the validation split and of both trainings (default: the "
-                           "input run's seed)")
+    options.add_train(p, epochs=None, lr=None, title="training (both stages)",
+                      seed_of="both trainings")
     options.add_output(p)
     options.add_config(p)
     p.set_defaults(func=run)
