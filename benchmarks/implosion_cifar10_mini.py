@@ -53,27 +53,30 @@ only, never into benchmarks/results.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import contextlib
 import json
 import math
-import multiprocessing as mp
-import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-mini"
-RESULTS = REPO / "benchmarks" / "results"
+from _common import (
+    DATA_DIR,
+    REPO,
+    RESULTS,
+    Job,
+    deployed,
+    machine_info,
+    mean_std,
+    plural,
+    read_summary,
+    run_cli,
+)
+from _common import schedule as run_jobs
+
 NAME = "implosion_cifar10_mini"
 SCORES = ("gate", "norm", "gate_bn")
 ROWS = {  # row key -> label, in table order
@@ -88,43 +91,7 @@ ROWS = {  # row key -> label, in table order
 LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 1, 7
 
 
-# -- worker side -----------------------------------------------------------------------------
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def run_cli(argv: list[str], log_path: str) -> int:
-    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``."""
-    import torch
-
-    torch.set_num_threads(1)
-    from resprune.cli.main import main
-
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
-        print(f"$ resprune {shlex.join(argv)}", flush=True)
-        return main(argv)
-
-
 # -- the plan --------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    seed: int
-    row: str
-    run_dir: Path
-    deps: list[str] = field(default_factory=list)  # row keys of the same seed
-    status: str = "waiting"  # waiting, done, skipped (already done), failed, blocked
-    seconds: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return f"seed{self.seed}/{self.row}"
-
 
 def budget_tag(a: argparse.Namespace) -> str:
     tol = f"{a.tolerance:g}".replace(".", "p")
@@ -142,11 +109,6 @@ def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
             job = Job(s, row, d / row, deps[row])
             jobs[job.key] = job
     return jobs
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
@@ -185,61 +147,12 @@ def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
 
 def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
     """Run every job once its dependencies are done, ``a.jobs`` at a time."""
-    order = list(ROWS)  # bases first, then the gate rows others wait for
-    for job in jobs.values():
-        if read_summary(job.run_dir) is not None:
-            job.status = "skipped"
-    env_threads = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    os.environ.update(env_threads)  # inherited by the spawned workers
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=a.jobs, mp_context=ctx,
-                                initializer=_init_worker) as pool:
-        running: dict[cf.Future, tuple[Job, float]] = {}
-        while True:
-            for job in sorted(jobs.values(), key=lambda j: (order.index(j.row), j.seed)):
-                if job.status != "waiting" or len(running) >= a.jobs:
-                    continue
-                dep_states = [jobs[f"seed{job.seed}/{d}"].status for d in job.deps]
-                if any(s in ("failed", "blocked") for s in dep_states):
-                    job.status = "blocked"
-                    print(f"[blocked] {job.key}: a job it needs failed", flush=True)
-                elif all(s in ("done", "skipped") for s in dep_states):
-                    argv = job_argv(job, a, workdir)
-                    log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
-                    print(f"[start] {job.key}: resprune {shlex.join(argv)}", flush=True)
-                    fut = pool.submit(run_cli, argv, str(log))
-                    job.status = "running"
-                    running[fut] = (job, time.time())
-            if not running:
-                break
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                job, t0 = running.pop(fut)
-                job.seconds = time.time() - t0
-                try:
-                    code = fut.result()
-                except Exception:  # noqa: BLE001 - report and carry on with other jobs
-                    code = -1
-                    with open(workdir / "logs" / f"seed{job.seed}-{job.row}.log", "a") as f:
-                        f.write(traceback.format_exc())
-                ok = code == 0 and read_summary(job.run_dir) is not None
-                job.status = "done" if ok else "failed"
-                print(f"[{job.status}] {job.key} in {job.seconds:.0f} s"
-                      + ("" if ok else f" (exit {code}; see logs/seed{job.seed}-{job.row}.log)"),
-                      flush=True)
+    # bases first, then the gate rows others wait for
+    run_jobs(jobs, list(ROWS), lambda job: (run_cli, job_argv(job, a, workdir)), a.jobs,
+             workdir)
 
 
 # -- measuring and reporting -----------------------------------------------------------------
-
-def deployed(run_dir: Path):
-    """The run's model with its gates folded (as deployed) and its input shape."""
-    import resprune
-    from resprune.implosion import fold_gates
-
-    model = resprune.load(run_dir)
-    fold_gates(model)
-    return model, tuple(read_summary(run_dir)["input_shape"])
-
 
 def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
     """params / MACs / depth of each run's deployed net, and its CPU latency at batch 64.
@@ -267,19 +180,6 @@ def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
     for d in run_dirs:
         out[d]["latency"] = round(rows[0]["ms"][arch_of[d]], 3)
     return out
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def mean_std(xs: list[float], scale: float = 1.0, digits: int = 2) -> str:
-    xs = [scale * x for x in xs if x is not None]
-    if not xs:
-        return "-"
-    if len(xs) == 1:
-        return f"{xs[0]:.{digits}f}"
-    return f"{statistics.mean(xs):.{digits}f} ± {statistics.stdev(xs):.{digits}f}"
 
 
 def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:
@@ -340,29 +240,6 @@ def detail_table(rows: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def machine_info(a: argparse.Namespace) -> str:
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs "
-            f"(load average {load[0]:.2f} at the end); Python {platform.python_version()}, "
-            f"torch {torch.__version__}; {a.jobs} worker processes x 1 torch thread; "
-            f"resprune commit {commit}")
-
-
 def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -> None:
     plots = []
     gate0 = jobs.get(f"seed{a.seeds[0]}/gate")
@@ -376,7 +253,7 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
     text = [
         f"# Network Implosion on cifar10-mini: {a.model} (shortcut A)\n",
         "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
-        f"Machine: {machine_info(a)}. Wall time of this invocation: {wall / 60:.1f} min "
+        f"Machine: {machine_info(a.jobs)}. Wall time of this invocation: {wall / 60:.1f} min "
         f"(runs already finished were reused). Work directory: `{workdir}`.\n",
         f"Budget: baseline {plural(a.base_epochs, 'epoch')} (lr {a.lr}, cosine, batch "
         f"{a.batch_size}); each implosion erases {plural(a.per_step, 'unit')} per step for at "

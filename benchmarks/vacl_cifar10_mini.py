@@ -54,28 +54,32 @@ per stage) writes its table into the work directory only.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
-import contextlib
 import hashlib
 import json
 import math
-import multiprocessing as mp
-import os
-import platform
 import shlex
 import shutil
 import statistics
-import subprocess
 import sys
 import time
-import traceback
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = REPO.parent / "shared" / "datasets" / "cifar10-mini"
-RESULTS = REPO / "benchmarks" / "results"
+from _common import (
+    DATA_DIR,
+    REPO,
+    RESULTS,
+    Job,
+    find_base,
+    machine_info,
+    md_table,
+    mean_std,
+    read_summary,
+    run_cli,
+    run_tp,
+)
+from _common import schedule as run_jobs
+
 NAME = "vacl_cifar10_mini"
 ROWS = {  # row key -> label, in table order
     "base": "baseline",
@@ -89,64 +93,7 @@ DEPS = {"base": [], "moments": ["base"], "lasso": ["base"], "tp_groupnorm": ["mo
 LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 2, 5
 
 
-# -- worker side -----------------------------------------------------------------------------
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _logged(log_path: str, title: str):
-    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
-        print(f"$ {title}", flush=True)
-        yield
-
-
-def run_cli(argv: list[str], log_path: str) -> int:
-    """Run ``resprune ARGV`` in this (worker) process, its output in ``log_path``."""
-    import torch
-
-    torch.set_num_threads(1)
-    from resprune.cli.main import main
-
-    with _logged(log_path, f"resprune {shlex.join(argv)}"):
-        return main(argv)
-
-
-def run_tp(kwargs: dict[str, Any], log_path: str) -> int:
-    """One torch-pruning baseline (``_tp_baselines.run``) in this worker process."""
-    import torch
-
-    torch.set_num_threads(1)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _tp_baselines
-
-    with _logged(log_path, f"_tp_baselines.run(**{kwargs!r})"):
-        summary = _tp_baselines.run(**kwargs)
-        print(json.dumps({k: summary[k] for k in ("params_removed_pct", "top1",
-                                                  "pruning_ratio")}))
-    return 0
-
-
 # -- the plan --------------------------------------------------------------------------------
-
-@dataclass
-class Job:
-    seed: int
-    row: str
-    run_dir: Path
-    deps: list[str] = field(default_factory=list)  # row keys of the same seed
-    status: str = "waiting"  # waiting, running, done, skipped (already done), failed, blocked
-    seconds: float = 0.0
-
-    @property
-    def key(self) -> str:
-        return f"seed{self.seed}/{self.row}"
-
 
 def budget_tag(a: argparse.Namespace) -> str:
     def num(x: float) -> str:
@@ -162,11 +109,7 @@ def base_dir(a: argparse.Namespace, seed: int) -> Path:
     """The baseline run of ``seed``: in ``--base-runs`` (``base_s{seed}`` or
     ``seed{seed}/base``), else this script's own (shared by every VACL budget)."""
     if a.base_runs is not None:
-        for cand in (a.base_runs / f"base_s{seed}", a.base_runs / f"seed{seed}" / "base"):
-            if (cand / "summary.json").is_file():
-                return cand
-        raise SystemExit(f"--base-runs {a.base_runs}: no finished run base_s{seed}/ or "
-                         f"seed{seed}/base/ in it")
+        return find_base(a.base_runs, seed)
     lr = f"{a.base_lr:g}".replace(".", "p")
     return a.runs_root / "bases" / f"{a.model}-b{a.base_epochs}-lr{lr}" / f"base_s{seed}"
 
@@ -179,11 +122,6 @@ def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
             job = Job(s, row, run_dir, DEPS[row])
             jobs[job.key] = job
     return jobs
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "summary.json"
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
@@ -214,52 +152,9 @@ def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
                     "batch_size": a.batch_size, "channels_last": a.channels_last}
 
 
-def describe(fn, arg) -> str:
-    return f"resprune {shlex.join(arg)}" if fn is run_cli else f"_tp_baselines.run({arg})"
-
-
 def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
     """Run every job once its dependencies are done, ``a.jobs`` at a time."""
-    order = list(ROWS)
-    for job in jobs.values():
-        if read_summary(job.run_dir) is not None:
-            job.status = "skipped"
-    os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # for the workers
-    ctx = mp.get_context("spawn")
-    with cf.ProcessPoolExecutor(max_workers=a.jobs, mp_context=ctx,
-                                initializer=_init_worker) as pool:
-        running: dict[cf.Future, tuple[Job, float]] = {}
-        while True:
-            for job in sorted(jobs.values(), key=lambda j: (order.index(j.row), j.seed)):
-                if job.status != "waiting" or len(running) >= a.jobs:
-                    continue
-                dep_states = [jobs[f"seed{job.seed}/{d}"].status for d in job.deps]
-                if any(s in ("failed", "blocked") for s in dep_states):
-                    job.status = "blocked"
-                    print(f"[blocked] {job.key}: a job it needs failed", flush=True)
-                elif all(s in ("done", "skipped") for s in dep_states):
-                    fn, arg = job_call(job, a, jobs)
-                    log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
-                    print(f"[start] {job.key}: {describe(fn, arg)}", flush=True)
-                    running[pool.submit(fn, arg, str(log))] = (job, time.time())
-                    job.status = "running"
-            if not running:
-                break
-            finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
-            for fut in finished:
-                job, t0 = running.pop(fut)
-                job.seconds = time.time() - t0
-                log = workdir / "logs" / f"seed{job.seed}-{job.row}.log"
-                try:
-                    code = fut.result()
-                except Exception:  # noqa: BLE001 - report and carry on with other jobs
-                    code = -1
-                    with open(log, "a", encoding="utf-8") as f:
-                        f.write(traceback.format_exc())
-                ok = code == 0 and read_summary(job.run_dir) is not None
-                job.status = "done" if ok else "failed"
-                print(f"[{job.status}] {job.key} in {job.seconds:.0f} s"
-                      + ("" if ok else f" (exit {code}; see {log})"), flush=True)
+    run_jobs(jobs, list(ROWS), lambda job: job_call(job, a, jobs), a.jobs, workdir)
 
 
 # -- measuring and reporting -----------------------------------------------------------------
@@ -311,22 +206,8 @@ def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[
     return rows
 
 
-def mean_std(xs: list[float | None], scale: float = 1.0, digits: int = 2) -> str:
-    vals = [scale * x for x in xs if x is not None]
-    if not vals:
-        return "-"
-    if len(vals) == 1:
-        return f"{vals[0]:.{digits}f}"
-    return f"{statistics.mean(vals):.{digits}f} ± {statistics.stdev(vals):.{digits}f}"
-
-
 def fmt_count(n: float) -> str:
     return f"{n / 1e6:.3f} M" if n >= 1e5 else f"{n / 1e3:.2f} k"
-
-
-def md_table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(map(str, r)) + " |" for r in body]) + "\n"
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> str:
@@ -365,32 +246,6 @@ def detail_table(rows: dict[str, list[dict[str, Any]]]) -> str:
     return md_table(head, body)
 
 
-def machine_info(a: argparse.Namespace) -> str:
-    import importlib.metadata
-
-    import torch
-
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",) * 3
-    tp_version = importlib.metadata.version("torch-pruning")
-    return (f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} CPUs "
-            f"(load average {load[0]:.2f} at the end); Python {platform.python_version()}, "
-            f"torch {torch.__version__}, torch-pruning {tp_version}; {a.jobs} worker "
-            f"processes x 1 torch thread; resprune commit {commit}")
-
-
 def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -> None:
     plots = []
     vacl0 = jobs.get(f"seed{a.seeds[0]}/moments")
@@ -408,7 +263,8 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
     text = [
         f"# VACL on cifar10-mini: {a.model} (shortcut A) against torch-pruning\n",
         "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
-        f"Machine: {machine_info(a)}. Wall time of this invocation: {wall / 60:.1f} min "
+        f"Machine: {machine_info(a.jobs, ('torch-pruning',))}. Wall time of this "
+        f"invocation: {wall / 60:.1f} min "
         f"(runs already finished were reused). Work directory: `{workdir}`; baselines: "
         f"`{jobs[f'seed{a.seeds[0]}/base'].run_dir.parent}`.\n",
         f"Budget: baseline {base0.get('epochs', '?')} epoch(s) at lr "
