@@ -129,8 +129,9 @@ def _adopt(p: argparse.ArgumentParser, groups: dict[str, Any]) -> None:
                             "with --model 0, with RUN the run's seed)")
     by_dest["epochs"].help = "epochs of the base training (--model only; default 30)"
     by_dest["lr"].help = "peak learning rate of the base training (--model only; default 0.1)"
-    by_dest["warmup_epochs"].help = ("linear warm-up epochs of the train, vacl and finetune "
-                                     "stages (0; implode's retrainings never warm up)")
+    by_dest["warmup_epochs"].help = ("linear warm-up epochs of the base training (--model "
+                                     "only; 0); the stages that start from trained weights "
+                                     "never warm up")
     by_dest["auto_tolerance"].help = (
         "without a target: VACL prunes the largest share of params whose pruned copy keeps "
         "val top-1 within T points of the sparse model's (default: --tolerance)")
@@ -250,6 +251,8 @@ def stage_args(args: argparse.Namespace, name: str, source: Path | None, where: 
     ns.out, ns.json, ns.config = str(where), False, None
     ns.resume, ns.overwrite = stage_modes(where, name)
     ns.run = ns.init = ns.arch = None
+    if name != "train":  # stages from trained weights at a low lr: no warm-up
+        ns.warmup_epochs = 0.0
     if name == "train":
         ns.priority_gates = bool(args.priority_gates or "implode" in stages)
     elif name == "finetune":
@@ -259,7 +262,6 @@ def stage_args(args: argparse.Namespace, name: str, source: Path | None, where: 
         ns.epochs, ns.lr = args.finetune_final_epochs, args.finetune_final_lr
     else:
         ns.run = str(source)
-        ns.warmup_epochs = 0.0 if name == "implode" else args.warmup_epochs
     if name == "vacl":
         for dest, _ in RULES:
             setattr(ns, dest, None)
