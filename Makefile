@@ -26,7 +26,7 @@ config-smoke: $(STAMP)
 	@if [ -d $(MINI)/cifar-10-batches-py ]; then \
 	  $(BIN)/resprune compress --config configs/mini/cifar10-resnet56-compress.yaml \
 	    --epochs 1 --retrain-epochs 1 --max-steps 1 --final-epochs 0 --sparse-epochs 1 \
-	    --finetune-epochs 1 --finetune-final-epochs 1 --no-progress --overwrite \
+	    --finetune-epochs 1 --finetune-final-epochs 1 --warmup-epochs 0 --no-progress --overwrite \
 	    --out runs/ci-config-smoke; \
 	else echo "config-smoke skipped: $(MINI) is not present"; fi
 
