@@ -147,18 +147,24 @@ def find_base(base_runs: Path, seed: int) -> Path:
 
 
 def schedule(jobs: dict[str, Job], order: Sequence[str],
-             call: Callable[[Job], tuple[Callable, Any]], n_jobs: int, workdir: Path) -> None:
+             call: Callable[[Job], tuple[Callable, Any]], n_jobs: int, workdir: Path,
+             report_only: bool = False) -> None:
     """Run every waiting job once its dependencies are done, ``n_jobs`` at a time.
 
     ``order``: the rows in start priority (rows others wait for first). ``call(job)`` gives
     ``(worker function, its first argument)``; it is asked only once the job's dependencies
     are done, so it may read their summaries. A job whose run directory already has
     ``summary.json`` is skipped; a job whose dependency failed (or is missing) is blocked.
-    Logs: ``workdir/logs/seed{seed}-{row}.log``.
+    Logs: ``workdir/logs/seed{seed}-{row}.log``. ``report_only``: run nothing; unfinished
+    jobs are reported as not run (for a table of what a time-limited session finished).
     """
     for job in jobs.values():
         if job.status == "waiting" and read_summary(job.run_dir) is not None:
             job.status = "skipped"
+        elif job.status == "waiting" and report_only:
+            job.status, job.note = "blocked", "not run (--report-only)"
+    if report_only:
+        return
     os.environ.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})  # for the workers
     ctx = mp.get_context("spawn")
     with cf.ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx,

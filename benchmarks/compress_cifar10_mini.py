@@ -646,6 +646,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "directory, seed 0, 1 epoch per stage, one implosion step accepted")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (0 1 2)")
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; write the results of the jobs already finished")
     g = p.add_argument_group("baselines")
     g.add_argument("--base-runs", type=Path, default=None,
                    help="directory of trained baselines with priority gates (base_s{seed}/ or "
@@ -748,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     results = a.results or (workdir / f"{NAME}_smoke.md" if a.smoke else RESULTS / f"{NAME}.md")
     jobs = make_jobs(a, workdir)
     print(f"work directory {workdir}; {len(jobs)} jobs, {a.jobs} at a time", flush=True)
-    run_jobs(jobs, START_ORDER, lambda job: job_call(job, a, jobs), a.jobs, workdir)
+    run_jobs(jobs, START_ORDER, lambda job: job_call(job, a, jobs), a.jobs, workdir,
+             report_only=a.report_only)
     print("measuring the finished runs (CPU timing once per architecture) ...", flush=True)
     rows = collect(jobs, a)
     write_results(results, rows, jobs, a, argv, workdir, time.time() - started)

@@ -149,7 +149,7 @@ def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None
     """Run every job once its dependencies are done, ``a.jobs`` at a time."""
     # bases first, then the gate rows others wait for
     run_jobs(jobs, list(ROWS), lambda job: (run_cli, job_argv(job, a, workdir)), a.jobs,
-             workdir)
+             workdir, report_only=a.report_only)
 
 
 # -- measuring and reporting -----------------------------------------------------------------
@@ -292,6 +292,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="CIFAR ResNet (default resnet56)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (0 1 2)")
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; write the results of the jobs already finished")
     p.add_argument("--base-epochs", type=int, default=None, help="baseline epochs (6)")
     p.add_argument("--retrain-epochs", type=int, default=None,
                    help="retraining epochs after each erasure (1)")

@@ -154,7 +154,8 @@ def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
 
 def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
     """Run every job once its dependencies are done, ``a.jobs`` at a time."""
-    run_jobs(jobs, list(ROWS), lambda job: job_call(job, a, jobs), a.jobs, workdir)
+    run_jobs(jobs, list(ROWS), lambda job: job_call(job, a, jobs), a.jobs, workdir,
+             report_only=a.report_only)
 
 
 # -- measuring and reporting -----------------------------------------------------------------
@@ -313,6 +314,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--model", default=None, help="CIFAR ResNet (default resnet56)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (0 1 2)")
     p.add_argument("--jobs", type=int, default=2, help="parallel worker processes (2)")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing; write the results of the jobs already finished")
     p.add_argument("--base-runs", type=Path, default=None,
                    help="directory of trained baselines (base_s{seed}/ or seed{seed}/base/); "
                         "default: train them under runs/bench/vacl_cifar10_mini/bases/")
