@@ -11,6 +11,8 @@ their command lines, the tables) stays in the scripts; what is the same lives he
   its output appended to the job's log file;
 - :class:`Job` and :func:`schedule`: the dependency-ordered process pool;
 - :func:`find_base`: the ``--base-runs`` lookup (``base_s{seed}/`` or ``seed{seed}/base/``);
+- :func:`run_command`, :func:`baselines_line`: the command line that made a run (from its
+  ``command.json``), and the baselines' provenance for a results file;
 - :func:`deployed`: a run's model as deployed (priority gates folded into the BN);
 - :func:`mean_std`, :func:`md_table`, :func:`machine_info`: report formatting.
 
@@ -124,6 +126,68 @@ class Job:
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / "summary.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _shown_path(path: str) -> str:
+    """``path`` relative to the repository root when it lies in or beside it."""
+    p = Path(path)
+    for root, prefix in ((REPO, ""), (REPO.parent, "../")):
+        with contextlib.suppress(ValueError):
+            return prefix + str(p.relative_to(root))
+    return path
+
+
+def run_command(run_dir: Path) -> str | None:
+    """``resprune COMMAND ...`` that made ``run_dir``, options that differ from the defaults.
+
+    Paths in or beside the repository are shown relative to its root; ``--seed`` is always
+    given; ``--out``, ``--resume`` and output-only flags are left out, so
+    seeds differ only in ``--seed``. ``None`` when the run has no readable ``command.json``.
+    """
+    from resprune.cli.main import build_parser
+
+    try:
+        rec = json.loads((run_dir / "command.json").read_text())
+        name, opts = rec["command"], rec["options"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[name]
+    skip = {"out", "resume", "overwrite", "json", "no_progress", "config", "help"}
+    argv = [name]
+    for act in sub._actions:
+        if act.dest in skip or act.dest not in opts or not act.option_strings:
+            continue
+        value = opts[act.dest]
+        if value == act.default and act.dest != "seed":
+            continue
+        if isinstance(value, str) and value.startswith("/"):
+            value = _shown_path(value)
+        flag = max(act.option_strings, key=len)
+        if isinstance(value, bool):
+            if value:
+                argv.append(flag)
+            elif f"--no-{flag[2:]}" in act.option_strings:
+                argv.append(f"--no-{flag[2:]}")
+        elif isinstance(value, list):
+            argv += [flag, *map(str, value)]
+        elif value is not None:
+            argv += [flag, str(value)]
+    positional = [_shown_path(str(opts[a.dest])) for a in sub._actions if not a.option_strings
+                  and a.dest in opts and a.dest not in skip]
+    return shlex.join(["resprune", *argv[:1], *map(str, positional), *argv[1:]])
+
+
+def baselines_line(base_dirs: Sequence[Path]) -> str:
+    """One markdown paragraph: where the baselines are and the command that trained them."""
+    import re
+
+    cmds = {re.sub(r"--seed \d+", "--seed S", c) for d in base_dirs
+            if (c := run_command(d)) is not None}
+    where = ", ".join(f"`{_shown_path(str(d))}`" for d in base_dirs)
+    if not cmds:
+        return f"Baselines: {where} (no command.json).\n"
+    shown = "; ".join(f"`{c}`" for c in sorted(cmds))
+    return f"Baselines: {where}, trained by {shown}.\n"
 
 
 def has_files(run_dir: Path) -> bool:

@@ -84,6 +84,7 @@ from _common import (
     REPO,
     RESULTS,
     Job,
+    baselines_line,
     deployed,
     find_base,
     has_files,
@@ -127,7 +128,7 @@ def budget(a: argparse.Namespace) -> dict[str, Any]:
         "model", "width", "score", "per_step", "max_steps", "retrain_epochs", "retrain_lr",
         "final_epochs", "tolerance", "lam", "sparse_epochs", "sparse_lr", "finetune_epochs",
         "finetune_lr", "finetune_final_epochs", "finetune_final_lr",
-        "target_params_reduction", "tp_reg", "batch_size", "channels_last")}
+        "target_params_reduction", "tp_reg", "batch_size", "channels_last", "group_score")}
 
 
 def workdir_of(a: argparse.Namespace) -> Path:
@@ -138,7 +139,7 @@ def workdir_of(a: argparse.Namespace) -> Path:
            f"-F{a.finetune_epochs}-lam{num(a.lam)}-FF{a.finetune_final_epochs}"
            f"-R{num(a.target_params_reduction)}")
     bases = (str(a.base_runs) if a.base_runs is not None
-             else f"own-b{a.base_epochs}-lr{a.base_lr:g}")
+             else f"own-b{a.base_epochs}-w{a.base_warmup_epochs:g}-lr{a.base_lr:g}")
     digest = hashlib.sha1(json.dumps([budget(a), bases], sort_keys=True).encode()).hexdigest()
     return a.runs_root / f"{tag}-{digest[:8]}"
 
@@ -150,7 +151,8 @@ def base_dir(a: argparse.Namespace, seed: int, workdir: Path) -> Path:
         return find_base(a.base_runs, seed)
     width = f"-w{a.width}" if a.width is not None else ""
     root = workdir if a.smoke else (
-        a.runs_root / "bases" / f"{a.model}{width}-b{a.base_epochs}-lr{num(a.base_lr)}")
+        a.runs_root / "bases"
+        / f"{a.model}{width}-b{a.base_epochs}-w{num(a.base_warmup_epochs)}-lr{num(a.base_lr)}")
     return root / f"seed{seed}" / "base"
 
 
@@ -200,7 +202,8 @@ def implode_options(a: argparse.Namespace) -> list[str]:
 def vacl_options(a: argparse.Namespace, finetune_epochs: int) -> list[str]:
     return ["--form", "moments", "--beta", "4", "--lam", str(a.lam), "--sparse-epochs",
             str(a.sparse_epochs), "--sparse-lr", str(a.sparse_lr), "--finetune-epochs",
-            str(finetune_epochs), "--finetune-lr", str(a.finetune_lr)]
+            str(finetune_epochs), "--finetune-lr", str(a.finetune_lr), "--group-score",
+            a.group_score]
 
 
 def equal_budget(jobs: dict[str, Job], seed: int) -> tuple[float, int]:
@@ -221,7 +224,8 @@ def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
         width = ["--width", str(a.width)] if a.width is not None else []
         return run_cli, ["train", "--model", a.model, *width, "--priority-gates", "--data",
                          "cifar10", "--data-dir", str(a.data_dir), "--seed", str(job.seed),
-                         "--epochs", str(a.base_epochs), "--lr", str(a.base_lr), *common]
+                         "--epochs", str(a.base_epochs), "--lr", str(a.base_lr),
+                         "--warmup-epochs", str(a.base_warmup_epochs), *common]
     if job.row == "compress":
         return run_cli, ["compress", str(base), "--stages", "implode,vacl,finetune",
                          "--target-params-reduction", str(a.target_params_reduction),
@@ -594,6 +598,7 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
         f"# resprune compress on cifar10-mini: {base0.get('model', a.model)} (shortcut A), "
         "depth and width together\n",
         "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
+        baselines_line([jobs[f"seed{s}/base"].run_dir for s in a.seeds]),
         f"Machine: {machine_info(a.jobs, ('torch-pruning',))}. Wall time of this invocation: "
         f"{wall / 60:.1f} min (runs already finished were reused). Work directory: "
         f"`{workdir}`; baselines: `{jobs[f'seed{a.seeds[0]}/base'].run_dir}` and the other "
@@ -659,6 +664,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g.add_argument("--base-epochs", type=int, default=None,
                    help="epochs of baselines trained here (15)")
     g.add_argument("--base-lr", type=float, default=0.1, help="(0.1)")
+    g.add_argument("--base-warmup-epochs", type=float, default=None,
+                   help="linear lr warm-up of baselines trained here (2; smoke 0)")
     g = p.add_argument_group("implode stage and implosion alone")
     g.add_argument("--score", default="gate", choices=["gate", "norm", "gate_bn"])
     g.add_argument("--per-step", type=int, default=None, help="units erased per step (4)")
@@ -671,6 +678,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="val top-1 points a step may lose (0; smoke 100)")
     g = p.add_argument_group("vacl stage and VACL alone")
     g.add_argument("--lam", type=float, default=2e-3, help="VACL lambda (2e-3)")
+    g.add_argument("--group-score", choices=["layer_rms", "rms"], default="layer_rms",
+                   help="VACL's group ranking (layer_rms)")
     g.add_argument("--sparse-epochs", type=int, default=None, help="S (3)")
     g.add_argument("--sparse-lr", type=float, default=0.01, help="(0.01)")
     g.add_argument("--finetune-epochs", type=int, default=None,
@@ -706,11 +715,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     real = {"model": "resnet56", "seeds": [0, 1, 2], "base_epochs": 15, "per_step": 4,
             "max_steps": 3, "retrain_epochs": 1, "final_epochs": 0, "tolerance": 0.0,
             "sparse_epochs": 3, "finetune_epochs": 2, "finetune_final_epochs": 2,
-            "target_params_reduction": 0.85}
+            "target_params_reduction": 0.85, "base_warmup_epochs": 2.0}
     smoke = {"model": "resnet14", "width": 8, "seeds": [0], "base_epochs": 1, "per_step": 1,
              "max_steps": 1, "retrain_epochs": 1, "final_epochs": 0, "tolerance": 100.0,
              "sparse_epochs": 1, "finetune_epochs": 1, "finetune_final_epochs": 1,
-             "target_params_reduction": 0.7}
+             "target_params_reduction": 0.7, "base_warmup_epochs": 0.0}
     for k, v in (smoke if a.smoke else real).items():
         if getattr(a, k) is None:
             setattr(a, k, v)

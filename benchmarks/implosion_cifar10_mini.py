@@ -68,6 +68,7 @@ from _common import (
     REPO,
     RESULTS,
     Job,
+    baselines_line,
     deployed,
     machine_info,
     mean_std,
@@ -95,7 +96,8 @@ LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 1, 7
 
 def budget_tag(a: argparse.Namespace) -> str:
     tol = f"{a.tolerance:g}".replace(".", "p")
-    return (f"{a.model}-b{a.base_epochs}-r{a.retrain_epochs}-k{a.per_step}-s{a.max_steps}"
+    warm = f"w{a.base_warmup_epochs:g}".replace(".", "p") if a.base_warmup_epochs else ""
+    return (f"{a.model}-b{a.base_epochs}{warm}-r{a.retrain_epochs}-k{a.per_step}-s{a.max_steps}"
             f"-f{a.final_epochs}-t{tol}-{a.scratch_budget}")
 
 
@@ -120,7 +122,7 @@ def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
     if job.run_dir.is_dir() and any(job.run_dir.iterdir()):
         common.append("--resume")  # an interrupted job continues where it stopped
     train = ["train", "--data", "cifar10", "--data-dir", str(a.data_dir), "--seed",
-             str(job.seed), "--lr", str(a.lr)]
+             str(job.seed), "--lr", str(a.lr), "--warmup-epochs", str(a.base_warmup_epochs)]
     if job.row == "base":
         return [*train, "--model", a.model, "--priority-gates", "--epochs",
                 str(a.base_epochs), *common]
@@ -253,10 +255,11 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
     text = [
         f"# Network Implosion on cifar10-mini: {a.model} (shortcut A)\n",
         "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
+        baselines_line([jobs[f"seed{s}/base"].run_dir for s in a.seeds]),
         f"Machine: {machine_info(a.jobs)}. Wall time of this invocation: {wall / 60:.1f} min "
         f"(runs already finished were reused). Work directory: `{workdir}`.\n",
-        f"Budget: baseline {plural(a.base_epochs, 'epoch')} (lr {a.lr}, cosine, batch "
-        f"{a.batch_size}); each implosion erases {plural(a.per_step, 'unit')} per step for at "
+        f"Budget: baseline {plural(a.base_epochs, 'epoch')} (lr {a.lr}, "
+        f"{a.base_warmup_epochs:g} warm-up epochs, cosine, batch {a.batch_size}); each implosion erases {plural(a.per_step, 'unit')} per step for at "
         f"most {plural(a.max_steps, 'step')}, retrains {plural(a.retrain_epochs, 'epoch')} at "
         f"lr {a.retrain_lr} after each, then {plural(a.final_epochs, 'final epoch')}; "
         f"tolerance {a.tolerance:g} percentage points of validation "
@@ -303,6 +306,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=None,
                    help="percentage points of val top-1 a step may lose (0)")
     p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (0.1)")
+    p.add_argument("--base-warmup-epochs", type=float, default=None,
+                   help="linear lr warm-up of the baseline and scratch rows (2; smoke 0)")
     p.add_argument("--retrain-lr", type=float, default=0.01, help="retraining lr (0.01)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--scratch-budget", choices=["total", "loop"], default="total",
@@ -317,10 +322,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "smoke: inside the work directory)")
     a = p.parse_args(argv)
     real = {"model": "resnet56", "seeds": [0, 1, 2], "base_epochs": 6, "retrain_epochs": 1,
-            "per_step": 4, "max_steps": 3, "final_epochs": 1, "tolerance": 0.0}
+            "per_step": 4, "max_steps": 3, "final_epochs": 1, "tolerance": 0.0,
+            "base_warmup_epochs": 2.0}
     # smoke: every step accepted, so the random and scratch rows get a pruned architecture
     smoke = {"model": "resnet14", "seeds": [0], "base_epochs": 1, "retrain_epochs": 1,
-             "per_step": 1, "max_steps": 2, "final_epochs": 0, "tolerance": 100.0}
+             "per_step": 1, "max_steps": 2, "final_epochs": 0, "tolerance": 100.0,
+             "base_warmup_epochs": 0.0}
     for k, v in (smoke if a.smoke else real).items():
         if getattr(a, k) is None:
             setattr(a, k, v)

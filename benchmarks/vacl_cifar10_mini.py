@@ -70,6 +70,7 @@ from _common import (
     REPO,
     RESULTS,
     Job,
+    baselines_line,
     find_base,
     machine_info,
     md_table,
@@ -101,7 +102,7 @@ def budget_tag(a: argparse.Namespace) -> str:
 
     tag = (f"{a.model}-b{a.base_epochs}-blr{num(a.base_lr)}-s{a.sparse_epochs}"
            f"-f{a.finetune_epochs}-lam{num(a.lam)}-r{num(a.target_params_reduction)}"
-           f"-tpreg{num(a.tp_reg)}")
+           f"-tpreg{num(a.tp_reg)}-{a.group_score}")
     return ("smoke-" if a.smoke else "") + tag
 
 
@@ -111,7 +112,9 @@ def base_dir(a: argparse.Namespace, seed: int) -> Path:
     if a.base_runs is not None:
         return find_base(a.base_runs, seed)
     lr = f"{a.base_lr:g}".replace(".", "p")
-    return a.runs_root / "bases" / f"{a.model}-b{a.base_epochs}-lr{lr}" / f"base_s{seed}"
+    warm = f"-w{a.base_warmup_epochs:g}".replace(".", "p") if a.base_warmup_epochs else ""
+    return (a.runs_root / "bases" / f"{a.model}-b{a.base_epochs}{warm}-lr{lr}"
+            / f"base_s{seed}")
 
 
 def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
@@ -135,14 +138,16 @@ def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
     if job.row == "base":
         return run_cli, ["train", "--model", a.model, "--data", "cifar10", "--data-dir",
                          str(a.data_dir), "--seed", str(job.seed), "--epochs",
-                         str(a.base_epochs), "--lr", str(a.base_lr), *common]
+                         str(a.base_epochs), "--lr", str(a.base_lr), "--warmup-epochs",
+                         str(a.base_warmup_epochs), *common]
     if job.row in ("moments", "lasso"):
         return run_cli, ["vacl", str(base), "--form", "moments", "--beta",
                          "4" if job.row == "moments" else "1", "--lam", str(a.lam),
                          "--sparse-epochs", str(a.sparse_epochs), "--sparse-lr",
                          str(a.sparse_lr), "--finetune-epochs", str(a.finetune_epochs),
                          "--finetune-lr", str(a.finetune_lr), "--target-params-reduction",
-                         str(a.target_params_reduction), *common]
+                         str(a.target_params_reduction), "--group-score", a.group_score,
+                         *common]
     vacl = read_summary(jobs[f"seed{job.seed}/moments"].run_dir)
     return run_tp, {"base_run": str(base), "out": str(job.run_dir),
                     "method": job.row.removeprefix("tp_"),
@@ -264,6 +269,7 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
     text = [
         f"# VACL on cifar10-mini: {a.model} (shortcut A) against torch-pruning\n",
         "Command (from the repository root):\n", f"```\n{cmd}\n```\n",
+        baselines_line([jobs[f"seed{s}/base"].run_dir for s in a.seeds]),
         f"Machine: {machine_info(a.jobs, ('torch-pruning',))}. Wall time of this "
         f"invocation: {wall / 60:.1f} min "
         f"(runs already finished were reused). Work directory: `{workdir}`; baselines: "
@@ -322,6 +328,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--base-epochs", type=int, default=None,
                    help="epochs of baselines this script trains (6)")
     p.add_argument("--base-lr", type=float, default=0.1, help="baseline learning rate (0.1)")
+    p.add_argument("--base-warmup-epochs", type=float, default=None,
+                   help="linear lr warm-up of baselines this script trains (2; smoke 0)")
     p.add_argument("--sparse-epochs", type=int, default=None,
                    help="sparsity-training epochs of every pruning row (3)")
     p.add_argument("--finetune-epochs", type=int, default=None,
@@ -331,6 +339,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lam", type=float, default=2e-3, help="VACL lambda (2e-3)")
     p.add_argument("--target-params-reduction", type=float, default=0.5,
                    help="VACL target fraction of params to remove (0.5)")
+    p.add_argument("--group-score", choices=["layer_rms", "rms"], default="layer_rms",
+                   help="VACL's group ranking (layer_rms)")
     p.add_argument("--tp-reg", type=float, default=5e-4,
                    help="torch-pruning GroupNormPruner reg (5e-4)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -344,9 +354,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         "smoke: inside the work directory)")
     a = p.parse_args(argv)
     real = {"model": "resnet56", "seeds": [0, 1, 2], "base_epochs": 6, "sparse_epochs": 3,
-            "finetune_epochs": 2}
+            "finetune_epochs": 2, "base_warmup_epochs": 2.0}
     smoke = {"model": "resnet8", "seeds": [0], "base_epochs": 1, "sparse_epochs": 1,
-             "finetune_epochs": 1}
+             "finetune_epochs": 1, "base_warmup_epochs": 0.0}
     for k, v in (smoke if a.smoke else real).items():
         if getattr(a, k) is None:
             setattr(a, k, v)

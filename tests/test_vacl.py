@@ -273,11 +273,62 @@ def test_group_scores_are_rms_and_zero_for_zeroed_groups():
     randomize_bn(model)
     gs = vacl.discover_groups(model, CIFAR)
     zero_group(model, gs[3])
-    scores = vacl.group_scores(model, gs)
+    scores = vacl.group_scores(model, gs, score="rms")
     assert scores[3] == 0
     terms = reference_terms(model, gs, True, False)
     flat = torch.cat(terms[7][1])
     assert scores[7].item() == pytest.approx(flat.norm().item() / math.sqrt(flat.numel()))
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_layer_rms_scores_ignore_a_layers_weight_scale(shortcut):
+    """Scaling one layer (conv filters and its BN gamma/beta) by c changes raw RMS scores but
+    not layer-normalised ones: each member is divided by its own layer's mean channel RMS."""
+    model = create("resnet8", shortcut=shortcut, width=4)
+    randomize_bn(model)
+    gs = vacl.discover_groups(model, CIFAR)
+    zero_group(model, gs[2])
+    rms0 = vacl.group_scores(model, gs, score="rms")
+    layer0 = vacl.group_scores(model, gs, score="layer_rms")
+    with torch.no_grad():
+        for name in ("layer2.0.conv2", "layer2.0.bn2", "layer1.0.conv1", "layer1.0.bn1"):
+            mod = dict(model.named_modules())[name]
+            mod.weight.mul_(7.0)
+            if getattr(mod, "bias", None) is not None:
+                mod.bias.mul_(7.0)
+    rms1 = vacl.group_scores(model, gs, score="rms")
+    layer1 = vacl.group_scores(model, gs, score="layer_rms")
+    assert not torch.allclose(rms0, rms1)
+    torch.testing.assert_close(layer1, layer0, rtol=1e-6, atol=0)  # float32 weights
+    assert layer0[2] == 0 and rms0[2] == 0  # a zeroed group still scores exactly 0
+    assert (layer0 > 0).sum() == len(gs) - 1
+
+
+def test_layer_rms_of_a_single_member_group_is_its_rms_over_its_layers_mean():
+    """Intra-block filter groups have one member: layer_rms = rms / the mean channel RMS of the
+    layer (over the channels the groups cover), computed here channel by channel."""
+    model = create("resnet8", shortcut="B", width=4)
+    randomize_bn(model)
+    gs = vacl.discover_groups(model, CIFAR)
+    raw = vacl.group_scores(model, gs, include_bn=False, score="rms")
+    norm = vacl.group_scores(model, gs, include_bn=False, score="layer_rms")
+    table = dict(model.named_modules())
+    filters = [g for g in gs if g.kind == FILTER]
+    assert filters
+    for g in filters:
+        (prod,) = [m for m in g.members if m.role == OUT]
+        w = table[prod.module].weight.detach().double()
+        per_channel = w.reshape(w.shape[0], -1).pow(2).mean(1).sqrt()
+        assert raw[g.index].item() == pytest.approx(per_channel[prod.channel].item(), rel=1e-6)
+        expected = per_channel[prod.channel] / per_channel.mean()
+        assert norm[g.index].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_group_scores_reject_an_unknown_score():
+    model = create("resnet8", width=4)
+    gs = vacl.discover_groups(model, CIFAR)
+    with pytest.raises(UserError, match="unknown group score 'l1'.*rms, layer_rms"):
+        vacl.group_scores(model, gs, score="l1")
 
 
 # -- pruning -------------------------------------------------------------------------------------

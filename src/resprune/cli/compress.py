@@ -76,6 +76,7 @@ GROUP_TITLES = {
     "implosion": "implode stage (Network Implosion)",
     "sparsity training (VACL regularizer)": "vacl stage: sparsity training",
     "pruning (exactly one of)": "budget (at most one of)",
+    "ranking": "vacl stage: ranking",
     "fine-tuning": "vacl stage: fine-tuning",
 }
 

@@ -64,7 +64,7 @@ from ..report.vacl import rms_histogram, write_report
 from ..runs import prepare_out, write_summary
 from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import Trainer
-from ..vacl import FORMS, Regularizer, group_scores, prune
+from ..vacl import FORMS, SCORES, Regularizer, group_scores, prune
 from . import common, options
 from .evaluate import inherit_data_options
 
@@ -73,7 +73,7 @@ STATE_FORMAT = 1
 STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
 # the parts of vacl.prune's report that go into summary.json (the full one is in stages/pruned)
-PRUNE_KEYS = ("mode", "threshold", "target_reduction", "target_reached", "groups_total",
+PRUNE_KEYS = ("mode", "score", "threshold", "target_reduction", "target_reached", "groups_total",
               "groups_by_kind", "groups_fixed", "groups_removed", "removed_by_kind",
               "units_skipped_to_keep_layers", "params_before", "params_after",
               "params_reduction", "macs_before", "macs_after", "macs_reduction")
@@ -116,7 +116,7 @@ def add_parser(subs) -> None:
                    help="peak learning rate of sparsity training (default 0.01)")
     g = p.add_argument_group("pruning (exactly one of)")
     g.add_argument("--threshold", type=options.nonneg_float, metavar="T",
-                   help="remove every channel group whose RMS norm is below T")
+                   help="remove every channel group scoring below T (the score of --group-score)")
     g.add_argument("--target-params-reduction", type=options.fraction, metavar="R",
                    help="remove the lowest-RMS groups until params fall by at least the "
                         "fraction R in [0, 1)")
@@ -128,6 +128,11 @@ def add_parser(subs) -> None:
                         "5 %%, 10 %%, ..., 95 %% whose pruned copy of the sparse model (not "
                         "fine-tuned) keeps val top-1 within T percentage points of the sparse "
                         "model's (the scan stops at the first that does not)")
+    g = p.add_argument_group("ranking")
+    g.add_argument("--group-score", choices=SCORES, default="layer_rms",
+                   help="what ranks the channel groups: layer_rms (default: each layer's "
+                        "slice divided by that layer's mean channel RMS first, so layers of "
+                        "different weight scale compare fairly) or rms (raw RMS norm)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=options.nonneg_int, default=20,
                    help="epochs of fine-tuning after pruning, no regularizer (default 20)")
@@ -211,11 +216,11 @@ def _sparse_stage(model: nn.Module, reg: Regularizer, loaders: dict[str, Any], c
 
 
 def _prune_stage(out: Path, shape, reg: Regularizer, target: dict[str, float],
-                 rms_after: list[float]) -> dict[str, Any]:
+                 rms_after: list[float], score: str) -> dict[str, Any]:
     """Stage 2: prune the sparse-trained weights; the result ends in ``stages/pruned``."""
     model = load(stage_dir(out, "sparse"))
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
-                   include_consumers=reg.include_consumers, **target)
+                   include_consumers=reg.include_consumers, score=score, **target)
     where = stage_dir(out, "pruned")
     save(model, where, metadata={"kind": "vacl-pruned"})
     atomic_write_json(where / PRUNE_REPORT, report)
@@ -286,7 +291,7 @@ def run(args: argparse.Namespace) -> int:
                  "base": {"run": str(args.run), **{k: base[k] for k in BASE_KEYS}},
                  "groups": reg.groups.counts(),
                  "rms_before": group_scores(model, reg.groups, reg.include_bn,
-                                            reg.include_consumers).tolist()}
+                                            reg.include_consumers, args.group_score).tolist()}
         write_state(out, state)
     elif state["input"]["fingerprint"] != fp:
         raise UserError(f"the model in {args.run} changed since {out} was started; resume "
@@ -300,14 +305,15 @@ def run(args: argparse.Namespace) -> int:
         state.update(phase="prune", sparse_history=history,
                      after_sparse=_accuracy(sparse, evals, args.precision),
                      rms_after=group_scores(sparse, reg.groups, reg.include_bn,
-                                            reg.include_consumers).tolist())
+                                            reg.include_consumers, args.group_score).tolist())
         write_state(out, state)
     if state["phase"] == "prune":
         common.log(f"vacl: pruning ({', '.join(f'{k}={v}' for k, v in target.items())})")
         t0 = time.perf_counter()
-        auto = _auto_target(out, shape, reg, val_loader, target, args.precision, device)
+        auto = _auto_target(out, shape, reg, val_loader, target, args.group_score,
+                            args.precision, device)
         rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
-        state.update(_prune_stage(out, shape, reg, rule, state["rms_after"]))
+        state.update(_prune_stage(out, shape, reg, rule, state["rms_after"], args.group_score))
         if auto is not None:
             state["prune"]["auto"] = auto
         pruned = load(stage_dir(out, "pruned"), device=device)
@@ -338,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],
-                 precision: str, device) -> dict[str, Any] | None:
+                 score: str, precision: str, device) -> dict[str, Any] | None:
     """--auto-tolerance: the params reduction chosen on the validation split (else None)."""
     if "auto_tolerance" not in target:
         return None
@@ -347,7 +353,8 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
     auto = choose_reduction(load(stage_dir(out, "sparse"), device=device), shape, val_loader,
                             target["auto_tolerance"], groups=reg.groups,
                             include_bn=reg.include_bn,
-                            include_consumers=reg.include_consumers, precision=precision)
+                            include_consumers=reg.include_consumers, score=score,
+                            precision=precision)
     common.log(f"vacl: auto: {len(auto['candidates'])} candidate(s) tried on the validation "
                f"split; params target {100 * auto['chosen']:.0f} % (stop: {auto['stop']})")
     return auto

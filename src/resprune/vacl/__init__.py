@@ -36,9 +36,9 @@ from .groups import (
     discover_groups,
 )
 from .prune import prune, remove_members
-from .regularizer import FORMS, Regularizer, group_scores
+from .regularizer import FORMS, SCORES, Regularizer, group_scores
 
 __all__ = [
     "CROSS", "FILTER", "FORMS", "ChannelGroup", "GroupSet", "Member", "PadShortcutPruner",
-    "Regularizer", "discover_groups", "group_scores", "prune", "remove_members",
+    "Regularizer", "SCORES", "discover_groups", "group_scores", "prune", "remove_members",
 ]

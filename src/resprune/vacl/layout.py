@@ -68,7 +68,9 @@ class Layout:
 
     ``member_group[l]`` is the group of member ``l``; ``size[g]`` (``p_g``) is the number of
     scalars in group ``g``; ``count[g]`` (``m_g``) its number of members; ``cross[g]`` whether
-    it is a cross-layer group.
+    it is a cross-layer group. ``member_layer[l]`` numbers the layer member ``l`` is a slice of
+    (its producer, with its BN, or a consumer's input side) and ``member_size[l]`` counts its
+    scalars.
     """
 
     def __init__(self, model: nn.Module, groups: GroupSet, include_bn: bool = True,
@@ -79,6 +81,7 @@ class Layout:
         mods = modules_by_name(model, names)
         slots: dict[tuple[str, str, str], list[tuple[int, int]]] = defaultdict(list)
         member_group: list[int] = []
+        member_key: list[str] = []
         for gi, g in enumerate(groups):
             # member key -> member id; a BN joins the member of the layer that feeds it
             member_of: dict[str, int] = {}
@@ -97,6 +100,7 @@ class Layout:
                 if key not in member_of:
                     member_of[key] = len(member_group)
                     member_group.append(gi)
+                    member_key.append(key)
                 mode = IN if m.role == IN else OUT
                 for pname in pnames:
                     if getattr(mods[m.module], pname, None) is not None:
@@ -108,6 +112,7 @@ class Layout:
         self.entries: list[Entry] = []
         size = [0.0] * len(groups)
         num_members = len(member_group)
+        msize = [0.0] * num_members
         buckets: dict[tuple[int, torch.dtype], list[int]] = defaultdict(list)
         rows: dict[int, list[int]] = {}
         in_slots: list[int] = []
@@ -129,6 +134,7 @@ class Layout:
             per = _scalars_per_channel(p, mode, ngroups)
             for _, mid in pairs:
                 size[member_group[mid]] += per
+                msize[mid] += per
             if mode == OUT:
                 buckets[(per, p.dtype)].append(k)
                 row = [num_members] * n
@@ -146,6 +152,11 @@ class Layout:
         self.member_group = torch.tensor(member_group, dtype=torch.long)
         self.size = torch.tensor(size, dtype=torch.float64)
         self.count = torch.bincount(self.member_group, minlength=self.num_groups).double()
+        # members of the same layer (producer module, or a consumer's input side) share a key
+        keys = {k: i for i, k in enumerate(dict.fromkeys(member_key))}
+        self.member_layer = torch.tensor([keys[k] for k in member_key], dtype=torch.long)
+        self.num_layers = len(keys)
+        self.member_size = torch.tensor(msize, dtype=torch.float64)
         self.cross = torch.tensor([g.kind == CROSS for g in groups], dtype=torch.bool)
         self._model_ref: weakref.ReferenceType | None = None
         self._mods: list[nn.Module] = []

@@ -1,7 +1,8 @@
 """Select channel groups by score and remove them physically from the model.
 
-Selection is one global ranking of every group by its RMS score (see
-:func:`~resprune.vacl.regularizer.group_scores`), lowest first, under two rules:
+Selection is one global ranking of every group by its score (the RMS of its weights, raw or
+normalised per layer: see :func:`~resprune.vacl.regularizer.group_scores`), lowest first, under
+two rules:
 
 * never empty a layer: every conv/BN/linear/shortcut keeps at least one channel (a grouped conv
   at least one per cardinal group);
@@ -349,14 +350,16 @@ def _widths(model: nn.Module) -> dict[str, int]:
 def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None = None,
           target_params_reduction: float | None = None,
           target_macs_reduction: float | None = None, *, groups: GroupSet | None = None,
-          include_bn: bool = True, include_consumers: bool = False) -> dict[str, Any]:
+          include_bn: bool = True, include_consumers: bool = False,
+          score: str = "layer_rms") -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
     ``target_params_reduction`` or ``target_macs_reduction`` (a fraction in [0, 1) of the whole
     model's parameters / MACs to remove). ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
     ``groups`` reuses a :class:`GroupSet` discovered on this model; ``include_bn`` /
-    ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer).
+    ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer);
+    ``score`` is ``"rms"`` or ``"layer_rms"`` (see :func:`~resprune.vacl.group_scores`).
 
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
@@ -366,7 +369,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     shape = check_input_shape(input_shape)
     if groups is None:
         groups = discover_groups(model, shape)
-    scores = group_scores(model, groups, include_bn, include_consumers)
+    scores = group_scores(model, groups, include_bn, include_consumers, score)
     units, fixed = removal_units(model, groups, scores)
     params_before, macs_before = count_params(model), count_macs(model, shape)
     widths_before = _widths(model)
@@ -393,6 +396,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "target_reached": stats["reached"],
         "include_bn": include_bn,
         "include_consumers": include_consumers,
+        "score": score,
         "groups_total": len(groups),
         "groups_by_kind": groups.counts(),
         "groups_fixed": len(fixed),

@@ -109,16 +109,37 @@ class Regularizer:
         return self.lam * self.per_group(model).sum()
 
 
+SCORES = ("rms", "layer_rms")
+
+
 @torch.no_grad()
 def group_scores(model: nn.Module, groups: GroupSet, include_bn: bool = True,
-                 include_consumers: bool = False) -> torch.Tensor:
-    """RMS of each group's weights, ``||w_g||_2 / sqrt(p_g)`` (float64, one per group).
+                 include_consumers: bool = False, score: str = "layer_rms") -> torch.Tensor:
+    """One score per group (float64); pruning removes the lowest first.
 
-    The group vector is the same as the regularizer's (producer filters, plus their BN
-    gamma/beta with ``include_bn``, plus consumer slices with ``include_consumers``), so a group
-    driven to zero by the regularizer scores exactly 0.
+    ``score="rms"``: the RMS of the group's weights, ``||w_g||_2 / sqrt(p_g)``. The group vector
+    is the same as the regularizer's (producer filters, plus their BN gamma/beta with
+    ``include_bn``, plus consumer slices with ``include_consumers``), so a group driven to zero
+    by the regularizer scores exactly 0.
+
+    ``score="layer_rms"``: the same RMS after every member's slice is divided by its layer's
+    mean channel RMS (the mean over that layer's channels of ``||w_gl|| / sqrt(p_gl)``). Raw
+    weight scales differ between layers (He initialisation scales a conv by
+    ``1/sqrt(fan_in)``, so wide late stages have smaller weights); normalising ranks channels by
+    how they compare with their own layer, so one global ranking does not strip the late stages
+    first merely for their scale. Zeroed groups still score exactly 0; a layer whose channels are
+    all zero scores 0.
     """
+    if score not in SCORES:
+        raise UserError(f"unknown group score {score!r}: choose one of {', '.join(SCORES)}")
     lay = Layout(model, groups, include_bn, include_consumers)
     sq = lay.member_sq(model).double().cpu()
+    if score == "layer_rms":
+        rms = torch.sqrt(sq / lay.member_size.clamp_min(1))
+        total = torch.zeros(lay.num_layers, dtype=torch.float64).index_add(
+            0, lay.member_layer, rms)
+        mean = total / torch.bincount(lay.member_layer, minlength=lay.num_layers).double()
+        ref = mean[lay.member_layer]
+        sq = torch.where(ref > 0, sq / ref.square().clamp_min(1e-300), torch.zeros_like(sq))
     s2 = torch.zeros(lay.num_groups, dtype=torch.float64).index_add(0, lay.member_group, sq)
     return torch.sqrt(s2 / lay.size)

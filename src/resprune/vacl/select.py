@@ -49,14 +49,14 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
                      tolerance: float, *,
                      candidates: Sequence[float] = DEFAULT_CANDIDATES, metric: str = "params",
                      groups: GroupSet | None = None, include_bn: bool = True,
-                     include_consumers: bool = False, precision: str = "fp32"
-                     ) -> dict[str, Any]:
+                     include_consumers: bool = False, score: str = "layer_rms",
+                     precision: str = "fp32") -> dict[str, Any]:
     """The largest candidate reduction whose pruned copy keeps validation accuracy.
 
     ``tolerance`` is in percentage points: a candidate holds when its val top-1 >= the
     unpruned model's val top-1 - tolerance / 100 (top-1 as a fraction). ``groups`` /
     ``include_bn`` / ``include_consumers`` are those of the regularizer (they define the RMS
-    scores :func:`~resprune.vacl.prune` ranks by). Returns a JSON-ready dict:
+    scores :func:`~resprune.vacl.prune` ranks by) and ``score`` is prune's. Returns a JSON-ready dict:
 
     - ``chosen``: the reduction to pass as ``target_{metric}_reduction`` (0.0 when even the
       smallest candidate fails: prune nothing);
@@ -77,7 +77,7 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     for target in cands:
         pruned = copy.deepcopy(model)
         report = prune(pruned, shape, groups=groups, include_bn=include_bn,
-                       include_consumers=include_consumers,
+                       include_consumers=include_consumers, score=score,
                        **{f"target_{metric}_reduction": target})
         reduction = float(report[f"{metric}_reduction"])
         last = tried[-1] if tried else None
