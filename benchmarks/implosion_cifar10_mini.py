@@ -259,8 +259,9 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
         f"Machine: {machine_info(a.jobs)}. Wall time of this invocation: {wall / 60:.1f} min "
         f"(runs already finished were reused). Work directory: `{workdir}`.\n",
         f"Budget: baseline {plural(a.base_epochs, 'epoch')} (lr {a.lr}, "
-        f"{a.base_warmup_epochs:g} warm-up epochs, cosine, batch {a.batch_size}); each implosion erases {plural(a.per_step, 'unit')} per step for at "
-        f"most {plural(a.max_steps, 'step')}, retrains {plural(a.retrain_epochs, 'epoch')} at "
+        f"{a.base_warmup_epochs:g} warm-up epochs, cosine, batch {a.batch_size}); each "
+        f"implosion erases {plural(a.per_step, 'unit')} per step for at most "
+        f"{plural(a.max_steps, 'step')}, retrains {plural(a.retrain_epochs, 'epoch')} at "
         f"lr {a.retrain_lr} after each, then {plural(a.final_epochs, 'final epoch')}; "
         f"tolerance {a.tolerance:g} percentage points of validation "
         f"top-1; scratch budget `{a.scratch_budget}`. Seeds {' '.join(map(str, a.seeds))}.\n",

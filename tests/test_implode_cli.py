@@ -167,7 +167,7 @@ def test_gated_input_skips_adaptation(tmp_path, capsys):
     """A run trained with --priority-gates: no gates added, step 1 erases the lowest |w|."""
     base = tmp_path / "gated"
     train_run(base, "--priority-gates")
-    gates = {n: abs(float(m.gate)) for n, m in resprune.load(base).named_modules()
+    gates = {n: abs(float(m.gate.detach())) for n, m in resprune.load(base).named_modules()
              if getattr(m, "gate", None) is not None}
     assert set(gates) == ERASABLE
     out = tmp_path / "imp"

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,3 +185,50 @@ def check_data_fits(bundle, spec: dict[str, Any], args: argparse.Namespace) -> N
                         f"{bundle.in_channels}-channel images but the model in {args.run} "
                         f"expects {spec['num_classes']} classes of {spec['in_channels']}-channel "
                         "images; pass the dataset the run was trained on")
+
+
+@dataclass
+class InputRun:
+    """What a command that starts from a trained run has opened before writing anything."""
+
+    model: nn.Module
+    spec: dict[str, Any]
+    summary: dict[str, Any]
+    bundle: Any
+    device: torch.device
+    input_shape: tuple[int, ...]
+    out: Path | None  # the run directory being resumed, else None until open_output
+
+
+def open_input(args: argparse.Namespace, command: str) -> InputRun:
+    """Start ``resprune COMMAND RUN``: the input run, its data and the device, checked.
+
+    On ``--resume`` the output directory is opened first, because its saved options win over
+    the command line (:func:`record_command`). Otherwise nothing is written: the command checks
+    its own options next and only then calls :func:`open_output`, so bad input leaves no
+    directory behind.
+    """
+    from ..data import input_shape
+    from ..runs import prepare_out
+    from .evaluate import inherit_data_options
+
+    out = None
+    if args.resume:
+        out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
+        record_command(args, out, True)
+    model, spec, summary = load_input_run(args.run, command)
+    inherit_data_options(args, summary)
+    device = resolve_device(args.device)
+    bundle = load_data(args)
+    check_data_fits(bundle, spec, args)
+    return InputRun(model, spec, summary, bundle, device, input_shape(bundle), out)
+
+
+def open_output(args: argparse.Namespace, run: InputRun) -> Path:
+    """The output directory of a new run (created, options recorded), or the resumed one."""
+    from ..runs import prepare_out
+
+    if run.out is None:
+        run.out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
+        record_command(args, run.out, False)
+    return run.out

@@ -54,9 +54,8 @@ from ..measure import depth
 from ..models import build
 from ..report import fmt_acc, pct_removed
 from ..report.implosion import write_report
-from ..runs import prepare_out, write_summary
+from ..runs import write_summary
 from . import common, options
-from .evaluate import inherit_data_options
 
 # Per-step latency: the nets of all steps are timed together, interleaved (each round times
 # every net once, alternating the order; resprune.measure.compare.time_models), so a burst of
@@ -167,27 +166,16 @@ class _StderrLog:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import input_shape
-
     started = time.time()
-    resuming = bool(args.resume)
-    if resuming:  # the saved options win (record_command), so read them first
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
-        common.record_command(args, out, True)
-    model, spec, summary_in = common.load_input_run(args.run, "implode")
-    inherit_data_options(args, summary_in)
+    start = common.open_input(args, "implode")
+    model, spec, summary_in = start.model, start.spec, start.summary
+    bundle, device, shape = start.bundle, start.device, start.input_shape
     check_options(args, model)
     config = implosion_config(args)
-    device = common.resolve_device(args.device)
-    bundle = common.load_data(args)
-    common.check_data_fits(bundle, spec, args)
     if len(bundle.val) == 0:
         raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
                         "implode accepts or rolls back every step on it")
-    if not resuming:
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
-        common.record_command(args, out, False)
-    shape = input_shape(bundle)
+    out = common.open_output(args, start)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
     units = [{"name": n, "erasable": is_erasable(u),
               "weight_layers": unit_weight_layers(u)} for n, u in residual_units(model)]
@@ -198,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
     base = {"run": str(args.run), **{k: base[k] for k in (
         "params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")}}
     with _StderrLog():
-        result = implode(model, train_loader, val_loader, config, out, resume=resuming,
+        result = implode(model, train_loader, val_loader, config, out, resume=bool(args.resume),
                          input_shape=shape, progress=not args.no_progress)
     final = common.measure(result.model, shape, {"val": val_loader, "test": test_loader},
                            device, args.precision)

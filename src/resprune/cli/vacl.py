@@ -61,12 +61,11 @@ from ..io import atomic_write_json, atomic_write_text, read_json
 from ..measure import evaluate
 from ..report import fmt_acc, fmt_count, pct_removed
 from ..report.vacl import rms_histogram, write_report
-from ..runs import prepare_out, write_summary
+from ..runs import write_summary
 from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import Trainer
 from ..vacl import FORMS, SCORES, Regularizer, group_scores, prune
 from . import common, options
-from .evaluate import inherit_data_options
 
 STATE_FILE = "pipeline_state.json"
 STATE_FORMAT = 1
@@ -251,32 +250,22 @@ def _cleanup(out: Path) -> None:
 # -- the command ------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import input_shape
-
     started = time.time()
     resuming = bool(args.resume)
-    if resuming:  # the saved options win (record_command), so read them first
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
-        common.record_command(args, out, True)
-    model, spec, summary_in = common.load_input_run(args.run, "vacl")
-    inherit_data_options(args, summary_in)
+    start = common.open_input(args, "vacl")
+    model, spec, summary_in = start.model, start.spec, start.summary
+    bundle, device, shape = start.bundle, start.device, start.input_shape
     target = prune_target(args)
     cfg_sparse = common.train_config(args, prefix="sparse-")
     cfg_finetune = common.train_config(args, prefix="finetune-")
-    device = common.resolve_device(args.device)
-    bundle = common.load_data(args)
-    common.check_data_fits(bundle, spec, args)
     if "auto_tolerance" in target and len(bundle.val) == 0:
         raise UserError(f"--auto-tolerance chooses on the validation split, which is empty "
                         f"(--val-fraction {args.val_fraction}); raise --val-fraction or give "
                         "a target")
-    shape = input_shape(bundle)
     reg = Regularizer(model, form=args.form, beta=args.beta, lam=args.lam,
                       include_bn=args.include_bn, include_consumers=args.include_consumers,
                       input_shape=shape)
-    if not resuming:
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
-        common.record_command(args, out, False)
+    out = common.open_output(args, start)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
     loaders = {"train": train_loader, "val": val_loader, "test": test_loader}
     evals = {"val": val_loader, "test": test_loader}

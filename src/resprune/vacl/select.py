@@ -56,7 +56,8 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     ``tolerance`` is in percentage points: a candidate holds when its val top-1 >= the
     unpruned model's val top-1 - tolerance / 100 (top-1 as a fraction). ``groups`` /
     ``include_bn`` / ``include_consumers`` are those of the regularizer (they define the RMS
-    scores :func:`~resprune.vacl.prune` ranks by) and ``score`` is prune's. Returns a JSON-ready dict:
+    scores :func:`~resprune.vacl.prune` ranks by) and ``score`` is prune's. Returns a
+    JSON-ready dict:
 
     - ``chosen``: the reduction to pass as ``target_{metric}_reduction`` (0.0 when even the
       smallest candidate fails: prune nothing);
