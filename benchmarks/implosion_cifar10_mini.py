@@ -7,17 +7,21 @@ called in worker processes through ``resprune.cli.main.main``). Per seed (defaul
 - implosion with each score (gate, norm, gate_bn): ``resprune implode BASE --score S``;
 - random units at the same depth: ``implode --score random --target-depth D --tolerance 100``
   (D: the gate row's final depth, reached whatever the accuracy);
+- with ``--also-tolerance T``: the gate score accepting steps that lose at most T points of
+  validation top-1 (a 407-image validation split moves by 0.25 points an image, so tolerance 0
+  rejects steps on noise);
 - no retraining: ``implode --score gate --retrain-epochs 0 --final-epochs 0``;
 - from scratch: ``resprune train --arch GATE/arch.json``, the gate row's final architecture
   from a fresh initialisation, for base epochs + the loop's epochs (``--scratch-budget
   total``: all the training the imploded net received) or for the loop's epochs only
   (``loop``).
 
-The baseline is trained with priority gates (the priority term learns with the network, so
-``implode`` needs no adaptation; the 25 scalar gates are folded away for the table). Every
-implosion row uses the same budget (``--retrain-epochs``, ``--per-step``, ``--max-steps``,
-``--final-epochs``, ``--tolerance``) and the same validation split as its baseline (implode
-inherits the run's data options); the test set is only reported.
+The baseline (with ``--base-warmup-epochs`` of linear warm-up) is trained with priority gates
+(the priority term learns with the network, so ``implode`` needs no adaptation; the 25 scalar
+gates are folded away for the table). Every implosion row uses the same budget
+(``--retrain-epochs``, ``--per-step``, ``--max-steps``, ``--final-epochs``, ``--tolerance``)
+and the same validation split as its baseline (implode inherits the run's data options); the
+test set is only reported.
 
 Jobs that do not depend on each other run in ``--jobs`` worker processes (default 2), each
 with one torch thread (``OMP_NUM_THREADS=1`` + ``torch.set_num_threads(1)``). One baseline
@@ -90,6 +94,20 @@ ROWS = {  # row key -> label, in table order
     "scratch": "gate architecture, from scratch",
 }
 LATENCY_BATCH, LATENCY_WARMUP, LATENCY_REPEATS = 64, 1, 7
+DEPS = {"base": [], "gate": ["base"], "norm": ["base"], "gate_bn": ["base"],
+        "gate_tol": ["base"], "noretrain": ["base"], "random": ["base", "gate"],
+        "scratch": ["gate"]}
+
+
+def rows_of(a: argparse.Namespace) -> dict[str, str]:
+    """The rows of this invocation (``--also-tolerance`` adds one), key -> label, in order."""
+    rows = dict(ROWS)
+    if a.also_tolerance is not None:
+        items = list(rows.items())
+        at = list(rows).index("gate_bn") + 1
+        items.insert(at, ("gate_tol", f"implosion, score gate, tolerance {a.also_tolerance:g}"))
+        rows = dict(items)
+    return rows
 
 
 # -- the plan --------------------------------------------------------------------------------
@@ -105,10 +123,8 @@ def make_jobs(a: argparse.Namespace, workdir: Path) -> dict[str, Job]:
     jobs = {}
     for s in a.seeds:
         d = workdir / f"seed{s}"
-        deps = {"base": [], "gate": ["base"], "norm": ["base"], "gate_bn": ["base"],
-                "noretrain": ["base"], "random": ["base", "gate"], "scratch": ["gate"]}
-        for row in ROWS:
-            job = Job(s, row, d / row, deps[row])
+        for row in rows_of(a):
+            job = Job(s, row, d / row, DEPS[row])
             jobs[job.key] = job
     return jobs
 
@@ -137,6 +153,9 @@ def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
     steps = ["--max-steps", str(a.max_steps)]
     if job.row in SCORES:
         return [*loop, "--score", job.row, *steps, *common]
+    if job.row == "gate_tol":
+        loop[loop.index("--tolerance") + 1] = str(a.also_tolerance)
+        return [*loop, "--score", "gate", *steps, *common]
     if job.row == "noretrain":
         loop[loop.index("--retrain-epochs") + 1] = "0"
         loop[loop.index("--final-epochs") + 1] = "0"
@@ -150,7 +169,7 @@ def job_argv(job: Job, a: argparse.Namespace, workdir: Path) -> list[str]:
 def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None:
     """Run every job once its dependencies are done, ``a.jobs`` at a time."""
     # bases first, then the gate rows others wait for
-    run_jobs(jobs, list(ROWS), lambda job: (run_cli, job_argv(job, a, workdir)), a.jobs,
+    run_jobs(jobs, list(rows_of(a)), lambda job: (run_cli, job_argv(job, a, workdir)), a.jobs,
              workdir, report_only=a.report_only)
 
 
@@ -191,7 +210,7 @@ def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[
     torch.set_num_threads(1)
     done = [j for j in jobs.values() if read_summary(j.run_dir) is not None]
     measured = measure([j.run_dir for j in done])
-    rows: dict[str, list[dict[str, Any]]] = {r: [] for r in ROWS}
+    rows: dict[str, list[dict[str, Any]]] = {r: [] for r in rows_of(a)}
     for job in sorted(done, key=lambda j: j.seed):
         base = jobs[f"seed{job.seed}/base"].run_dir
         if base not in measured:
@@ -208,7 +227,7 @@ def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[
     return rows
 
 
-def table(rows: dict[str, list[dict[str, Any]]]) -> str:
+def table(rows: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> str:
     from resprune.report import fmt_count
 
     head = ["row", "seeds", "weight layers removed %", "depth", "params", "MACs",
@@ -217,10 +236,10 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, recs in rows.items():
         if not recs:
-            lines.append(f"| {ROWS[row]} | 0 | " + " | ".join("-" for _ in head[2:]) + " |")
+            lines.append(f"| {labels[row]} | 0 | " + " | ".join("-" for _ in head[2:]) + " |")
             continue
         lines.append("| " + " | ".join([
-            ROWS[row], str(len(recs)), mean_std([r["removed_pct"] for r in recs]),
+            labels[row], str(len(recs)), mean_std([r["removed_pct"] for r in recs]),
             mean_std([r["depth"] for r in recs], digits=1),
             fmt_count(statistics.mean(r["params"] for r in recs)),
             fmt_count(statistics.mean(r["macs"] for r in recs)),
@@ -230,14 +249,14 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def detail_table(rows: dict[str, list[dict[str, Any]]]) -> str:
+def detail_table(rows: dict[str, list[dict[str, Any]]], labels: dict[str, str]) -> str:
     head = ["row", "seed", "depth", "test top-1 %", "val top-1 %", "epochs", "stop",
             "erased units (in order)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, recs in rows.items():
         for r in recs:
             pct = ["-" if r[k] is None else f"{100 * r[k]:.2f}" for k in ("top1", "val_top1")]
-            lines.append(f"| {ROWS[row]} | {r['seed']} | {r['depth']} | {pct[0]} | {pct[1]} | "
+            lines.append(f"| {labels[row]} | {r['seed']} | {r['depth']} | {pct[0]} | {pct[1]} | "
                          f"{r['epochs']} | {r['stop'] or '-'} | {', '.join(r['erased']) or '-'} |")
     return "\n".join(lines) + "\n"
 
@@ -273,8 +292,8 @@ def write_results(path: Path, rows, jobs, a, argv, workdir: Path, wall: float) -
         f"round times every net once, alternating the order): median of {LATENCY_REPEATS} "
         "runs. "
         "Mean ± sample standard deviation over seeds.\n",
-        table(rows),
-        "## Per seed\n", detail_table(rows),
+        table(rows, rows_of(a)),
+        "## Per seed\n", detail_table(rows, rows_of(a)),
     ]
     if failed:
         text.append(f"Missing (failed or blocked; see {workdir}/logs): {', '.join(failed)}\n")
@@ -306,6 +325,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--final-epochs", type=int, default=None, help="final retraining epochs (1)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="percentage points of val top-1 a step may lose (0)")
+    p.add_argument("--also-tolerance", type=float, default=None, metavar="T",
+                   help="add a row: the gate score with --tolerance T (percentage points)")
     p.add_argument("--lr", type=float, default=0.1, help="baseline learning rate (0.1)")
     p.add_argument("--base-warmup-epochs", type=float, default=None,
                    help="linear lr warm-up of the baseline and scratch rows (2; smoke 0)")
@@ -338,8 +359,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     for k in ("base_epochs", "retrain_epochs", "final_epochs"):
         if getattr(a, k) < 0:
             p.error(f"--{k.replace('_', '-')} must be >= 0")
-    if not math.isfinite(a.tolerance) or a.tolerance < 0:
-        p.error("--tolerance must be >= 0")
+    for k in ("tolerance", "also_tolerance"):
+        t = getattr(a, k)
+        if t is not None and (not math.isfinite(t) or t < 0):
+            p.error(f"--{k.replace('_', '-')} must be >= 0")
     if not (a.data_dir / "cifar-10-batches-py").is_dir():
         p.error(f"{a.data_dir} has no cifar-10-batches-py/ (cifar10-mini lives in "
                 "../shared/datasets/cifar10-mini beside the repository)")
@@ -363,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     print("measuring the finished runs (latency once per architecture) ...", flush=True)
     rows = collect(jobs, a)
     write_results(a.results, rows, jobs, a, argv, workdir, time.time() - started)
-    print(table(rows))
+    print(table(rows, rows_of(a)))
     print(f"wrote {a.results} in {(time.time() - started) / 60:.1f} min", flush=True)
     return 1 if any(j.status in ("failed", "blocked") for j in jobs.values()) else 0
 
