@@ -52,6 +52,7 @@ class _Evil:
         return (os.system, ("touch /tmp/resprune_pwned_marker",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the file is hostile on purpose
 def test_malicious_pickle_is_refused(tmp_path):
     marker = "/tmp/resprune_pwned_marker"
     if os.path.exists(marker):

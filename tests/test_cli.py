@@ -119,6 +119,7 @@ class _Evil:
         return (os.system, ("touch /tmp/resprune_cli_pwned",))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # hostile files on purpose
 def test_malicious_and_corrupt_checkpoints(trained, tmp_path, capsys):
     import shutil
     marker = "/tmp/resprune_cli_pwned"
