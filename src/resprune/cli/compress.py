@@ -135,7 +135,7 @@ def _adopt(p: argparse.ArgumentParser, groups: dict[str, Any]) -> None:
                                      "never warm up")
     by_dest["auto_tolerance"].help = (
         "without a target: VACL prunes the largest share of params whose pruned copy keeps "
-        "val top-1 within T points of the sparse model's (default: --tolerance)")
+        "val top-1 within T points of the vacl stage's input (default: --tolerance)")
 
 
 def add_parser(subs) -> None:

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     small = out / "compressed"
     _step(["compress", str(base), "--stages", "implode,vacl,finetune",
            "--per-step", "2", "--retrain-epochs", "1", "--max-steps", "3", "--tolerance", "1.5",
-           "--sparse-epochs", "3", "--lam", "2e-3", "--auto-tolerance", "1.5",
+           "--sparse-epochs", "3", "--lam", "1e-2", "--target-params-reduction", "0.6",
            "--finetune-epochs", "2", "--finetune-final-epochs", "2", "--batch-size", "64",
            "--out", str(small), *quiet],
           "compress: implode (depth) -> VACL (width) -> fine-tune")

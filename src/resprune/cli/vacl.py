@@ -12,7 +12,7 @@ stages, each checkpointed in ``--out`` so that a run killed at any point and con
    params or MACs (one global ranking, at least one channel kept per layer), physically.
    ``--auto-tolerance T`` chooses the params target from validation accuracy instead (see
    :mod:`resprune.vacl.select`): the largest candidate reduction whose pruned copy, not
-   fine-tuned, keeps val top-1 within T points of the sparse model's.
+   fine-tuned, keeps val top-1 within T points of the input run's.
 3. **fine-tuning** (``stages/finetune/``): ``--finetune-epochs`` at ``--finetune-lr``
    without the regularizer. The result is written to ``--out`` (``model.safetensors`` +
    ``arch.json``, a plain, smaller ResNet that ``resprune.load`` reads).
@@ -125,8 +125,8 @@ def add_parser(subs) -> None:
     g.add_argument("--auto-tolerance", type=options.nonneg_float, metavar="T",
                    help="choose the params reduction on the validation split: the largest of "
                         "5 %%, 10 %%, ..., 95 %% whose pruned copy of the sparse model (not "
-                        "fine-tuned) keeps val top-1 within T percentage points of the sparse "
-                        "model's (the scan stops at the first that does not)")
+                        "fine-tuned) keeps val top-1 within T percentage points of the input "
+                        "run's (the scan stops at the first that does not)")
     g = p.add_argument_group("ranking")
     g.add_argument("--group-score", choices=SCORES, default="layer_rms",
                    help="what ranks the channel groups: layer_rms (default: each layer's "
@@ -300,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
         common.log(f"vacl: pruning ({', '.join(f'{k}={v}' for k, v in target.items())})")
         t0 = time.perf_counter()
         auto = _auto_target(out, shape, reg, val_loader, target, args.group_score,
-                            args.precision, device)
+                            state["base"]["val_top1"], args.precision, device)
         rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
         state.update(_prune_stage(out, shape, reg, rule, state["rms_after"], args.group_score))
         if auto is not None:
@@ -333,8 +333,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],
-                 score: str, precision: str, device) -> dict[str, Any] | None:
-    """--auto-tolerance: the params reduction chosen on the validation split (else None)."""
+                 score: str, reference: float, precision: str, device
+                 ) -> dict[str, Any] | None:
+    """--auto-tolerance: the params reduction chosen on the validation split (else None).
+
+    Candidates are held to the input net's val top-1 (``reference``), not the sparse one's.
+    """
     if "auto_tolerance" not in target:
         return None
     from ..vacl.select import choose_reduction
@@ -343,7 +347,7 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
                             target["auto_tolerance"], groups=reg.groups,
                             include_bn=reg.include_bn,
                             include_consumers=reg.include_consumers, score=score,
-                            precision=precision)
+                            reference=reference, precision=precision)
     common.log(f"vacl: auto: {len(auto['candidates'])} candidate(s) tried on the validation "
                f"split; params target {100 * auto['chosen']:.0f} % (stop: {auto['stop']})")
     return auto

@@ -50,11 +50,15 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
                      candidates: Sequence[float] = DEFAULT_CANDIDATES, metric: str = "params",
                      groups: GroupSet | None = None, include_bn: bool = True,
                      include_consumers: bool = False, score: str = "layer_rms",
-                     precision: str = "fp32") -> dict[str, Any]:
+                     reference: float | None = None, precision: str = "fp32"
+                     ) -> dict[str, Any]:
     """The largest candidate reduction whose pruned copy keeps validation accuracy.
 
-    ``tolerance`` is in percentage points: a candidate holds when its val top-1 >= the
-    unpruned model's val top-1 - tolerance / 100 (top-1 as a fraction). ``groups`` /
+    ``tolerance`` is in percentage points: a candidate holds when its val top-1 >=
+    ``reference`` - tolerance / 100 (top-1 as fractions). ``reference`` defaults to the val
+    top-1 of ``model`` itself; ``resprune vacl`` passes the val top-1 of the net *before*
+    sparsity training, so that a regularizer strong enough to wreck the sparse model cannot
+    make heavy pruning look harmless. ``groups`` /
     ``include_bn`` / ``include_consumers`` are those of the regularizer (they define the RMS
     scores :func:`~resprune.vacl.prune` ranks by) and ``score`` is prune's. Returns a
     JSON-ready dict:
@@ -71,7 +75,9 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     shape = check_input_shape(input_shape)
     if groups is None:
         groups = discover_groups(model, shape)
-    reference = evaluate(model, val_loader, precision=precision)["top1"]
+    if reference is None:
+        reference = evaluate(model, val_loader, precision=precision)["top1"]
+    reference = float(reference)
     bar = reference - float(tolerance) / 100
     tried: list[dict[str, Any]] = []
     chosen, achieved, stop = 0.0, 0.0, "all_held"
