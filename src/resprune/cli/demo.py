@@ -29,7 +29,7 @@ def add_parser(subs) -> None:
         "demo", help="train a small ResNet on offline real data and show its numbers",
         description="Needs no download: trains a ResNet-20 on the handwritten digits that "
                     "ship with scikit-learn (8x8 scans upsampled to 16x16), compresses it "
-                    "to 40 %% of its params (implosion + VACL + fine-tune), exports it to "
+                    "to 40 % of its params (implosion + VACL + fine-tune), exports it to "
                     "ONNX and prints a "
                     "before/after table of params, MACs, depth, CPU latency and test accuracy.")
     p.add_argument("--out", default="runs/demo", metavar="DIR",
