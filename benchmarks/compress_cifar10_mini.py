@@ -52,9 +52,9 @@ implosion alone ~2.5, VACL alone and torch-pruning ~5 each (3 full-size sparsity
 epochs of a net with 85 % fewer params): ~19 per seed, three seeds ~25-30 min on two idle
 cores, up to twice that on a busy machine, + ~1-2 min of timing.
 
-    .venv/bin/python benchmarks/compress_cifar10_mini.py --base-runs runs/bench/implosion-e15
-    .venv/bin/python benchmarks/compress_cifar10_mini.py --base-runs runs/bench/implosion-e15 \\
-        --reuse-implosion runs/bench/implosion-e15
+    .venv/bin/python benchmarks/compress_cifar10_mini.py --base-runs runs/bench/e20
+    .venv/bin/python benchmarks/compress_cifar10_mini.py --base-runs runs/bench/e20 \\
+        --reuse-implosion runs/bench/e20
     .venv/bin/python benchmarks/compress_cifar10_mini.py --smoke      # plumbing check
 
 Writes ``benchmarks/results/compress_cifar10_mini.md`` (tables, budgets, verdict, the exact
@@ -656,7 +656,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     g = p.add_argument_group("baselines")
     g.add_argument("--base-runs", type=Path, default=None,
                    help="directory of trained baselines with priority gates (base_s{seed}/ or "
-                        "seed{seed}/base/, e.g. runs/bench/implosion-e15); default: train "
+                        "seed{seed}/base/, e.g. runs/bench/e20); default: train "
                         "them under runs/bench/compress_cifar10_mini/bases/")
     g.add_argument("--model", default=None, help="model of baselines trained here (resnet56)")
     g.add_argument("--width", type=int, default=None,
