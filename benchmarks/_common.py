@@ -28,6 +28,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -179,8 +180,6 @@ def run_command(run_dir: Path) -> str | None:
 
 def baselines_line(base_dirs: Sequence[Path]) -> str:
     """One markdown paragraph: where the baselines are and the command that trained them."""
-    import re
-
     cmds = {re.sub(r"--seed \d+", "--seed S", c) for d in base_dirs
             if (c := run_command(d)) is not None}
     where = ", ".join(f"`{_shown_path(str(d))}`" for d in base_dirs)

@@ -98,6 +98,8 @@ from _common import (
 )
 from _common import schedule as run_jobs
 
+from resprune.vacl import SCORES as GROUP_SCORES
+
 NAME = "compress_cifar10_mini"
 ROWS = {  # row key -> label, in table order
     "base": "baseline",
@@ -678,7 +680,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="val top-1 points a step may lose (0; smoke 100)")
     g = p.add_argument_group("vacl stage and VACL alone")
     g.add_argument("--lam", type=float, default=2e-3, help="VACL lambda (2e-3)")
-    g.add_argument("--group-score", choices=["layer_rms", "rms"], default="layer_rms",
+    g.add_argument("--group-score", choices=GROUP_SCORES, default="layer_rms",
                    help="VACL's group ranking (layer_rms)")
     g.add_argument("--sparse-epochs", type=int, default=None, help="S (3)")
     g.add_argument("--sparse-lr", type=float, default=0.01, help="(0.01)")

@@ -81,6 +81,8 @@ from _common import (
 )
 from _common import schedule as run_jobs
 
+from resprune.vacl import SCORES as GROUP_SCORES
+
 NAME = "vacl_cifar10_mini"
 ROWS = {  # row key -> label, in table order
     "base": "baseline",
@@ -339,7 +341,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lam", type=float, default=2e-3, help="VACL lambda (2e-3)")
     p.add_argument("--target-params-reduction", type=float, default=0.5,
                    help="VACL target fraction of params to remove (0.5)")
-    p.add_argument("--group-score", choices=["layer_rms", "rms"], default="layer_rms",
+    p.add_argument("--group-score", choices=GROUP_SCORES, default="layer_rms",
                    help="VACL's group ranking (layer_rms)")
     p.add_argument("--tp-reg", type=float, default=5e-4,
                    help="torch-pruning GroupNormPruner reg (5e-4)")

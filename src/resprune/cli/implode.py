@@ -65,7 +65,6 @@ STEP_LATENCY_WARMUP = 1
 STEP_LATENCY_REPEATS = 5
 
 
-
 def add_parser(subs) -> None:
     p = subs.add_parser(
         "implode", help="Network Implosion: erase whole residual units while accuracy holds",

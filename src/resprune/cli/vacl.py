@@ -82,7 +82,6 @@ TARGETS = (("threshold", "--threshold"), ("target_params_reduction", "--target-p
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
 
 
-
 def add_parser(subs) -> None:
     p = subs.add_parser(
         "vacl", help="VACL: width pruning of cross-layer channel groups",
@@ -117,10 +116,10 @@ def add_parser(subs) -> None:
     g.add_argument("--threshold", type=options.nonneg_float, metavar="T",
                    help="remove every channel group scoring below T (the score of --group-score)")
     g.add_argument("--target-params-reduction", type=options.fraction, metavar="R",
-                   help="remove the lowest-RMS groups until params fall by at least the "
+                   help="remove the lowest-scoring groups until params fall by at least the "
                         "fraction R in [0, 1)")
     g.add_argument("--target-macs-reduction", type=options.fraction, metavar="R",
-                   help="remove the lowest-RMS groups until MACs fall by at least the "
+                   help="remove the lowest-scoring groups until MACs fall by at least the "
                         "fraction R in [0, 1)")
     g.add_argument("--auto-tolerance", type=options.nonneg_float, metavar="T",
                    help="choose the params reduction on the validation split: the largest of "
