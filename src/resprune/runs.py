@@ -92,7 +92,11 @@ def default_input_shape(spec: dict[str, Any]) -> list[int]:
 
 
 def input_shape_of(run_dir: str | os.PathLike, spec: dict[str, Any]) -> list[int]:
-    """The input shape the run was trained on (summary.json), else the family's default."""
+    """The model's input shape: its preprocessing, else the shape it was trained on
+    (summary.json), else the family's default."""
+    pre = spec.get("preprocess")
+    if isinstance(pre, dict) and isinstance(pre.get("input_size"), int):
+        return [int(spec.get("in_channels", 3)), pre["input_size"], pre["input_size"]]
     path = Path(run_dir) / SUMMARY_FILE
     if path.is_file():
         shape = read_json(path, "summary file").get("input_shape")

@@ -19,8 +19,11 @@ from ..io import atomic_write_json, read_json
 from ..report import fmt_acc, fmt_count, fmt_ms, text_table
 from .config import resolved
 
+__all__ = ["resolved"]
+
 # options that only say how to run, not what to compute: a resumed run may change them
-RUNTIME_OPTIONS = {"out", "overwrite", "resume", "json", "no_progress", "device", "workers"}
+RUNTIME_OPTIONS = {"out", "overwrite", "resume", "json", "no_progress", "device", "workers",
+                   "cache_dir", "verbose", "quiet"}
 
 
 def log(msg: str) -> None:
@@ -59,11 +62,38 @@ def record_command(args: argparse.Namespace, out: Path, resuming: bool) -> None:
                              "resprune": __version__})
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args: argparse.Namespace, preprocess: dict[str, Any] | None = None):
+    """The dataset of ``--data``, prepared the way a model expects (its ``preprocess``)."""
     from ..data import load_dataset
 
+    extra = {}
+    if args.data == "imagefolder":
+        extra = {"in_memory": getattr(args, "in_memory", None),
+                 "cache_dir": getattr(args, "cache_dir", None),
+                 "workers": getattr(args, "workers", 0),
+                 "progress": not getattr(args, "no_progress", False)}
     return load_dataset(args.data, args.data_dir, val_fraction=args.val_fraction,
-                        seed=args.seed, download=args.download)
+                        seed=args.seed, download=getattr(args, "download", False),
+                        preprocess=preprocess, **extra)
+
+
+def model_input_shape(model: nn.Module, bundle=None) -> tuple[int, int, int]:
+    """``(C, H, W)``: the data's when given, else the model's preprocessing, else the
+    family's default (32 px CIFAR, 224 px ImageNet)."""
+    from ..data import input_shape
+    from ..models import spec_of
+    from ..runs import input_shape_of
+
+    if bundle is not None:
+        return input_shape(bundle)
+    return tuple(input_shape_of(".", spec_of(model)))  # type: ignore[return-value]
+
+
+def adopt_preprocess(model: nn.Module, bundle) -> None:
+    """A model without recorded preprocessing (an old run) takes the data's, so the runs it
+    leads to record it."""
+    if getattr(model, "preprocess", False) is None:
+        model.preprocess = bundle.preprocess()
 
 
 def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_size=None):
@@ -72,7 +102,8 @@ def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_s
     bs = batch_size or args.batch_size
     common = dict(device=device, seed=args.seed, num_workers=getattr(args, "workers", 0),
                   channels_last=getattr(args, "channels_last", False))
-    train = make_loader(bundle, "train", bs, train=True, **common)
+    train = make_loader(bundle, "train", bs, train=True,
+                        epoch_size=getattr(args, "epoch_size", None), **common)
     val = make_loader(bundle, "val", max(bs, 256), train=False, **common)
     test = make_loader(bundle, "test", max(bs, 256), train=False, **common)
     return train, val, test
@@ -219,8 +250,9 @@ def open_input(args: argparse.Namespace, command: str) -> InputRun:
     model, spec, summary = load_input_run(args.run, command)
     inherit_data_options(args, summary)
     device = resolve_device(args.device)
-    bundle = load_data(args)
+    bundle = load_data(args, spec.get("preprocess"))
     check_data_fits(bundle, spec, args)
+    adopt_preprocess(model, bundle)
     return InputRun(model, spec, summary, bundle, device, input_shape(bundle), out)
 
 

@@ -353,8 +353,10 @@ def _measure_input(args: argparse.Namespace) -> dict[str, Any]:
     """The input run measured on its splits (when the first stage, finetune, does not)."""
     from ..data import input_shape
 
+    from ..checkpoint import load_spec
+
     device = common.resolve_device(args.device)
-    bundle = common.load_data(args)
+    bundle = common.load_data(args, load_spec(args.run).get("preprocess"))
     _, val, test = common.make_loaders(bundle, args, device)
     m = common.measure(load(args.run, device=device), input_shape(bundle),
                        {"val": val, "test": test}, device, args.precision)

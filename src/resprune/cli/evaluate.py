@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     inherit_data_options(args, summary)
     device = common.resolve_device(args.device)
     model = load(args.run, device=device)
-    bundle = common.load_data(args)
+    bundle = common.load_data(args, model.preprocess)
     loader = make_loader(bundle, args.split, args.batch_size, train=False, device=device,
                          seed=args.seed)
     if loader.num_samples == 0:

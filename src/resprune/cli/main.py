@@ -24,14 +24,16 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from . import compress, demo, evaluate, export, implode, profile, report, train, vacl
+    from . import (compress, demo, evaluate, export, implode, importer, profile, report, train,
+                   vacl)
 
     parser = Parser(prog="resprune", description="Prune trained residual networks: depth "
                     "(Network Implosion) and width (VACL), measured honestly.")
     parser.add_argument("--version", action="version", version=f"resprune {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subs.required = True
-    for mod in (train, implode, vacl, compress, evaluate, profile, export, report, demo):
+    for mod in (importer, train, implode, vacl, compress, evaluate, profile, export, report,
+                demo):
         mod.add_parser(subs)
     for name, sub in subs.choices.items():
         sub.set_defaults(_parser=sub, command=name)

@@ -92,7 +92,14 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="fraction of the training set held out as the validation split that "
                         "every decision uses (default 0.1)")
     g.add_argument("--workers", type=nonneg_int, default=0,
-                   help="DataLoader workers for image-folder data (default 0)")
+                   help="image folders: DataLoader workers for large images (default 0 = in "
+                        "the main process); processes decoding small images (0 = all cores)")
+    g.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="image folders: decode all images once into memory and cache them "
+                        "(default: when images are at most 64 px)")
+    g.add_argument("--cache-dir", metavar="DIR",
+                   help="where decoded small-image folders are cached (default "
+                        "$RESPRUNE_CACHE_DIR or ~/.cache/resprune)")
 
 
 def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float | None = 0.1,
@@ -114,6 +121,9 @@ def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float 
     if prefix:
         return
     g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (128)")
+    g.add_argument("--epoch-size", type=positive_int, default=None, metavar="N",
+                   help="training images per epoch: each epoch trains on a fresh seeded random "
+                        "N of the training split (budgets below one epoch; default: all)")
     g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (0.9)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
                    help="Nesterov momentum (default on)")

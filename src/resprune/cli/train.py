@@ -59,6 +59,17 @@ def model_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+def start_preprocess(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The preprocessing of the model training starts from (--init, --arch), if recorded."""
+    from ..checkpoint import load_spec
+
+    if args.init is not None:
+        return load_spec(args.init).get("preprocess")
+    if args.arch is not None:
+        return read_json(args.arch, "architecture file").get("preprocess")
+    return None
+
+
 def initial_model(args: argparse.Namespace, bundle) -> nn.Module:
     torch.manual_seed(args.seed)  # the initial weights are a function of --seed
     if args.model is not None:
@@ -94,8 +105,9 @@ def run(args: argparse.Namespace) -> int:
                                 source=args.init)
     common.record_command(args, out, resuming)
     device = common.resolve_device(args.device)
-    bundle = common.load_data(args)
+    bundle = common.load_data(args, start_preprocess(args))
     model = initial_model(args, bundle)
+    common.adopt_preprocess(model, bundle)
     cfg = common.train_config(args)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
     trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,

@@ -23,8 +23,10 @@ import torch
 
 from ..errors import UserError
 from . import cifar, digits, imagefolder, synthetic
-from .imagefolder import IMAGENET_MEAN, IMAGENET_STD, ImageFolderLoader
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
+from .imagefolder import ImageFolderLoader
 from .loader import InMemoryLoader, check_batch_size
+from .smallimages import SMALL_MAX, DecodedFolder, PendingImages, probe_size
 from .split import check_fraction, stratified_split
 
 DATASETS = ["cifar10", "cifar100", "imagefolder", "digits", "synthetic"]
@@ -38,36 +40,51 @@ SYNTHETIC_DEFAULTS: dict[str, Any] = {
     "num_classes": 10, "channels": 3, "image_size": 32, "train_size": 512, "test_size": 256,
     "noise": 0.35, "data_seed": 0, "augment": False,
 }
-IMAGEFOLDER_DEFAULTS: dict[str, Any] = {"image_size": 224, "resize_size": 256}
+IMAGEFOLDER_DEFAULTS: dict[str, Any] = {
+    "image_size": None, "resize_size": None, "in_memory": None, "cache_dir": None,
+    "workers": 0, "progress": True,
+}
+TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
 
 
 @dataclass
 class Split:
-    """One part of a dataset: labels plus either in-memory images or image files.
+    """One part of a dataset: labels plus in-memory images, image files, or pending images.
 
     ``images`` is uint8 ``[N, C, H, W]`` (in-memory datasets) or ``None``; ``samples`` lists
-    ``(path, label)`` for image-folder datasets. ``labels`` is int64 ``[N]`` in both cases.
+    ``(path, label)`` for image-folder datasets read through a DataLoader; ``pending`` holds the
+    images of a small-image folder that are decoded into memory when a loader first needs them
+    (:meth:`materialize`). ``labels`` is int64 ``[N]`` in every case.
     """
 
     labels: torch.Tensor
     images: torch.Tensor | None = None
     samples: list[tuple[str, int]] | None = None
+    pending: PendingImages | None = None
 
     def __post_init__(self) -> None:
-        if (self.images is None) == (self.samples is None):
-            raise ValueError("a Split holds either images or samples")
+        if sum(x is not None for x in (self.images, self.samples, self.pending)) != 1:
+            raise ValueError("a Split holds exactly one of images, samples or pending images")
 
     def __len__(self) -> int:
         return int(self.labels.numel())
 
     @property
     def in_memory(self) -> bool:
-        return self.images is not None
+        return self.images is not None or self.pending is not None
+
+    def materialize(self) -> Split:
+        """Decode pending images now (a no-op for other splits); return ``self``."""
+        if self.pending is not None:
+            self.images, self.pending = self.pending.get(), None
+        return self
 
     def subset(self, indices: torch.Tensor) -> Split:
         idx = torch.as_tensor(indices, dtype=torch.int64)
         if self.images is not None:
             return Split(self.labels[idx], images=self.images[idx])
+        if self.pending is not None:
+            return Split(self.labels[idx], pending=self.pending.subset(idx))
         assert self.samples is not None
         return Split(self.labels[idx], samples=[self.samples[i] for i in idx.tolist()])
 
@@ -92,6 +109,16 @@ class DataBundle:
     resize_size: int | None = None  # image folders: eval resize of the shorter side
     source: str | None = None       # the directory read, if any
 
+    @property
+    def in_memory(self) -> bool:
+        return self.train.in_memory
+
+    def preprocess(self) -> dict[str, Any]:
+        """The ``preprocess`` entry a model trained on this data records (see
+        :mod:`resprune.models.preprocess`)."""
+        return make_preprocess(self.image_size, self.mean, self.std,
+                               None if self.in_memory else self.resize_size)
+
     def split(self, name: str) -> Split:
         if name not in ("train", "val", "test"):
             raise UserError(f"unknown split {name!r}; choose train, val or test")
@@ -102,7 +129,8 @@ class DataBundle:
         return {"name": self.name, "num_classes": self.num_classes,
                 "input_shape": list(input_shape(self)), "train": len(self.train),
                 "val": len(self.val), "test": len(self.test), "val_fraction": self.val_fraction,
-                "seed": self.seed, "augment": self.augment, "source": self.source}
+                "seed": self.seed, "augment": self.augment, "source": self.source,
+                "in_memory": self.in_memory}
 
 
 def input_shape(bundle: DataBundle) -> tuple[int, int, int]:
@@ -138,18 +166,25 @@ def _in_memory(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
 
 def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
                  val_fraction: float = 0.1, seed: int = 0, download: bool = False,
-                 **options: Any) -> DataBundle:
+                 preprocess: dict[str, Any] | None = None, **options: Any) -> DataBundle:
     """Load dataset ``name`` (one of :data:`DATASETS`) and carve the validation split.
 
     * ``cifar10`` / ``cifar100``: the official python layout under ``data_dir`` (the parent
       or the batches directory); ``download=True`` fetches it first if absent.
-    * ``imagefolder``: ``data_dir/train`` and ``data_dir/val`` (the latter is reported as the
-      test split); options ``image_size`` (224) and ``resize_size`` (256).
+    * ``imagefolder``: ``data_dir/train`` plus ``data_dir/test`` or ``data_dir/val`` (the test
+      split; ``test/`` wins when both exist). Small images (at most 64 px, or
+      ``in_memory=True``) are decoded once into memory and cached (options ``in_memory``,
+      ``cache_dir``, ``workers``, ``progress``; see :mod:`resprune.data.smallimages`); large
+      ones are read by a DataLoader with the ImageNet transforms, options ``image_size`` (224)
+      and ``resize_size`` (256).
     * ``digits``: scikit-learn's handwritten digits, offline; ``data_dir`` is ignored.
     * ``synthetic``: options ``num_classes``, ``channels``, ``image_size``, ``train_size``,
       ``test_size``, ``noise``, ``data_seed``, ``augment`` (see :data:`SYNTHETIC_DEFAULTS`).
 
     ``seed`` chooses the validation split only; the data itself never depends on it.
+    ``preprocess`` (a model's ``preprocess`` entry) replaces the dataset's mean/std and, for
+    large images, the crop and resize sizes; a model whose channels or input size cannot fit
+    the data is a :class:`UserError`.
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -163,17 +198,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
             cifar.download(root, key)
         d = cifar.load_cifar(root, key)
         mean, std = CIFAR_STATS[key]
-        return _in_memory(key, d.train_images, d.train_labels, d.test_images, d.test_labels,
-                          f, seed, num_classes=cifar.SPECS[key].num_classes, mean=mean,
-                          std=std, augment=True, classes=d.classes, source=str(d.directory))
+        return with_preprocess(_in_memory(
+            key, d.train_images, d.train_labels, d.test_images, d.test_labels, f, seed,
+            num_classes=cifar.SPECS[key].num_classes, mean=mean, std=std, augment=True,
+            classes=d.classes, source=str(d.directory)), preprocess)
     if key == "digits":
         _options(key, options, {})
         tx, ty, ex, ey = digits.load_digits_data()
         mean = (round(float(tx.float().mean() / 255), 4),)
         std = (round(float(tx.float().std() / 255), 4),)
-        return _in_memory(key, tx, ty, ex, ey, f, seed, num_classes=digits.NUM_CLASSES,
-                          mean=mean, std=std, augment=False,
-                          classes=[str(i) for i in range(10)])
+        return with_preprocess(_in_memory(
+            key, tx, ty, ex, ey, f, seed, num_classes=digits.NUM_CLASSES, mean=mean, std=std,
+            augment=False, classes=[str(i) for i in range(10)]), preprocess)
     if key == "synthetic":
         o = _options(key, options, SYNTHETIC_DEFAULTS)
         common = dict(num_classes=o["num_classes"], channels=o["channels"],
@@ -181,63 +217,117 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
         tx, ty = synthetic.make_synthetic(o["train_size"], seed=o["data_seed"], **common)
         ex, ey = synthetic.make_synthetic(o["test_size"], seed=o["data_seed"] + 1, **common)
         c = int(o["channels"])
-        return _in_memory(key, tx, ty, ex, ey, f, seed, num_classes=int(o["num_classes"]),
-                          mean=(0.5,) * c, std=(0.25,) * c, augment=bool(o["augment"]),
-                          classes=[str(i) for i in range(int(o["num_classes"]))])
+        return with_preprocess(_in_memory(
+            key, tx, ty, ex, ey, f, seed, num_classes=int(o["num_classes"]), mean=(0.5,) * c,
+            std=(0.25,) * c, augment=bool(o["augment"]),
+            classes=[str(i) for i in range(int(o["num_classes"]))]), preprocess)
     # imagefolder
-    o = _options(key, options, IMAGEFOLDER_DEFAULTS)
-    root = _need_dir(key, data_dir)
+    return with_preprocess(_imagefolder(data_dir, f, seed, _options(key, options,
+                                                                     IMAGEFOLDER_DEFAULTS)),
+                           preprocess)
+
+
+def _imagefolder(data_dir: str | os.PathLike | None, f: float, seed: int,
+                 o: dict[str, Any]) -> DataBundle:
+    root = _need_dir("imagefolder", data_dir)
+    layout = f"{root}/train/<class>/<image> and {root}/test/ (or val/)/<class>/<image>"
     if not root.is_dir():
-        raise UserError(f"data directory {root} does not exist; an image folder needs "
-                        f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
-    for part in ("train", "val"):
-        if not (root / part).is_dir():
-            raise UserError(f"{root} has no {part}/ folder; an image folder dataset needs "
-                            f"{root}/train/<class>/<image> and {root}/val/<class>/<image>")
+        raise UserError(f"data directory {root} does not exist; an image folder needs {layout}")
+    if not (root / "train").is_dir():
+        raise UserError(f"{root} has no train/ folder; an image folder dataset needs {layout}")
+    test_dir = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
+    if test_dir is None:
+        raise UserError(f"{root} has no test/ or val/ folder; an image folder dataset needs "
+                        f"{layout}")
     classes = imagefolder.find_classes(root / "train")
-    extra = sorted(set(imagefolder.find_classes(root / "val")) - set(classes))
+    extra = sorted(set(imagefolder.find_classes(test_dir)) - set(classes))
     if extra:
-        raise UserError(f"{root}/val has class folders missing from train: "
+        raise UserError(f"{test_dir} has class folders missing from train: "
                         f"{', '.join(extra[:5])}; both need the same class names")
     train_s = imagefolder.scan(root / "train", classes)
-    test_s = imagefolder.scan(root / "val", classes)
-    full = Split(torch.tensor([y for _, y in train_s], dtype=torch.int64), samples=train_s)
-    tr, va = stratified_split(full.labels, f, seed)
-    return DataBundle(name=key, num_classes=len(classes), in_channels=3,
-                      image_size=int(o["image_size"]), mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                      train=full.subset(tr), val=full.subset(va),
-                      test=Split(torch.tensor([y for _, y in test_s], dtype=torch.int64),
-                                 samples=test_s),
-                      augment=True, classes=classes, val_fraction=f, seed=seed,
-                      resize_size=int(o["resize_size"]), source=str(root))
+    test_s = imagefolder.scan(test_dir, classes)
+    train_y = torch.tensor([y for _, y in train_s], dtype=torch.int64)
+    test_y = torch.tensor([y for _, y in test_s], dtype=torch.int64)
+    tr, va = stratified_split(train_y, f, seed)
+    in_memory = o["in_memory"]
+    native = max(probe_size(train_s[0][0]))
+    if in_memory is None:
+        in_memory = native <= SMALL_MAX
+    common = dict(name="imagefolder", num_classes=len(classes), in_channels=3,
+                  mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, classes=classes,
+                  val_fraction=f, seed=seed, source=str(root))
+    if in_memory:
+        size = int(o["image_size"] or native)
+        dec = dict(cache_dir=o["cache_dir"], workers=int(o["workers"]),
+                   progress=bool(o["progress"]))
+        full = Split(train_y, pending=PendingImages(
+            DecodedFolder(train_s, size, name=f"{root.name}/train", **dec)))
+        test = Split(test_y, pending=PendingImages(
+            DecodedFolder(test_s, size, name=f"{root.name}/{test_dir.name}", **dec)))
+        return DataBundle(image_size=size, train=full.subset(tr), val=full.subset(va),
+                          test=test, **common)
+    size = int(o["image_size"] or 224)
+    full = Split(train_y, samples=train_s)
+    return DataBundle(image_size=size, train=full.subset(tr), val=full.subset(va),
+                      test=Split(test_y, samples=test_s),
+                      resize_size=int(o["resize_size"] or round(size * 256 / 224)), **common)
+
+
+def with_preprocess(bundle: DataBundle, pre: dict[str, Any] | None) -> DataBundle:
+    """``bundle`` prepared the way a model expects (its ``preprocess`` entry), checked.
+
+    In-memory data keeps its image size, so the model's ``input_size`` must equal it; image
+    folders read from files take the model's crop and resize sizes. ``None``: unchanged.
+    """
+    if not pre:
+        return bundle
+    if len(pre["mean"]) != bundle.in_channels:
+        raise UserError(f"the model expects {len(pre['mean'])}-channel images but --data "
+                        f"{bundle.name} has {bundle.in_channels}-channel images")
+    if bundle.in_memory and pre["input_size"] != bundle.image_size:
+        raise UserError(f"the model expects {pre['input_size']}x{pre['input_size']} images but "
+                        f"--data {bundle.name} has {bundle.image_size}x{bundle.image_size}; "
+                        "use the data set the model was trained on")
+    bundle.mean, bundle.std = tuple(pre["mean"]), tuple(pre["std"])
+    if not bundle.in_memory:
+        bundle.image_size = int(pre["input_size"])
+        bundle.resize_size = int(pre.get("resize") or round(bundle.image_size * 256 / 224))
+    return bundle
 
 
 def make_loader(bundle: DataBundle, split: str, batch_size: int, *, train: bool,
                 device: str | torch.device = "cpu", seed: int = 0, channels_last: bool = False,
-                drop_last: bool | None = None,
-                num_workers: int = 0) -> InMemoryLoader | ImageFolderLoader:
+                drop_last: bool | None = None, num_workers: int = 0,
+                epoch_size: int | None = None) -> InMemoryLoader | ImageFolderLoader:
     """A loader over ``bundle.<split>``: shuffled and augmented when ``train``, else in order.
 
-    In-memory splits use :class:`InMemoryLoader` (``num_workers`` is ignored); image folders
-    use :class:`ImageFolderLoader` (a ``DataLoader`` with ``num_workers`` processes).
+    In-memory splits use :class:`InMemoryLoader` (``num_workers`` is ignored; pending images
+    of a small-image folder are decoded now); image folders read from files use
+    :class:`ImageFolderLoader` (a ``DataLoader`` with ``num_workers`` processes).
+    ``epoch_size`` (training only): each epoch takes the first ``epoch_size`` samples of that
+    epoch's seeded permutation, a fresh random subset per epoch (budgets below one epoch).
     """
     part = bundle.split(split)
     check_batch_size(batch_size)
     augment = bundle.augment
+    if epoch_size is not None and not train:
+        raise ValueError("epoch_size applies to training loaders only")
+    part.materialize()
     if part.images is not None:
         return InMemoryLoader(part.images, part.labels, batch_size, train=train,
                               mean=bundle.mean, std=bundle.std, device=device, seed=seed,
-                              augment=augment, channels_last=channels_last, drop_last=drop_last)
+                              augment=augment, channels_last=channels_last, drop_last=drop_last,
+                              epoch_size=epoch_size)
     assert part.samples is not None
     return ImageFolderLoader(part.samples, batch_size, train=train, mean=bundle.mean,
                              std=bundle.std, size=bundle.image_size,
                              resize=bundle.resize_size or round(bundle.image_size * 256 / 224),
                              device=device, seed=seed, augment=augment,
                              channels_last=channels_last, drop_last=drop_last,
-                             num_workers=num_workers)
+                             num_workers=num_workers, epoch_size=epoch_size)
 
 
 __all__ = [
     "CIFAR_STATS", "DATASETS", "DataBundle", "ImageFolderLoader", "InMemoryLoader", "Split",
-    "input_shape", "load_dataset", "make_loader", "stratified_split",
+    "input_shape", "load_dataset", "make_loader", "stratified_split", "with_preprocess",
 ]

@@ -25,17 +25,17 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..errors import UserError
+from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .loader import (
     Batch,
     Normalizer,
     check_batch_size,
+    check_epoch_size,
     epoch_generator,
     epoch_seed,
     num_batches,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 Sample = tuple[str, int]
@@ -180,19 +180,20 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    """Indices ``0..n-1``, permuted from ``(seed, epoch)`` when shuffling."""
+    """Indices ``0..n-1``, permuted from ``(seed, epoch)`` when shuffling; the first ``k``."""
 
-    def __init__(self, n: int, shuffle: bool, seed: int):
+    def __init__(self, n: int, shuffle: bool, seed: int, k: int | None = None):
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
+        self.k = n if k is None else k
 
     def __len__(self) -> int:
-        return self.n
+        return self.k
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            return iter(range(self.n))
+            return iter(range(self.k))
         return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-                    .tolist())
+                    [:self.k].tolist())
 
 
 class ImageFolderLoader:
@@ -206,7 +207,8 @@ class ImageFolderLoader:
                  mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
                  size: int = 224, resize: int = 256, device: str | torch.device = "cpu",
                  seed: int = 0, augment: bool = True, channels_last: bool = False,
-                 drop_last: bool | None = None, num_workers: int = 0):
+                 drop_last: bool | None = None, num_workers: int = 0,
+                 epoch_size: int | None = None):
         self.device = torch.device(device)
         self.batch_size = check_batch_size(batch_size)
         self.train = train
@@ -217,13 +219,14 @@ class ImageFolderLoader:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
         self.dataset = ImageFolderDataset(samples, train=train and augment, size=size,
                                           resize=resize, seed=seed)
-        self.sampler = _EpochSampler(len(self.dataset), shuffle=train, seed=seed)
+        self.sampler = _EpochSampler(len(self.dataset), shuffle=train, seed=seed,
+                                     k=check_epoch_size(epoch_size, len(self.dataset), train))
         self.normalize = Normalizer(mean, std, self.device, channels_last)
         self.epoch = 0
 
     @property
     def num_samples(self) -> int:
-        return len(self.dataset)
+        return len(self.sampler)
 
     def __len__(self) -> int:
         return num_batches(self.num_samples, self.batch_size, self.drop_last)

@@ -40,6 +40,17 @@ def check_batch_size(batch_size: int) -> int:
     return batch_size
 
 
+def check_epoch_size(epoch_size: int | None, n: int, train: bool) -> int | None:
+    """``epoch_size`` checked against the ``n`` samples of a split (``None``: all of them)."""
+    if epoch_size is None:
+        return None
+    if not train:
+        raise ValueError("epoch_size applies to training loaders only")
+    if isinstance(epoch_size, bool) or not isinstance(epoch_size, int) or epoch_size < 1:
+        raise UserError(f"epoch size must be a positive integer, got {epoch_size!r}")
+    return min(epoch_size, n)
+
+
 def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
     return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
 
@@ -98,7 +109,8 @@ class InMemoryLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  train: bool, mean: Sequence[float], std: Sequence[float],
                  device: str | torch.device = "cpu", seed: int = 0, augment: bool = True,
-                 pad: int = 4, channels_last: bool = False, drop_last: bool | None = None):
+                 pad: int = 4, channels_last: bool = False, drop_last: bool | None = None,
+                 epoch_size: int | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -115,12 +127,14 @@ class InMemoryLoader:
         self.pad = int(pad)
         self.seed = int(seed)
         self.drop_last = bool(drop_last) if train else False
+        self.epoch_size = check_epoch_size(epoch_size, int(images.shape[0]), train)
         self.epoch = 0
         self.normalize = Normalizer(mean, std, self.device, channels_last)
 
     @property
     def num_samples(self) -> int:
-        return int(self.images.shape[0])
+        """Samples per pass: ``epoch_size`` when set, else the whole split."""
+        return self.epoch_size or int(self.images.shape[0])
 
     def __len__(self) -> int:
         return num_batches(self.num_samples, self.batch_size, self.drop_last)
@@ -130,16 +144,17 @@ class InMemoryLoader:
 
     def _plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Order, crop offsets and flips for one epoch, drawn on the CPU from (seed, epoch)."""
-        n = self.num_samples
+        n = int(self.images.shape[0])
         if not self.train:
             return torch.arange(n), None, None
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g)
         if not self.augment:
-            return order, None, None
+            return order[:self.num_samples], None, None
         offsets = torch.randint(0, 2 * self.pad + 1, (n, 2), generator=g)
         flips = torch.rand(n, generator=g) < 0.5
-        return order, offsets, flips
+        k = self.num_samples  # a subset per epoch: the first k of this epoch's permutation
+        return order[:k], offsets[:k], flips[:k]
 
     def __iter__(self) -> Iterator[Batch]:
         epoch = self.epoch

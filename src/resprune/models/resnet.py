@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import UserError
 from .blocks import BasicBlock, Bottleneck, PadShortcut, ResidualUnit, conv3x3, projection
+from .preprocess import validate_preprocess
 
 SPEC_FORMAT = 1
 
@@ -34,6 +35,8 @@ class ResNet(nn.Module):
         self.stem_kind = spec["stem"]
         self.block_kind = spec["block"]
         self.groups = spec["groups"]
+        # how inputs must be prepared (see models/preprocess.py); None: the dataset's defaults
+        self.preprocess: dict[str, Any] | None = spec.get("preprocess")
         cin, width = spec["in_channels"], spec["stem_width"]
         if self.stem_kind == "imagenet":
             self.conv1 = nn.Conv2d(cin, width, 7, stride=2, padding=3, bias=False)
@@ -107,7 +110,7 @@ class ResNet(nn.Module):
                 units.append(_unit_spec(m))
                 width = units[-1]["out"]
             stages.append(units)
-        return {
+        spec = {
             "format": SPEC_FORMAT,
             "arch": self.arch,
             "stem": self.stem_kind,
@@ -118,6 +121,9 @@ class ResNet(nn.Module):
             "num_classes": self.fc.out_features,
             "stages": stages,
         }
+        if self.preprocess is not None:
+            spec["preprocess"] = copy.deepcopy(self.preprocess)
+        return spec
 
 
 def _unit_spec(m: ResidualUnit) -> dict[str, Any]:
@@ -167,6 +173,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         _fail(f"block must be 'basic' or 'bottleneck', got {spec['block']!r}")
     for key in ("in_channels", "stem_width", "groups", "num_classes"):
         _int(spec[key], key)
+    if spec.get("preprocess") is not None:
+        spec["preprocess"] = validate_preprocess(spec["preprocess"], spec["in_channels"])
     stages = spec["stages"]
     if not isinstance(stages, list) or not stages or not all(
             isinstance(s, list) and s for s in stages):
