@@ -57,7 +57,7 @@ from resprune.models import PadShortcut
 from resprune.report import pct_removed
 from resprune.runs import read_summary, write_summary
 from resprune.train import STATE_FILE as TRAIN_STATE_FILE
-from resprune.train import Callback, TrainConfig, Trainer
+from resprune.train import Callback, Distillation, TrainConfig, Trainer
 from resprune.vacl.groups import PadShortcutPruner, _couple_pad_channels
 
 METHODS = ("groupnorm", "magnitude")
@@ -93,17 +93,22 @@ def prune_copy(method: str, model: nn.Module, shape, ratio: float) -> nn.Module:
     return net
 
 
-def match_ratio(method: str, model: nn.Module, shape, target: float) -> tuple[float, nn.Module]:
-    """Smallest channel ratio found whose params reduction is >= ``target``.
+def match_ratio(method: str, model: nn.Module, shape, target: float,
+                metric: str = "params") -> tuple[float, nn.Module]:
+    """Smallest channel ratio found whose ``metric`` (params or MACs) reduction is >=
+    ``target``.
 
     The reduction is not monotone in torch-pruning's ratio near its top (groups that would
     empty a layer are then left whole), so a coarse upward scan finds the first grid ratio
     that reaches the target and a bisection refines it between that ratio and the previous.
     """
-    p0 = count_params(model)
+    def size(net: nn.Module) -> int:
+        return count_params(net) if metric == "params" else count_macs(net, shape)
+
+    p0 = size(model)
 
     def reduction(net: nn.Module) -> float:
-        return 1 - count_params(net) / p0
+        return 1 - size(net) / p0
 
     lo, hi, best, most = 0.0, None, None, (-1.0, 0.0, None)
     for k in range(1, int(1 / RATIO_GRID)):
@@ -155,9 +160,10 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def _fit(model, train, val, cfg, run_dir: Path, callbacks=()) -> tuple[nn.Module, list]:
+def _fit(model, train, val, cfg, run_dir: Path, callbacks=(),
+         distill=None) -> tuple[nn.Module, list]:
     trainer = Trainer(model, train, val, cfg, run_dir=run_dir, callbacks=list(callbacks),
-                      progress=False)
+                      progress=False, distill=distill)
     history = trainer.fit(resume=(run_dir / TRAIN_STATE_FILE).is_file())
     return trainer.model, history
 
@@ -165,19 +171,29 @@ def _fit(model, train, val, cfg, run_dir: Path, callbacks=()) -> tuple[nn.Module
 def run(base_run: str | Path, out: str | Path, method: str, params_reduction: float,
         sparse_epochs: int, finetune_epochs: int, sparse_lr: float = 0.01,
         finetune_lr: float = 0.01, reg: float = 5e-4, batch_size: int = 128,
-        channels_last: bool = False) -> dict[str, Any]:
-    """Run one baseline into ``out`` (resuming what a killed run left); return its summary."""
+        channels_last: bool = False, metric: str = "params", epoch_size: int | None = None,
+        distill_alpha: float = 0.0, distill_temperature: float = 4.0) -> dict[str, Any]:
+    """Run one baseline into ``out`` (resuming what a killed run left); return its summary.
+
+    ``metric``: match ``params_reduction`` on params (default) or MACs. ``epoch_size``:
+    training images per epoch (as ``--epoch-size``). ``distill_alpha`` > 0: every training
+    distils from the base model, as ``--distill-from input``.
+    """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     started = time.time()
     base_run, out = Path(base_run), Path(out)
     base_summary = read_summary(base_run)
     data = base_summary["data"]
+    base_model = resprune.load(base_run)
     bundle = load_dataset(data["name"], data["data_dir"], val_fraction=data["val_fraction"],
-                          seed=data["seed"])
+                          seed=data["seed"], preprocess=base_model.preprocess)
     seed, shape = int(data["seed"]), input_shape(bundle)
     loader = dict(device="cpu", seed=seed, channels_last=channels_last)
-    train = make_loader(bundle, "train", batch_size, train=True, **loader)
+    train = make_loader(bundle, "train", batch_size, train=True, epoch_size=epoch_size,
+                        **loader)
+    distill = Distillation(base_model, distill_alpha, distill_temperature) \
+        if distill_alpha > 0 else None
     val = make_loader(bundle, "val", max(batch_size, 256), train=False, **loader)
     test = make_loader(bundle, "test", max(batch_size, 256), train=False, **loader)
 
@@ -207,7 +223,7 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
         if s_epochs:
             pruner = make_pruner(method, model, shape, 0.5, reg)
             model, history = _fit(model, train, val, config(s_epochs, sparse_lr), where,
-                                  [Regularize(pruner)])
+                                  [Regularize(pruner)], distill)
         resprune.save(model, where)
         sparse = resprune.load(where)
         state.update(phase="prune", sparse_history=history,
@@ -216,7 +232,7 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
     if state["phase"] == "prune":
         t0 = time.perf_counter()
         sparse = resprune.load(stages / "sparse")
-        ratio, pruned = match_ratio(method, sparse, shape, params_reduction)
+        ratio, pruned = match_ratio(method, sparse, shape, params_reduction, metric)
         resprune.save(pruned, stages / "pruned")
         pruned = resprune.load(stages / "pruned")
         state.update(phase="finetune", pruning_ratio=ratio,
@@ -227,7 +243,8 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
         atomic_write_json(state_path, state)
     if state["phase"] == "finetune":
         model, history = _fit(resprune.load(stages / "pruned"), train, val,
-                              config(f_epochs, finetune_lr), stages / "finetune")
+                              config(f_epochs, finetune_lr), stages / "finetune",
+                              distill=distill)
         resprune.save(model, out)
         state.update(phase="done", finetune_history=history)
         atomic_write_json(state_path, state)
@@ -265,7 +282,9 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
                          + state.get("prune_seconds", 0.0), 2),
         "wall_seconds_last_call": round(time.time() - started, 2),
         "config": {"base_run": str(base_run), "method": method,
-                   "params_reduction": params_reduction, "sparse_epochs": s_epochs,
+                   "params_reduction": params_reduction, "metric": metric,
+                   "epoch_size": epoch_size, "distill_alpha": distill_alpha,
+                   "distill_temperature": distill_temperature, "sparse_epochs": s_epochs,
                    "finetune_epochs": f_epochs, "sparse_lr": sparse_lr,
                    "finetune_lr": finetune_lr, "reg": reg, "batch_size": batch_size,
                    "channels_last": channels_last, "seed": seed,
@@ -280,7 +299,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("base_run")
     p.add_argument("--method", choices=METHODS, required=True)
     p.add_argument("--params-reduction", type=float, required=True,
-                   help="fraction of params to remove (e.g. the VACL row's)")
+                   help="fraction of params (or of MACs with --metric macs) to remove")
+    p.add_argument("--metric", choices=("params", "macs"), default="params")
+    p.add_argument("--epoch-size", type=int, default=None)
+    p.add_argument("--distill-alpha", type=float, default=0.0,
+                   help="> 0: distil from the base model (as --distill-from input)")
+    p.add_argument("--distill-temperature", type=float, default=4.0)
     p.add_argument("--sparse-epochs", type=int, default=3)
     p.add_argument("--finetune-epochs", type=int, default=2)
     p.add_argument("--sparse-lr", type=float, default=0.01)
@@ -293,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     s = run(a.base_run, a.out, a.method, a.params_reduction, a.sparse_epochs,
             a.finetune_epochs, a.sparse_lr, a.finetune_lr, a.reg, a.batch_size,
-            a.channels_last)
+            a.channels_last, a.metric, a.epoch_size, a.distill_alpha, a.distill_temperature)
     print(json.dumps({k: s[k] for k in ("method", "params_removed_pct", "macs_removed_pct",
                                         "top1_before_finetune", "top1", "pruning_ratio")}))
     return 0

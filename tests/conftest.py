@@ -12,6 +12,20 @@ CIFAR10_MINI = REPO.parent / "shared" / "datasets" / "cifar10-mini"
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _image_cache(tmp_path_factory):
+    """Decoded image folders are cached in a temporary directory, never in ~/.cache."""
+    import os
+
+    old = os.environ.get("RESPRUNE_CACHE_DIR")
+    os.environ["RESPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("image-cache"))
+    yield
+    if old is None:
+        os.environ.pop("RESPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["RESPRUNE_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)

@@ -187,7 +187,7 @@ def test_train_init_finetunes_a_run(trained, tmp_path, capsys):
     assert code == 2 and "exactly one of --model" in err
     code, _, err = run_cli(["train", "--init", trained, "--data", "digits", "--out",
                             tmp_path / "y"], capsys)
-    assert code == 2 and "has 1 and 10" in err
+    assert code == 2 and "expects 3-channel images but --data digits has 1-channel" in err
 
 
 def test_train_arch_trains_a_spec_from_scratch(trained, tmp_path, capsys):

@@ -22,7 +22,31 @@ def test_configs_exist():
         assert expected in names, expected
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+STAGE_CONFIGS = [p for p in CONFIGS if p.parent.name == "cifar10-jpeg"]
+WHOLE_CONFIGS = [p for p in CONFIGS if p not in STAGE_CONFIGS]
+
+
+@pytest.mark.parametrize("path", STAGE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_stage_config_parses_for_its_command(path, tmp_path):
+    """configs/cifar10-jpeg: one file per command, run on a starting model B."""
+    import re
+
+    text = path.read_text()
+    assert text.startswith("# ") and "Expected runtime" in text
+    command = re.search(r"Run:\s+resprune (\w+)", text)
+    assert command, "the header names the command that runs it"
+    cmd = command.group(1)
+    if cmd == "train":  # resnet56-adapt.yaml: train --init B
+        argv = ["train", "--init", "B", "--config", str(path), "--out", str(tmp_path / "r")]
+    else:
+        argv = [cmd, "B", "--config", str(path), "--out", str(tmp_path / "r")]
+    args = parse(argv)
+    assert args.command == cmd and args.device == "cpu" and args.epoch_size >= 1000
+    if cmd != "train":
+        assert args.distill_from == "input"
+
+
+@pytest.mark.parametrize("path", WHOLE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_config_parses_and_builds(path, tmp_path):
     text = path.read_text()
     assert text.startswith("# ") and "Expected runtime" in text and "Run: resprune" in text

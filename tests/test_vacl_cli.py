@@ -208,7 +208,9 @@ def _interrupt_trainer(which: int):
 
     def factory(*args, **kwargs):  # trainings: 1 = sparsity training, 2 = fine-tuning
         calls["n"] += 1
-        return Trainer(*args, callbacks=[Interrupt()] if calls["n"] == which else [], **kwargs)
+        extra = [Interrupt()] if calls["n"] == which else []
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        return Trainer(*args, **kwargs)
 
     return factory
 

@@ -129,6 +129,45 @@ def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
     return cfg
 
 
+def distillation(args: argparse.Namespace, input_run: str | Path | None):
+    """The :class:`~resprune.train.Distillation` of ``--distill-from`` (``None`` without it).
+
+    ``input`` names the command's input run. The teacher must take the student's inputs: the
+    same classes, channels and preprocessing.
+    """
+    from ..checkpoint import load
+    from ..train import Distillation
+
+    source = getattr(args, "distill_from", None)
+    if not source or source == "none":
+        return None
+    if source == "input":
+        if input_run is None:
+            raise UserError("--distill-from input needs an input model (train: --init RUN); "
+                            "pass a run directory instead")
+        source = input_run
+    teacher = load(source)
+    args.distill_from = str(source)
+    return Distillation(teacher, args.distill_alpha, args.distill_temperature)
+
+
+def check_teacher(teacher, model: nn.Module) -> None:
+    """One line when a teacher cannot teach ``model`` (classes, channels, preprocessing)."""
+    if teacher is None:
+        return
+    t = teacher.teacher
+    if (t.fc.out_features, t.conv1.in_channels) != (model.fc.out_features,
+                                                    model.conv1.in_channels):
+        raise UserError(f"the --distill-from model has {t.fc.out_features} classes of "
+                        f"{t.conv1.in_channels}-channel images, the model being trained "
+                        f"{model.fc.out_features} of {model.conv1.in_channels}")
+    tp, mp = getattr(t, "preprocess", None), getattr(model, "preprocess", None)
+    if tp and mp and tp != mp:
+        raise UserError("the --distill-from model expects other preprocessing than the model "
+                        "being trained (mean/std/input size differ); distil from a model "
+                        "trained on the same data")
+
+
 def measure(model: nn.Module, input_shape, loaders: dict[str, Any] | None = None,
             device: torch.device | str = "cpu", precision: str = "fp32",
             latency_batch_sizes=(1, 64)) -> dict[str, Any]:
@@ -239,7 +278,7 @@ def open_input(args: argparse.Namespace, command: str) -> InputRun:
     its own options next and only then calls :func:`open_output`, so bad input leaves no
     directory behind.
     """
-    from ..data import input_shape
+    from ..data import input_shape, with_preprocess
     from ..runs import prepare_out
     from .evaluate import inherit_data_options
 
@@ -250,8 +289,9 @@ def open_input(args: argparse.Namespace, command: str) -> InputRun:
     model, spec, summary = load_input_run(args.run, command)
     inherit_data_options(args, summary)
     device = resolve_device(args.device)
-    bundle = load_data(args, spec.get("preprocess"))
+    bundle = load_data(args)
     check_data_fits(bundle, spec, args)
+    with_preprocess(bundle, spec.get("preprocess"))
     adopt_preprocess(model, bundle)
     return InputRun(model, spec, summary, bundle, device, input_shape(bundle), out)
 

@@ -252,6 +252,10 @@ def stage_args(args: argparse.Namespace, name: str, source: Path | None, where: 
     ns.out, ns.json, ns.config = str(where), False, None
     ns.resume, ns.overwrite = stage_modes(where, name)
     ns.run = ns.init = ns.arch = None
+    if getattr(args, "distill_from", None) == "input" and name != "train":
+        # every stage learns from the pipeline's input, not from the previous stage
+        ns.distill_from = str(args.run) if args.run is not None else str(
+            where.parent / "1-train")
     if name != "train":  # stages from trained weights at a low lr: no warm-up
         ns.warmup_epochs = 0.0
     if name == "train":
@@ -351,9 +355,8 @@ def _base(args: argparse.Namespace, done: list[tuple[str, Path, dict[str, Any]]]
 
 def _measure_input(args: argparse.Namespace) -> dict[str, Any]:
     """The input run measured on its splits (when the first stage, finetune, does not)."""
-    from ..data import input_shape
-
     from ..checkpoint import load_spec
+    from ..data import input_shape
 
     device = common.resolve_device(args.device)
     bundle = common.load_data(args, load_spec(args.run).get("preprocess"))

@@ -21,6 +21,9 @@ def add_parser(subs) -> None:
     p.add_argument("--opset", type=options.positive_int, default=18, help="ONNX opset (>= 18)")
     p.add_argument("--atol", type=options.nonneg_float, default=1e-4,
                    help="largest allowed max-abs difference to PyTorch (1e-4)")
+    p.add_argument("--preprocess", action="store_true",
+                   help="bake the model's input normalisation (mean/std) into the graph: the "
+                        "exported model takes RGB images scaled to [0, 1]")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     options.add_config(p)
     p.set_defaults(func=run)
@@ -34,8 +37,9 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.run)
     model = load(args.run)
     info = export(model, args.out, format=args.format, input_shape=input_shape_of(args.run, spec),
-                  opset=args.opset, atol=args.atol)
+                  opset=args.opset, atol=args.atol, preprocess=args.preprocess)
     info = {k: (str(v) if k == "path" else v) for k, v in info.items()}
+    info["preprocess"] = model.preprocess if args.preprocess else None
     emit(args, info, f"wrote {info['path']} ({args.format}, {info['bytes'] / 1e6:.2f} MB, "
                      f"{fmt_count(info['params'])} params); max |diff| to PyTorch "
                      f"{info['max_abs_diff']:.2e} at batch sizes {info['batch_sizes']}")

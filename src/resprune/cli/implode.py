@@ -72,7 +72,8 @@ def add_parser(subs) -> None:
                     "shortcut) carries a priority gate; the lowest-priority units are erased "
                     "(branch deleted, shortcut kept), the net is retrained at a lowered "
                     "learning rate, and the step is kept only if validation top-1 stays within "
-                    "--tolerance of the start net's, else it is rolled back and the loop stops. "
+                    "--tolerance of the start net's, else it is rolled back (and the loop stops "
+                    "after --patience rejections in a row). "
                     "Data options default to the input run's, so decisions use the same "
                     "validation split the run was trained with; the test set is only reported.")
     p.add_argument("run", metavar="RUN", help="input run directory (model.safetensors + "
@@ -92,6 +93,15 @@ def add_parser(subs) -> None:
     g.add_argument("--tolerance", type=options.nonneg_float, default=0.0,
                    help="accept a step when val top-1 >= start net's val top-1 minus this many "
                         "percentage points (default 0)")
+    g.add_argument("--patience", type=options.positive_int, default=1,
+                   help="stop after this many rejected steps in a row; after a rejection the "
+                        "next-lowest priorities are tried (default 1: stop at the first)")
+    g.add_argument("--screen", type=options.nonneg_int, default=0, metavar="N",
+                   help="erase each of the N lowest-priority units alone, score the validation "
+                        "loss without training, and erase the --per-step cheapest (default 0: "
+                        "by priority alone)")
+    g.add_argument("--screen-batches", type=options.positive_int, default=4,
+                   help="validation batches each screened candidate is scored on (default 4)")
     g.add_argument("--target-depth", type=options.positive_int, metavar="LAYERS",
                    help="stop once the net has at most this many weight layers (default: none)")
     g.add_argument("--max-steps", type=options.positive_int,
@@ -138,6 +148,7 @@ def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
     return ImplosionConfig(
         score=args.score, per_step=args.per_step, retrain_epochs=args.retrain_epochs,
         retrain_lr=args.retrain_lr, tolerance=float(args.tolerance),
+        patience=args.patience, screen=args.screen, screen_batches=args.screen_batches,
         target_depth=args.target_depth, max_steps=args.max_steps,
         final_epochs=args.final_epochs, final_lr=args.final_lr,
         adapt_epochs=args.adapt_epochs, adapt_lr=args.adapt_lr,
@@ -171,10 +182,16 @@ def run(args: argparse.Namespace) -> int:
     bundle, device, shape = start.bundle, start.device, start.input_shape
     check_options(args, model)
     config = implosion_config(args)
+    teacher = common.distillation(args, args.run)
+    common.check_teacher(teacher, model)
     if len(bundle.val) == 0:
         raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
                         "implode accepts or rolls back every step on it")
     out = common.open_output(args, start)
+    n_val = len(bundle.val)
+    common.log(f"implode: validation split of {n_val} images: one image = "
+               f"{100 / n_val:.3g} points; --tolerance {args.tolerance:g} points = "
+               f"{int(args.tolerance * n_val / 100 + 1e-9)} images")
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
     units = [{"name": n, "erasable": is_erasable(u),
               "weight_layers": unit_weight_layers(u)} for n, u in residual_units(model)]
@@ -186,7 +203,7 @@ def run(args: argparse.Namespace) -> int:
         "params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")}}
     with _StderrLog():
         result = implode(model, train_loader, val_loader, config, out, resume=bool(args.resume),
-                         input_shape=shape, progress=not args.no_progress)
+                         input_shape=shape, progress=not args.no_progress, distill=teacher)
     final = common.measure(result.model, shape, {"val": val_loader, "test": test_loader},
                            device, args.precision)
     summary = common.base_summary("implode", summary_in.get("model") or spec["arch"], args,

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..checkpoint import save
+from ..data import with_preprocess
 from ..errors import UserError
 from ..importing import PRESETS, import_checkpoint
 from ..io import atomic_write_text
@@ -83,10 +84,11 @@ def run(args: argparse.Namespace) -> int:
     model = result.model
     bundle = None
     if args.data is not None:  # checked before anything is written
-        bundle = common.load_data(args, model.preprocess)
+        bundle = common.load_data(args)
         spec = {"num_classes": model.fc.out_features, "in_channels": model.conv1.in_channels}
         args.run = args.file
         common.check_data_fits(bundle, spec, args)
+        with_preprocess(bundle, model.preprocess)
         common.adopt_preprocess(model, bundle)
     out, _ = prepare_out(args.out, overwrite=args.overwrite)
     common.record_command(args, out, False)

@@ -24,8 +24,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> Parser:
-    from . import (compress, demo, evaluate, export, implode, importer, profile, report, train,
-                   vacl)
+    from . import compress, demo, evaluate, export, implode, importer, profile, report, train, vacl
 
     parser = Parser(prog="resprune", description="Prune trained residual networks: depth "
                     "(Network Implosion) and width (VACL), measured honestly.")

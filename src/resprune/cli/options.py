@@ -58,6 +58,14 @@ def fraction(text: str) -> float:
     return v
 
 
+def fraction_closed(text: str) -> float:
+    """A number in [0, 1]."""
+    v = finite_float(text)
+    if not 0 <= v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
+    return v
+
+
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (keys = option names); command-line flags win")
@@ -144,6 +152,16 @@ def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float 
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                    help="auto = cuda when available")
+    g = p.add_argument_group("distillation (every training of the command)")
+    g.add_argument("--distill-from", metavar="RUN|input",
+                   help="distil from this run's model as teacher (frozen, eval mode, same "
+                        "batches); 'input' = the command's input model (train: --init); 'none' = "
+                        "off (default)")
+    g.add_argument("--distill-alpha", type=fraction_closed, default=0.7,
+                   help="weight of the teacher's soft targets; 1 - alpha goes to the labels "
+                        "(0.7)")
+    g.add_argument("--distill-temperature", type=positive_float, default=4.0,
+                   help="softmax temperature of the soft targets (4)")
     if seed_of is None:
         g.add_argument("--seed", type=nonneg_int, default=0,
                        help="seed for weights, validation split, shuffling and augmentation (0)")

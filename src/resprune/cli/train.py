@@ -110,8 +110,10 @@ def run(args: argparse.Namespace) -> int:
     common.adopt_preprocess(model, bundle)
     cfg = common.train_config(args)
     train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
+    teacher = common.distillation(args, args.init)
+    common.check_teacher(teacher, model)
     trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, distill=teacher)
     history = trainer.fit(resume=resuming)
     model = trainer.model
     save(model, out)

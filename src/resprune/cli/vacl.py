@@ -64,7 +64,16 @@ from ..report.vacl import rms_histogram, write_report
 from ..runs import write_summary
 from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import Trainer
-from ..vacl import FORMS, SCORES, Regularizer, group_scores, prune
+from ..vacl import (
+    FORMS,
+    LAM_SCHEDULES,
+    SCORES,
+    LamSchedule,
+    Regularizer,
+    group_scores,
+    near_zero_share,
+    prune,
+)
 from . import common, options
 
 STATE_FILE = "pipeline_state.json"
@@ -108,6 +117,18 @@ def add_parser(subs) -> None:
     g.add_argument("--include-consumers", action=argparse.BooleanOptionalAction,
                    default=False,
                    help="also put the consumers' input slices into the groups (default off)")
+    g.add_argument("--lam-schedule", choices=LAM_SCHEDULES, default="constant",
+                   help="constant (default), or raise: multiply lambda by --lam-growth after "
+                        "every sparsity epoch in which fewer groups are near zero than pruning "
+                        "will remove, so pruning removes groups already near zero")
+    g.add_argument("--lam-growth", type=options.positive_float, default=2.0,
+                   help="factor of the raise schedule (default 2)")
+    g.add_argument("--near-zero", type=options.positive_float, default=0.05,
+                   help="a group is near zero when its RMS is below this fraction of its RMS "
+                        "before sparsity training (default 0.05)")
+    g.add_argument("--lam-target-share", type=options.fraction, metavar="S",
+                   help="raise schedule: the share of groups to drive near zero (default: "
+                        "measured by a dry run of the pruning target on the input model)")
     g.add_argument("--sparse-epochs", type=options.nonneg_int, default=20,
                    help="epochs of sparsity training (default 20; 0: prune the input as is)")
     g.add_argument("--sparse-lr", type=options.positive_float, default=0.01,
@@ -196,19 +217,21 @@ def _accuracy(model: nn.Module, loaders: dict[str, Any], precision: str) -> dict
 # -- the stages -------------------------------------------------------------------------------
 
 def _fit(model: nn.Module, loaders: dict[str, Any], cfg, run_dir: Path, progress: bool,
-         loss_terms=()) -> tuple[nn.Module, list[dict[str, Any]]]:
+         loss_terms=(), distill=None, callbacks=()) -> tuple[nn.Module, list[dict[str, Any]]]:
     """Train in ``run_dir``; continue its ``train_state.pt`` when one exists."""
     trainer = Trainer(model, loaders["train"], loaders["val"], cfg, run_dir=run_dir,
-                      loss_terms=list(loss_terms), progress=progress)
+                      loss_terms=list(loss_terms), progress=progress, distill=distill,
+                      callbacks=list(callbacks))
     history = trainer.fit(resume=(run_dir / TRAIN_STATE_FILE).is_file())
     return trainer.model, history
 
 
 def _sparse_stage(model: nn.Module, reg: Regularizer, loaders: dict[str, Any], cfg, out: Path,
-                  progress: bool) -> list[dict[str, Any]]:
+                  progress: bool, distill=None, schedule=None) -> list[dict[str, Any]]:
     """Stage 1: sparsity training; the trained weights end in ``stages/sparse``."""
     where = stage_dir(out, "sparse")
-    model, history = _fit(model, loaders, cfg, where, progress, loss_terms=[reg])
+    model, history = _fit(model, loaders, cfg, where, progress, loss_terms=[reg],
+                          distill=distill, callbacks=[schedule] if schedule else [])
     save(model, where, metadata={"kind": "vacl-sparse"})
     return history
 
@@ -232,10 +255,10 @@ def _prune_stage(out: Path, shape, reg: Regularizer, target: dict[str, float],
 
 
 def _finetune_stage(out: Path, loaders: dict[str, Any], cfg,
-                    progress: bool) -> list[dict[str, Any]]:
+                    progress: bool, distill=None) -> list[dict[str, Any]]:
     """Stage 3: fine-tune the pruned model without the regularizer; save it into ``out``."""
     model, history = _fit(load(stage_dir(out, "pruned")), loaders, cfg,
-                          stage_dir(out, "finetune"), progress)
+                          stage_dir(out, "finetune"), progress, distill=distill)
     save(model, out, metadata={"kind": "vacl"})
     return history
 
@@ -244,6 +267,28 @@ def _cleanup(out: Path) -> None:
     """A finished run keeps the stage weights and logs, not the optimizer states."""
     for name in ("sparse", "finetune"):
         (stage_dir(out, name) / TRAIN_STATE_FILE).unlink(missing_ok=True)
+
+
+def _lam_schedule(args: argparse.Namespace, reg: Regularizer, model: nn.Module, shape,
+                 target: dict[str, float], state: dict[str, Any]) -> LamSchedule:
+    """The lambda schedule of the sparsity stage; its target share is kept in ``state``."""
+    import copy
+
+    if "rms_start" not in state:
+        state["rms_start"] = group_scores(model, reg.groups, reg.include_bn,
+                                          reg.include_consumers, "rms").tolist()
+    share = args.lam_target_share
+    if args.lam_schedule == "raise" and share is None:
+        if "lam_target_share" not in state:
+            if "auto_tolerance" in target or "threshold" in target:
+                raise UserError("--lam-schedule raise with --threshold or --auto-tolerance "
+                                "needs --lam-target-share (the share of groups to zero)")
+            dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
+                        include_consumers=reg.include_consumers, score=args.group_score,
+                        **target)
+            state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
+        share = state["lam_target_share"]
+    return LamSchedule(reg, args.lam_schedule, args.lam_growth, share, args.near_zero)
 
 
 # -- the command ------------------------------------------------------------------------------
@@ -261,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--auto-tolerance chooses on the validation split, which is empty "
                         f"(--val-fraction {args.val_fraction}); raise --val-fraction or give "
                         "a target")
+    teacher = common.distillation(args, args.run)
+    common.check_teacher(teacher, model)
     reg = Regularizer(model, form=args.form, beta=args.beta, lam=args.lam,
                       include_bn=args.include_bn, include_consumers=args.include_consumers,
                       input_shape=shape)
@@ -288,8 +335,15 @@ def run(args: argparse.Namespace) -> int:
     if state["phase"] == "sparse":
         common.log(f"vacl: sparsity training, {cfg_sparse.epochs} epoch(s) at lr "
                    f"{cfg_sparse.lr} ({reg!r})")
-        history = _sparse_stage(model, reg, loaders, cfg_sparse, out, progress)
+        schedule = _lam_schedule(args, reg, model, shape, target, state)
+        write_state(out, state)
+        history = _sparse_stage(model, reg, loaders, cfg_sparse, out, progress, teacher,
+                                schedule)
         sparse = load(stage_dir(out, "sparse"), device=device)
+        state["near_zero_share"] = (history[-1].get("near_zero_share") if history else
+                                    near_zero_share(sparse, reg, torch.as_tensor(
+                                        state["rms_start"], dtype=torch.float64),
+                                        args.near_zero))
         state.update(phase="prune", sparse_history=history,
                      after_sparse=_accuracy(sparse, evals, args.precision),
                      rms_after=group_scores(sparse, reg.groups, reg.include_bn,
@@ -312,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
     if state["phase"] == "finetune":
         common.log(f"vacl: fine-tuning, {cfg_finetune.epochs} epoch(s) at lr "
                    f"{cfg_finetune.lr}")
-        history = _finetune_stage(out, loaders, cfg_finetune, progress)
+        history = _finetune_stage(out, loaders, cfg_finetune, progress, teacher)
         state.update(phase="done", finetune_history=history)
         write_state(out, state)
         _cleanup(out)
@@ -392,6 +446,9 @@ def vacl_fields(state: dict[str, Any]) -> dict[str, Any]:
         "epochs_detail": detail,
         "seconds": round(seconds, 2),
         "cpu_threads": torch.get_num_threads(),
+        "near_zero_share": state.get("near_zero_share"),
+        "lam_target_share": state.get("lam_target_share"),
+        "lam_final": next((r["lam"] for r in reversed(sparse_h) if "lam" in r), None),
     }
 
 

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from ..errors import UserError
-from . import cifar, digits, imagefolder, synthetic
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
+from . import cifar, digits, imagefolder, synthetic
 from .imagefolder import ImageFolderLoader
 from .loader import InMemoryLoader, check_batch_size
 from .smallimages import SMALL_MAX, DecodedFolder, PendingImages, probe_size

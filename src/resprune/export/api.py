@@ -37,9 +37,34 @@ CHECK_BATCH_SIZES = (1, 3)
 CHECK_SEED = 0
 
 
+class Normalized(nn.Module):
+    """``model((x - mean) / std)``: a model that takes images scaled to [0, 1]."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32)
+                             .view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32)
+                             .view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def with_preprocess(model: nn.Module) -> Normalized:
+    """``model`` with its recorded normalisation in front (``model.preprocess``)."""
+    pre = getattr(model, "preprocess", None)
+    if not pre:
+        raise UserError("the model records no preprocessing (an old run, or imported with "
+                        "--preset plain and no --mean/--std), so there is nothing to bake "
+                        "in; export without --preprocess and normalise inputs yourself")
+    return Normalized(model, pre["mean"], pre["std"])
+
+
 def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
            input_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
-           check: bool = True, atol: float = 1e-4) -> dict[str, Any]:
+           check: bool = True, atol: float = 1e-4, preprocess: bool = False) -> dict[str, Any]:
     """Export ``model`` to ``path`` as ONNX or TorchScript and check it reproduces PyTorch.
 
     Args:
@@ -54,6 +79,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         opset: ONNX opset, 18 or later (ignored for TorchScript).
         check: run the written model at batch sizes 1 and 3 and compare with PyTorch.
         atol: largest allowed max-abs difference between exported and PyTorch outputs.
+        preprocess: bake the model's normalisation (``model.preprocess``) into the graph: the
+            exported model then takes RGB images scaled to [0, 1] (NCHW, float32).
 
     Returns:
         ``{"path", "format", "bytes", "params", "max_abs_diff", "batch_sizes", "input_shape",
@@ -71,6 +98,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         raise UserError(f"can only export a torch.nn.Module, got {type(model).__name__}")
     target = _check_target(path)
     shape = _input_shape(model, input_shape)
+    if preprocess:
+        model = with_preprocess(model)
     if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0 \
             or math.isinf(atol):
         raise UserError(f"atol must be a finite number >= 0, got {atol!r}")
@@ -127,7 +156,8 @@ def _input_shape(model: nn.Module, input_shape: Sequence[int] | None) -> tuple[i
         stem = getattr(model, "stem_kind", None)
         if not isinstance(conv1, nn.Conv2d) or stem not in ("cifar", "imagenet"):
             raise UserError("input_shape (C, H, W) is required to export this model")
-        side = 32 if stem == "cifar" else 224
+        pre = getattr(model, "preprocess", None)
+        side = pre["input_size"] if pre else (32 if stem == "cifar" else 224)
         return (conv1.in_channels, side, side)
     shape = tuple(input_shape)
     if len(shape) != 3 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0

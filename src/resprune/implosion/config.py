@@ -24,7 +24,14 @@ class ImplosionConfig:
         learning rate (no warm-up).
     tolerance: accept a step when val top-1 >= baseline val top-1 - tolerance, in percentage
         points (>= 0; 0.5 allows 93.0 % -> 92.5 %); otherwise roll back to the last accepted
-        net and stop.
+        net. patience: stop after this many rejected steps in a row (1: at the first, the
+        original rule); after a rejection the rejected units are no longer candidates, so the
+        next step tries the next-lowest priorities.
+    screen: before retraining, erase each of the ``screen`` lowest-priority candidates alone
+        and measure the validation loss on ``screen_batches`` batches (no training); erase
+        the ``per_step`` whose removal costs least. 0 (default): erase by priority alone. On
+        a converged net this is cheap and catches units whose gate is small but whose
+        removal hurts.
     target_depth: stop once the net has at most this many weight layers (a step erases no
         more units than needed to reach it). max_steps: stop after this many steps.
     final_epochs / final_lr: optional longer retrain of the final net (final_lr defaults to
@@ -45,6 +52,9 @@ class ImplosionConfig:
     retrain_epochs: int = 10
     retrain_lr: float = 0.01
     tolerance: float = 0.0
+    patience: int = 1
+    screen: int = 0
+    screen_batches: int = 4
     target_depth: int | None = None
     max_steps: int | None = None
     final_epochs: int = 0
@@ -66,6 +76,9 @@ class ImplosionConfig:
         _int(self.final_epochs, "final_epochs", 0)
         _int(self.adapt_epochs, "adapt_epochs", 0)
         _int(self.score_batches, "score_batches", 1)
+        _int(self.patience, "patience", 1, " (rejected steps in a row before stopping)")
+        _int(self.screen, "screen", 0, " (candidates screened by validation loss; 0 = off)")
+        _int(self.screen_batches, "screen_batches", 1)
         _int(self.seed, "seed", 0)
         if self.target_depth is not None:
             _int(self.target_depth, "target_depth", 1, " (weight layers) or None")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..errors import UserError
@@ -97,10 +98,10 @@ class ImplosionResult:
                 "run_dir": None if self.run_dir is None else str(self.run_dir)}
 
 
-def _default_trainer_factory(progress: bool) -> TrainerFactory:
+def _default_trainer_factory(progress: bool, distill=None) -> TrainerFactory:
     def make(model, train_loader, val_loader, config, run_dir):
         return Trainer(model, train_loader, val_loader, config, run_dir=run_dir,
-                       progress=progress)
+                       progress=progress, distill=distill)
     return make
 
 
@@ -185,7 +186,10 @@ def _check_resume(state: dict[str, Any], config: ImplosionConfig, start_fp: str,
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the training options that may change on resume (as for Trainer)."""
+    """A config without the training options that may change on resume (as for Trainer).
+
+    Options added after a run was started count with their defaults."""
+    config = {**_jsonable(ImplosionConfig().to_dict()), **config}
     train = config.get("train")
     if isinstance(train, dict):
         train = {k: v for k, v in train.items() if k not in RESUME_FREE_OPTIONS}
@@ -228,7 +232,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
             trainer_factory: TrainerFactory | None = None, *, resume: bool = False,
             evaluate_fn: EvaluateFn | None = None,
             input_shape: tuple[int, ...] | None = None,
-            progress: bool = True) -> ImplosionResult:
+            progress: bool = True, distill=None) -> ImplosionResult:
     """Erase residual units of ``model`` (in place) while validation accuracy holds.
 
     ``val_loader`` must hold the validation split carved from the training data; it alone
@@ -236,7 +240,8 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
     ``resume=True`` a run killed at any point continues from its last finished step (pass
     the same starting model and config). ``input_shape`` ([C, H, W], for MACs) defaults to
     the shape of the first validation batch. ``trainer_factory`` and ``evaluate_fn`` replace
-    ``resprune.train.Trainer`` and ``resprune.measure.evaluate``.
+    ``resprune.train.Trainer`` and ``resprune.measure.evaluate``. ``distill`` (a
+    :class:`resprune.train.Distillation`) makes every retraining learn from a teacher.
     """
     config = (config or ImplosionConfig()).validate()
     if val_loader is None:
@@ -251,7 +256,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
             raise UserError("the validation loader yields no batches; check the data split")
         input_shape = tuple(batch_inputs(first).shape[1:])
     run = _Run(model, train_loader, val_loader, config, run_dir,
-               trainer_factory or _default_trainer_factory(progress),
+               trainer_factory or _default_trainer_factory(progress, distill),
                evaluate_fn or _default_evaluate, tuple(input_shape))
 
     run.resume = resume
@@ -347,10 +352,18 @@ def _steps(run: _Run) -> None:
             break
         k = len(history) + 1
         t0 = time.monotonic()
+        rejected = {n for h in history if not h["accepted"] for n in h["erased"]}
         scores = score_units(run.model, cfg.score, loader=run.train_loader,
                              num_batches=cfg.score_batches, seed=cfg.seed + k)
+        candidates = {n: v for n, v in scores.items() if n not in rejected}
+        if not candidates:
+            state["phase"], state["stop_reason"] = "stopped", "no_candidates"
+            run.commit()
+            break
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
-        names = _select(scores, depths, cfg.per_step, depth, cfg.target_depth)
+        screened = _screen(run, candidates) if cfg.screen > 0 else None
+        ranking = candidates if screened is None else screened
+        names = _select(ranking, depths, cfg.per_step, depth, cfg.target_depth)
         snapshot = copy.deepcopy(run.model)
         erase_units(run.model, names)
         epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k,
@@ -358,6 +371,8 @@ def _steps(run: _Run) -> None:
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
                   "scores": scores, **run.evaluate(), **run.measure(),
                   "accepted": False, "epochs": epochs}
+        if screened is not None:
+            record["screen_loss"] = screened
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
         record["accepted"] = record["val_top1"] >= baseline - cfg.tolerance / 100 - 1e-12
         record["seconds"] = round(time.monotonic() - t0, 3)
@@ -373,9 +388,61 @@ def _steps(run: _Run) -> None:
             remove_weights(step_dir(run.run_dir, previous))
         else:
             _restore(run.model, snapshot, names)
-            state["phase"], state["stop_reason"] = "stopped", "accuracy"
+            if _rejections_in_a_row(history) >= cfg.patience:
+                state["phase"], state["stop_reason"] = "stopped", "accuracy"
             run.commit()
         del snapshot
+
+
+def _rejections_in_a_row(history: list[dict[str, Any]]) -> int:
+    n = 0
+    for h in reversed(history):
+        if h["accepted"]:
+            break
+        n += 1
+    return n
+
+
+def _screen(run: _Run, candidates: dict[str, float]) -> dict[str, float]:
+    """Validation loss with each of the ``screen`` lowest-priority units erased alone.
+
+    No training: the unit is swapped for an identity, ``screen_batches`` validation batches
+    are scored, and it is put back. Returns ``{name: loss}``, lowest first.
+    """
+    cfg, model = run.config, run.model
+    order = {n: i for i, n in enumerate(candidates)}
+    ranked = sorted(candidates, key=lambda n: (candidates[n], order[n]))[:cfg.screen]
+    out = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for name in ranked:
+            unit = model.get_submodule(name)
+            set_submodule(model, name, nn.Identity())
+            try:
+                out[name] = _loss_on(model, run.val_loader, cfg.screen_batches)
+            finally:
+                set_submodule(model, name, unit)
+    finally:
+        model.train(was_training)
+    log.info("screened %d candidates by validation loss: %s", len(out),
+             ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
+    return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
+
+
+@torch.no_grad()
+def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
+    """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``."""
+    dev = next(model.parameters()).device
+    total, n = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        if i >= batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        total += float(torch.nn.functional.cross_entropy(model(x).float(), y,
+                                                          reduction="sum"))
+        n += int(y.shape[0])
+    return total / max(n, 1)
 
 
 def _finish(run: _Run) -> None:

@@ -41,6 +41,7 @@ from ..measure._device import autocast, synchronize
 from ..models import spec_of
 from .callbacks import Callback
 from .config import TrainConfig
+from .distill import Distillation
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng
 
@@ -85,7 +86,9 @@ class Trainer:
 
     - ``loss_terms``: callables ``(model) -> scalar Tensor`` added to the loss of every step;
     - ``callbacks``: :class:`~resprune.train.Callback` instances (``on_fit_start``,
-      ``after_step``, ``on_epoch_end``).
+      ``after_step``, ``on_epoch_end``);
+    - ``distill``: a :class:`~resprune.train.Distillation` (frozen teacher + KD loss) that
+      replaces the plain cross-entropy; the teacher's time is recorded per epoch.
 
     Attributes for callbacks: ``model``, ``optimizer``, ``device``, ``config``, ``schedule``,
     ``history`` (records so far), ``epoch`` (1-based number of the epoch being trained, or of
@@ -96,7 +99,7 @@ class Trainer:
     def __init__(self, model: nn.Module, train_loader: Any, val_loader: Any | None,
                  config: TrainConfig, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), loss_terms: Sequence[LossTerm] = (),
-                 progress: bool = True):
+                 progress: bool = True, distill: Distillation | None = None):
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config.validate()
@@ -110,6 +113,7 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.loss_terms = list(loss_terms)
         self.progress = progress
+        self.distill = distill.to(self.device, config.channels_last) if distill else None
         try:
             self.steps_per_epoch = len(train_loader)
         except TypeError:
@@ -173,6 +177,8 @@ class Trainer:
         finite_steps = torch.zeros((), dtype=torch.int64, device=dev)
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         n, lr = 0, self.schedule.lr(self.global_step)
+        if self.distill is not None:
+            self.distill.seconds = 0.0
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
                    file=sys.stderr, disable=not self.progress, unit="batch", dynamic_ncols=True)
         t0 = time.perf_counter()
@@ -190,7 +196,8 @@ class Trainer:
                     logits = self._forward(x)
                 logits = logits.float()
                 data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                loss = data_loss
+                loss = (data_loss if self.distill is None
+                        else self.distill.loss(logits, x, data_loss))
                 if self.loss_terms:
                     extra = sum(term(self.model) for term in self.loss_terms)
                     loss = loss + extra
@@ -221,13 +228,15 @@ class Trainer:
             if n == 0:
                 raise UserError("the training loader produced no batches; check the data set")
             record: dict[str, Any] = {
-                "epoch": epoch, "lr": lr, "train_loss": data_sum.item() / n,
+                "epoch": epoch, "lr": lr, "samples": n, "train_loss": data_sum.item() / n,
                 "train_acc": correct.item() / n, "val_acc": None,
                 "images_per_s": n / train_seconds if train_seconds > 0 else None,
                 "seconds": 0.0,
             }
             if self.loss_terms:
                 record["extra_loss"] = extra_sum.item() / n
+            if self.distill is not None:
+                record["teacher_seconds"] = self.distill.seconds
             if self.val_loader is not None and _nonempty(self.val_loader):
                 ev = evaluate(self.model, self.val_loader, cfg.precision)
                 record["val_acc"], record["val_loss"] = ev["top1"], ev["loss"]
@@ -273,9 +282,13 @@ class Trainer:
             "history": self.history,
             "rng": capture_rng(),
             "config": self.config.to_dict(),
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            "callbacks": [cb.state_dict() for cb in self._stateful()],
         }
         atomic_torch_save(state, self.run_dir / STATE_FILE)  # last: marks the epoch done
+
+    def _stateful(self) -> list[Callback]:
+        """The callbacks that keep state (override ``state_dict``), in order."""
+        return [cb for cb in self.callbacks if type(cb).state_dict is not Callback.state_dict]
 
     def _resume(self) -> bool:
         """Restore ``train_state.pt``; return True if that run had already finished."""
@@ -293,8 +306,9 @@ class Trainer:
             raise UserError(f"{path} is not a resprune training state (format "
                             f"{STATE_FORMAT}); start a new run without --resume")
         saved, now = st["config"], self.config.to_dict()
-        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items()
-                   if k not in RESUME_FREE_OPTIONS and saved.get(k) != v]
+        defaults = TrainConfig().to_dict()  # options added later: a state without them ran
+        changed = [f"{k}: {saved.get(k, defaults[k])!r} -> {v!r}" for k, v in now.items()
+                   if k not in RESUME_FREE_OPTIONS and saved.get(k, defaults[k]) != v]
         if changed:
             raise UserError(f"cannot resume {self.run_dir}: it was started with other settings "
                             f"({'; '.join(changed)}); resume with the same settings or start "
@@ -318,10 +332,11 @@ class Trainer:
         self.history = list(st["history"])
         restore_rng(st["rng"])
         saved_cbs = st.get("callbacks") or []
-        if any(saved_cbs) and len(saved_cbs) != len(self.callbacks):
+        stateful = self._stateful()
+        if any(saved_cbs) and len(saved_cbs) != len(stateful):
             raise UserError(f"cannot resume {self.run_dir}: it ran with {len(saved_cbs)} "
-                            f"stateful callback(s), now {len(self.callbacks)} are given")
-        for cb, cb_state in zip(self.callbacks, saved_cbs):
+                            f"stateful callback(s), now {len(stateful)} are given")
+        for cb, cb_state in zip(stateful, saved_cbs):
             cb.load_state_dict(cb_state)
         self._write_files()  # make metrics.jsonl / model files agree with train_state.pt
         return self.epoch >= self.config.epochs

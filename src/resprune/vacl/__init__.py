@@ -37,8 +37,10 @@ from .groups import (
 )
 from .prune import prune, remove_members
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
+from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
 
 __all__ = [
-    "CROSS", "FILTER", "FORMS", "ChannelGroup", "GroupSet", "Member", "PadShortcutPruner",
-    "Regularizer", "SCORES", "discover_groups", "group_scores", "prune", "remove_members",
+    "CROSS", "FILTER", "FORMS", "LAM_SCHEDULES", "ChannelGroup", "GroupSet", "LamSchedule",
+    "Member", "PadShortcutPruner", "Regularizer", "SCORES", "discover_groups", "group_scores",
+    "near_zero_share", "prune", "remove_members",
 ]
