@@ -1,0 +1,211 @@
+"""The headline evidence: a converged ResNet-56 compressed on real CIFAR-10 images (JPEG).
+
+Rows (each one run directory under ``--runs``, all starting from B and deciding on B's
+validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
+
+- ``r56-imported``: akamaster's published ResNet-56, imported (``resprune import``);
+- ``r56-B``: B, the imported model adapted to the JPEG images (``resnet56-adapt.yaml``);
+- ``r56-implode``: Network Implosion alone (``resnet56-implode.yaml``);
+- ``r56-vacl``: VACL to 79.5 % fewer params (``resnet56-vacl.yaml``);
+- ``r56-compress``: implode -> VACL -> fine-tune to 85 % fewer params (``resnet56-compress.yaml``);
+- ``r56-tp-groupnorm``: torch-pruning's GroupNormPruner matched to compress's MACs, with the
+  same per-epoch size, distillation and about the same samples (``_tp_baselines.py``);
+- ``r56-compress-nodistill``: compress without distillation (ablation).
+
+``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
+torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
+writes ``benchmarks/results/cifar10_jpeg_resnet56.md`` (+ a plot):
+
+- test top-1 on ``test/`` (5,000 images) and its paired difference to B with the standard
+  error of the per-image difference; val top-1; top-1 right after pruning (before any
+  fine-tuning); samples trained (epochs x ``--epoch-size``); training CPU minutes;
+- CPU speed-up over B at batch 1 and 64, eager and onnxruntime, all models timed interleaved
+  in one process (``resprune.measure.compare.time_models``), priority gates folded.
+
+    .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs --run r56-compress
+    .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, RESULTS, deployed, machine_info, md_table  # noqa: E402
+
+AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
+DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
+CFG = "configs/cifar10-jpeg"
+
+
+def commands(runs: Path) -> dict[str, list[str]]:
+    """Each row's command (run from the repository root), ``--out`` last."""
+    b = str(runs / "r56-B")
+    return {
+        "r56-imported": ["resprune", "import", AKAMASTER, "--model", "resnet56", *DATA],
+        "r56-B": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
+                  f"{CFG}/resnet56-adapt.yaml"],
+        "r56-implode": ["resprune", "implode", b, "--config", f"{CFG}/resnet56-implode.yaml"],
+        "r56-vacl": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml"],
+        "r56-compress": ["resprune", "compress", b, "--config",
+                         f"{CFG}/resnet56-compress.yaml"],
+        "r56-tp-groupnorm": ["python", "benchmarks/_tp_baselines.py", b, "--method",
+                             "groupnorm", "--metric", "macs", "--params-reduction",
+                             "<compress's MACs reduction>", "--sparse-epochs", "6",
+                             "--finetune-epochs", "13", "--epoch-size", "10000",
+                             "--distill-alpha", "0.7", "--distill-temperature", "4"],
+        "r56-compress-nodistill": ["resprune", "compress", b, "--config",
+                                   f"{CFG}/resnet56-compress.yaml", "--distill-from", "none"],
+    }
+
+
+TITLES = {
+    "r56-imported": "imported (akamaster, lossless-trained)",
+    "r56-B": "B: adapted to JPEG",
+    "r56-implode": "1. implosion",
+    "r56-vacl": "2. VACL, 79.5 % params",
+    "r56-compress": "3. compress (depth + width)",
+    "r56-tp-groupnorm": "4. torch-pruning GroupNormPruner at compress's MACs",
+    "r56-compress-nodistill": "5. compress without distillation",
+}
+
+
+def run_row(name: str, runs: Path) -> int:
+    out = runs / name
+    if (out / "summary.json").is_file():
+        return 0
+    argv = commands(runs)[name]
+    if name == "r56-tp-groupnorm":
+        s = json.loads((runs / "r56-compress" / "summary.json").read_text())
+        argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
+        argv = [sys.executable, *argv[1:], "--out", str(out)]
+    else:
+        started = out.is_dir() and any(out.iterdir())
+        argv = [sys.executable, "-m", "resprune.cli.main", *argv[1:], "--out", str(out),
+                "--no-progress", *(["--resume"] if started else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(argv, cwd=REPO, env=env).returncode
+
+
+# -- report ----------------------------------------------------------------------------------
+
+def samples(s: dict[str, Any]) -> int | None:
+    cfg = s.get("config") or {}
+    size = cfg.get("epoch_size")
+    if size is None:
+        return None
+    return int(s.get("epochs") or 0) * int(size)
+
+
+def after_pruning(name: str, run: Path, s: dict[str, Any]) -> float | None:
+    """Test top-1 right after the pruning step, before any fine-tuning."""
+    if "top1_before_finetune" in s:  # vacl, torch-pruning
+        return s["top1_before_finetune"]
+    for stage in sorted((run / "stages").glob("*-vacl")):  # compress
+        return json.loads((stage / "summary.json").read_text()).get("top1_before_finetune")
+    return None
+
+
+def correct(model, loader) -> Any:
+    import torch
+
+    model.eval()
+    hits = []
+    with torch.inference_mode():
+        for x, y in loader:
+            hits.append((model(x).argmax(1) == y).double())
+    return torch.cat(hits)
+
+
+def report(runs: Path, out: Path, repeats: int) -> str:
+    import torch
+
+    import resprune
+    from resprune.data import load_dataset, make_loader
+    from resprune.measure.compare import time_models
+
+    torch.set_num_threads(1)
+    done = [n for n in TITLES if (runs / n / "summary.json").is_file()]
+    if "r56-B" not in done:
+        raise SystemExit("B (r56-B) is not finished; nothing to compare")
+    summaries = {n: json.loads((runs / n / "summary.json").read_text()) for n in done}
+    b_model = resprune.load(runs / "r56-B")
+    bundle = load_dataset("imagefolder", REPO.parent / "shared/datasets/cifar10-jpeg",
+                          preprocess=b_model.preprocess, progress=False)
+    test = make_loader(bundle, "test", 500, train=False)
+    models, hits = {}, {}
+    for n in done:
+        m, shape = deployed(runs / n)
+        models[n] = m
+        hits[n] = correct(m, test)
+    rows_t, _ = time_models(models, shape, batch_sizes=(1, 64), devices=["cpu"], warmup=3,
+                            repeats=repeats)
+    speed = {}
+    for r in rows_t:
+        for n, ms in r["ms"].items():
+            speed[(n, r["runtime"], r["batch"])] = r["ms"]["r56-B"] / ms
+    base = summaries["r56-B"]
+    body = []
+    for n in done:
+        s = summaries[n]
+        d = hits[n] - hits["r56-B"]
+        se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if n != "r56-B" else 0.0
+        diff = "" if n == "r56-B" else f" ({100 * float(d.mean()):+.2f} ± {100 * se:.2f})"
+        ap = after_pruning(n, runs / n, s)
+        def removed(key: str, s=s) -> str:
+            return f"{100 * (1 - s[key] / base[key]):.1f} %"
+
+        body.append([
+            TITLES[n], f"{s['params'] / 1e3:.1f} k ({removed('params')})",
+            f"{s['macs'] / 1e6:.1f} M ({removed('macs')})", f"{s['depth']} ({removed('depth')})",
+            f"{100 * float(hits[n].mean()):.2f}{diff}",
+            f"{100 * s['val_top1']:.2f}" if s.get("val_top1") is not None else "-",
+            f"{100 * ap:.2f}" if ap is not None else "-",
+            f"{samples(s):,}" if samples(s) is not None else "-",
+            f"{(s.get('seconds') or 0) / 60:.1f}",
+            *[f"{speed[(n, rt, bs)]:.2f}x" for rt in ("eager", "onnxruntime") for bs in (1, 64)],
+        ])
+    head = ["row", "params (removed)", "MACs (removed)", "depth (removed)",
+            "test top-1 % (paired diff to B ± SE)", "val top-1 %", "top-1 right after pruning %",
+            "samples trained", "training CPU min", "eager b1", "eager b64", "ORT b1", "ORT b64"]
+    cmds = commands(runs)
+    lines = [
+        "# Converged ResNet-56 on real CIFAR-10 images (cifar10-jpeg)\n",
+        f"Report: `.venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs {runs}`  ",
+        f"Machine: {machine_info(1)}.\n",
+        md_table(head, body),
+        "Speed-ups are B's median latency over the row's, one torch thread, all models timed "
+        "interleaved in one process (onnxruntime: the exported, parity-checked graph).\n",
+        "## Commands (from the repository root)\n",
+    ]
+    for n in done:
+        lines.append(f"- {TITLES[n]}: `{' '.join(cmds[n])} --out {runs / n}`")
+    text = "\n".join(lines) + "\n"
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", default="runs", help="where the row run directories are (runs)")
+    p.add_argument("--run", nargs="+", choices=list(TITLES), metavar="ROW",
+                   help=f"run these rows: {', '.join(TITLES)}")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per model (10)")
+    p.add_argument("--out", default=str(RESULTS / "cifar10_jpeg_resnet56.md"))
+    a = p.parse_args(argv)
+    runs = Path(a.runs).resolve()
+    if a.run:
+        return max(run_row(n, runs) for n in a.run)
+    print(report(runs, Path(a.out), a.repeats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
