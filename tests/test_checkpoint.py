@@ -66,7 +66,7 @@ def test_malicious_pickle_is_refused(tmp_path):
     run = tmp_path / "run"
     resprune.save(create("resnet8", width=4), run)
     (run / "model.safetensors").write_bytes(pickle.dumps(_Evil()))
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match=r"model.safetensors is not a valid safetensors file"):
         resprune.load(run)
     assert not os.path.exists(marker)
 

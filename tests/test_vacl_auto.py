@@ -146,10 +146,10 @@ def test_vacl_auto_tolerance_decides_on_val_and_records_it(trained, tmp_path, mo
         {c["reduction"] for c in auto["candidates"]})
     # held to the input net's accuracy, not the sparse model's
     assert auto["reference_val_top1"] == summary["base"]["val_top1"]
-    if auto["chosen"] > 0:  # the pruned model is the chosen candidate's copy
-        chosen = next(c for c in auto["candidates"] if c["target"] == auto["chosen"])
-        assert summary["val_top1_before_finetune"] == chosen["val_top1"]
-        assert pr["params_reduction"] == chosen["reduction"]
+    assert auto["chosen"] > 0  # this setup prunes: the pruned model is the chosen copy
+    chosen = next(c for c in auto["candidates"] if c["target"] == auto["chosen"])
+    assert summary["val_top1_before_finetune"] == chosen["val_top1"]
+    assert pr["params_reduction"] == chosen["reduction"]
     assert summary["val_top1_before_finetune"] >= auto["bar"] - 1e-12
     assert summary["config"]["auto_tolerance"] == 3.0
 

@@ -111,9 +111,14 @@ def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_s
 
 def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
     """A TrainConfig from the shared training options; ``prefix`` picks e.g. retrain_epochs."""
+    from ..measure._device import bf16_warning, resolve_device
     from ..train import TrainConfig
 
     p = prefix.replace("-", "_")
+    warning = bf16_warning(resolve_device(args.device), args.precision)
+    if warning and not getattr(args, "force_bf16", False):
+        log(f"resprune: {warning}; training in fp32 (pass --force-bf16 to insist)")
+        args.precision = "fp32"
     cfg = TrainConfig(
         epochs=getattr(args, f"{p}epochs", getattr(args, "epochs", 0)),
         batch_size=args.batch_size,

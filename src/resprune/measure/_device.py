@@ -43,6 +43,33 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (x86: AVX-512 BF16 or AMX; Arm: BF16).
+
+    Without it, PyTorch emulates bf16 on the CPU: ResNet-56 training measured about 15x
+    slower than fp32 on an AVX2 machine. Unknown platforms count as native (no warning).
+    """
+    try:
+        text = open("/proc/cpuinfo", encoding="utf-8").read()
+    except OSError:
+        return True
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    if not flags:
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def bf16_warning(device: torch.device, precision: str) -> str | None:
+    """One line when bf16 on this CPU would be emulated (slow), else ``None``."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        return ("this CPU has no native bf16 (no AVX-512 BF16 or AMX), so bf16 autocast is "
+                "emulated and about 15x slower than fp32")
+    return None
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

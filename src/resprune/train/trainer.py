@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from ..checkpoint import save
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_text, safe_torch_load
 from ..measure import evaluate
-from ..measure._device import autocast, synchronize
+from ..measure._device import autocast, bf16_warning, synchronize
 from ..models import spec_of
 from .callbacks import Callback
 from .config import TrainConfig
@@ -104,6 +105,9 @@ class Trainer:
             raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config.validate()
         self.device = config.resolve_device()
+        slow = bf16_warning(self.device, config.precision)
+        if slow:
+            warnings.warn(f"{slow}; consider precision='fp32'", stacklevel=2)
         self.model = model.to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
