@@ -8,9 +8,9 @@ randomised BN statistics, so that a wrong channel map or a dropped op changes th
 from __future__ import annotations
 
 import os
-from pathlib import Path
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
