@@ -631,3 +631,47 @@ def test_bad_loop_inputs(tmp_path):
     with pytest.raises(UserError, match="unknown priority score 'l2'"):
         implode(tiny("resnet14"), train, val, cfg(score="l2"), tmp_path)
     assert not (tmp_path / "implosion_state.json").exists()
+
+
+def test_patience_tries_the_next_candidates_after_a_rejection(tmp_path):
+    model = tiny("resnet14")
+    # baseline 0.5; step 1 rejected, step 2 accepted, steps 3 and 4 rejected: patience 2 stops
+    res, _ = run(model, tmp_path, cfg(patience=2, fold=False),
+                 accs=[0.5, 0.4, 0.5, 0.4, 0.4, 0.5])
+    assert [h["accepted"] for h in res.history] == [False, True, False, False]
+    assert res.stop_reason == "accuracy"
+    rejected = [h["erased"][0] for h in res.history if not h["accepted"]]
+    assert len(set(rejected)) == 3  # a rejected unit is never tried again
+    assert res.erased == res.history[1]["erased"]
+    # with patience 1 (the default) the first rejection ends the loop
+    res, _ = run(tiny("resnet14"), tmp_path / "p1", cfg(fold=False), accs=[0.5, 0.4, 0.5])
+    assert [h["accepted"] for h in res.history] == [False] and res.stop_reason == "accuracy"
+
+
+def test_screen_erases_the_unit_whose_removal_costs_least(tmp_path):
+    import resprune.implosion.loop as loop
+
+    losses = {"layer1.0": 3.0, "layer1.1": 2.0, "layer2.1": 1.0, "layer3.1": 0.5}
+    seen = []
+
+    def fake_loss(model, loader, batches):
+        # the one unit swapped for an identity is the one being screened
+        names = [f"layer{s}.{i}" for s in (1, 2, 3) for i in range(2)]
+        erased = [n for n in names if isinstance(model.get_submodule(n), nn.Identity)]
+        seen.append((tuple(erased), batches))
+        return losses[erased[-1]]
+
+    model = tiny("resnet14")
+    old = loop._loss_on
+    loop._loss_on = fake_loss
+    try:
+        res, _ = run(model, tmp_path, cfg(screen=3, screen_batches=2, max_steps=1))
+    finally:
+        loop._loss_on = old
+    (step,) = res.history
+    ranked = sorted(step["scores"], key=step["scores"].get)[:3]  # the 3 lowest priorities
+    assert sorted(step["screen_loss"]) == sorted(ranked)  # exactly those were screened
+    assert all(b == 2 for _, b in seen) and len(seen) == 3
+    assert step["erased"] == [min(ranked, key=losses.get)]  # the cheapest of them
+    assert all(not isinstance(model.get_submodule(n), nn.Identity)
+               for n in ranked if n not in step["erased"])  # the others were put back

@@ -422,3 +422,80 @@ def test_bf16_channels_last_progress_bar(capsys):
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     err = capsys.readouterr().err
     assert "epoch 1/1" in err
+
+
+# -- distillation ----------------------------------------------------------------------------
+
+def test_distillation_loss_matches_the_formula():
+    import torch.nn.functional as F
+
+    from resprune.train import Distillation
+
+    teacher = tiny(1).eval()
+    x = torch.randn(6, 3, 8, 8)
+    y = torch.randint(0, 4, (6,))
+    s = torch.randn(6, 4)
+    ce = F.cross_entropy(s, y)
+    d = Distillation(teacher, alpha=0.6, temperature=3.0)
+    with torch.no_grad():
+        t = teacher(x)
+    p_t = F.softmax(t / 3, 1)
+    kl = (p_t * (p_t.log() - F.log_softmax(s / 3, 1))).sum(1).mean()
+    assert torch.allclose(d.loss(s, x, ce), 0.4 * ce + 0.6 * 9 * kl, atol=1e-6)
+    assert d.seconds > 0
+    # a student identical to its teacher gets no soft-target loss at all
+    same = Distillation(teacher, alpha=1.0, temperature=4.0)
+    assert float(same.loss(t, x, ce)) == pytest.approx(0.0, abs=1e-6)
+    assert float(Distillation(teacher, alpha=0.0).loss(s, x, ce)) == float(ce)
+    with pytest.raises(UserError, match="alpha must be in"):
+        Distillation(teacher, alpha=1.5)
+
+
+def test_distilled_training_leaves_the_teacher_alone_and_records_its_time(tmp_path):
+    from resprune.train import Distillation
+
+    train, val = loaders()
+    teacher = tiny(1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    d = Distillation(teacher, alpha=0.5)
+    hist = Trainer(tiny(), train, val, cfg(), distill=d, progress=False).fit()
+    assert all(r["teacher_seconds"] > 0 for r in hist)
+    states_equal(d.teacher.state_dict(), before)  # weights and BN statistics untouched
+    assert not d.teacher.training
+    # alpha 0 is exactly plain training
+    a = Trainer(tiny(), train, val, cfg(), progress=False)
+    a.fit()
+    b = Trainer(tiny(), train, val, cfg(), distill=Distillation(teacher, alpha=0.0),
+                progress=False)
+    b.fit()
+    states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_lambda_raise_schedule_and_its_state():
+    from resprune.vacl import LamSchedule, Regularizer
+
+    model = tiny()
+    reg = Regularizer(model, lam=1e-3, input_shape=(3, 8, 8))
+    sched = LamSchedule(reg, "raise", growth=2.0, target_share=0.5, near_zero=0.05)
+
+    class T:
+        pass
+
+    t = T()
+    t.model = model
+    sched.on_fit_start(t)
+    rec: dict = {}
+    sched.on_epoch_end(t, rec)  # nothing near zero yet: raised
+    assert rec == {"lam": 1e-3, "near_zero_share": 0.0} and reg.lam == 2e-3
+    with torch.no_grad():  # zero every group: share 1 >= 0.5, lambda stays
+        for p in model.parameters():
+            p.zero_()
+    sched.on_epoch_end(t, rec)
+    assert rec["near_zero_share"] == 1.0 and reg.lam == 2e-3
+    state = sched.state_dict()
+    other = LamSchedule(Regularizer(tiny(), lam=1e-3, input_shape=(3, 8, 8)), "raise",
+                        target_share=0.5)
+    other.load_state_dict(state)
+    assert other.reg.lam == 2e-3 and torch.equal(other.initial, sched.initial)
+    with pytest.raises(UserError, match="needs the share of groups"):
+        LamSchedule(reg, "raise")
