@@ -175,6 +175,8 @@ def report(runs: Path, out: Path, repeats: int) -> str:
     head = ["row", "params (removed)", "MACs (removed)", "depth (removed)",
             "test top-1 % (paired diff to B ± SE)", "val top-1 %", "top-1 right after pruning %",
             "samples trained", "training CPU min", "eager b1", "eager b64", "ORT b1", "ORT b64"]
+    plot = out.with_name(out.stem + "_pareto.png")
+    _plot(plot, {n: (summaries[n]["macs"] / 1e6, 100 * float(hits[n].mean())) for n in done})
     cmds = commands(runs)
     lines = [
         "# Converged ResNet-56 on real CIFAR-10 images (cifar10-jpeg)\n",
@@ -183,6 +185,7 @@ def report(runs: Path, out: Path, repeats: int) -> str:
         md_table(head, body),
         "Speed-ups are B's median latency over the row's, one torch thread, all models timed "
         "interleaved in one process (onnxruntime: the exported, parity-checked graph).\n",
+        f"![test top-1 against MACs]({plot.name})\n",
         "## Commands (from the repository root)\n",
     ]
     for n in done:
@@ -190,6 +193,26 @@ def report(runs: Path, out: Path, repeats: int) -> str:
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
+
+
+def _plot(path: Path, points: dict[str, tuple[float, float]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name, (macs, top1) in points.items():
+        ax.scatter([macs], [top1], s=40)
+        ax.annotate(TITLES[name], (macs, top1), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
+    ax.set_xlabel("MACs (millions, one 32x32 image)")
+    ax.set_ylabel("test top-1 on cifar10-jpeg test/ (%)")
+    ax.set_title("Converged ResNet-56: accuracy against compute")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
