@@ -17,6 +17,24 @@ import torch
 
 from .errors import UserError
 
+# Fault injection for the kill campaign (benchmarks/kill_campaign.py): with this variable set
+# to N, the process SIGKILLs itself in the middle of its N-th atomic write (half the data in
+# the temporary file, nothing renamed), the worst moment a crash can hit a checkpoint.
+KILL_AT_WRITE_ENV = "RESPRUNE_FAULT_KILL_AT_WRITE"
+_writes = 0
+
+
+def _maybe_die_mid_write(f: Any, data: bytes) -> None:
+    global _writes
+    target = os.environ.get(KILL_AT_WRITE_ENV)
+    if not target:
+        return
+    _writes += 1
+    if _writes == int(target):
+        f.write(data[: len(data) // 2])
+        f.flush()
+        os.kill(os.getpid(), 9)
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
@@ -25,6 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual file mode
         with os.fdopen(fd, "wb") as f:
+            _maybe_die_mid_write(f, data)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

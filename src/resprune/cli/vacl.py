@@ -123,6 +123,8 @@ def add_parser(subs) -> None:
                         "will remove, so pruning removes groups already near zero")
     g.add_argument("--lam-growth", type=options.positive_float, default=2.0,
                    help="factor of the raise schedule (default 2)")
+    g.add_argument("--lam-max", type=options.positive_float,
+                   help="raise schedule: never raise lambda above this (default: no cap)")
     g.add_argument("--near-zero", type=options.positive_float, default=0.05,
                    help="a group is near zero when its RMS is below this fraction of its RMS "
                         "before sparsity training (default 0.05)")
@@ -288,7 +290,8 @@ def _lam_schedule(args: argparse.Namespace, reg: Regularizer, model: nn.Module, 
                         **target)
             state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
         share = state["lam_target_share"]
-    return LamSchedule(reg, args.lam_schedule, args.lam_growth, share, args.near_zero)
+    return LamSchedule(reg, args.lam_schedule, args.lam_growth, share, args.near_zero,
+                       getattr(args, "lam_max", None))
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -4,7 +4,9 @@ With a constant lambda and a short budget, the groups pruning removes may still 
 zero: accuracy right after pruning collapses and fine-tuning starts from a damaged net.
 ``raise`` multiplies lambda by ``growth`` at the end of every epoch in which fewer than
 ``target_share`` of the channel groups are *near zero*, i.e. whose RMS norm has fallen below
-``near_zero`` times its own value at the start of sparsity training. ``target_share`` is the
+``near_zero`` times its own value at the start of sparsity training, never above ``max_lam``
+(a lambda too strong for the data collapses the net: on the converged ResNet-56, 2e-3 cost 12
+points of validation accuracy in one epoch and 4e-3 fell to chance). ``target_share`` is the
 share of groups the pruning rule will remove (the CLI measures it by a dry run of the rule on
 the input model). Every epoch record gets ``lam`` and ``near_zero_share``.
 """
@@ -33,7 +35,7 @@ class LamSchedule(Callback):
 
     def __init__(self, reg: Regularizer, mode: str = "constant", growth: float = 2.0,
                  target_share: float | None = None, near_zero: float = 0.05,
-                 max_lam: float = 10.0):
+                 max_lam: float | None = None):
         if mode not in LAM_SCHEDULES:
             raise UserError(f"unknown lambda schedule {mode!r}; choose one of "
                             f"{', '.join(LAM_SCHEDULES)}")
@@ -45,7 +47,8 @@ class LamSchedule(Callback):
             raise UserError("the raise schedule needs the share of groups pruning removes "
                             f"(target_share in (0, 1]), got {target_share}")
         self.reg, self.mode, self.growth = reg, mode, float(growth)
-        self.target_share, self.near_zero, self.max_lam = target_share, near_zero, max_lam
+        self.target_share, self.near_zero = target_share, near_zero
+        self.max_lam = float("inf") if max_lam is None else float(max_lam)
         self.initial: torch.Tensor | None = None
 
     def on_fit_start(self, trainer) -> None:
@@ -58,9 +61,8 @@ class LamSchedule(Callback):
         share = near_zero_share(trainer.model, self.reg, self.initial, self.near_zero)
         record["lam"] = self.reg.lam
         record["near_zero_share"] = share
-        if (self.mode == "raise" and share < (self.target_share or 0)
-                and self.reg.lam * self.growth <= self.max_lam):
-            self.reg.lam *= self.growth
+        if self.mode == "raise" and share < (self.target_share or 0):
+            self.reg.lam = min(self.reg.lam * self.growth, max(self.max_lam, self.reg.lam))
 
     def state_dict(self) -> dict[str, Any]:
         return {"lam": self.reg.lam, "initial": self.initial}
