@@ -228,3 +228,16 @@ def test_demo_refuses_a_foreign_directory(tmp_path, capsys):
     code, _, err = run_cli(["demo", "--out", tmp_path], capsys)
     assert code == 2 and "not a demo directory" in err
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_resume_of_a_run_killed_in_its_first_write_starts_afresh(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / ".command.json.abc123.tmp").write_text('{"comm')  # all a first-write kill leaves
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    assert not list(out.glob(".*.tmp")) and (out / "summary.json").is_file()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", empty, "--resume"], capsys)
+    assert code == 2 and "nothing to resume" in err

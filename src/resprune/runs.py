@@ -34,7 +34,9 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool
     """Check ``--out`` and return ``(path, resuming)``.
 
     An existing non-empty directory is only used with ``--resume`` (continue it) or
-    ``--overwrite`` (its resprune files are removed first). Nothing else is ever deleted.
+    ``--overwrite`` (its resprune files are removed first). A run killed inside its very first
+    write left only temporary files: ``--resume`` removes them and starts it afresh
+    (``resuming`` is then False). Nothing else is ever deleted.
     """
     out = Path(out)
     if overwrite and resume:
@@ -47,6 +49,13 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool
     if resume:
         if not nonempty:
             raise UserError(f"nothing to resume in {out}; start the run without --resume")
+        leftovers = list(out.iterdir())
+        if all(p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")
+               for p in leftovers):
+            # killed inside its very first write: nothing was saved, so start afresh
+            for p in leftovers:
+                p.unlink()
+            return out, False
         return out, True
     if nonempty:
         if not overwrite:

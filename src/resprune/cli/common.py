@@ -289,8 +289,13 @@ def open_input(args: argparse.Namespace, command: str) -> InputRun:
 
     out = None
     if args.resume:
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
-        record_command(args, out, True)
+        out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=True,
+                                    source=args.run)
+        args.resume = resuming  # False: killed before anything was saved, starts afresh
+        if resuming:
+            record_command(args, out, True)
+        else:
+            out = None
     model, spec, summary = load_input_run(args.run, command)
     inherit_data_options(args, summary)
     device = resolve_device(args.device)

@@ -301,8 +301,10 @@ def _run_stage(name: str, ns: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     resuming = bool(args.resume)
     if resuming:  # the saved options win (record_command), so read them first
-        out, _ = prepare_out(args.out, overwrite=args.overwrite, resume=True, source=args.run)
-        common.record_command(args, out, True)
+        out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=True,
+                                    source=args.run)
+        if resuming:
+            common.record_command(args, out, True)
     stages = plan(args)
     if args.run is not None:
         _, _, summary_in = common.load_input_run(args.run, "compress")

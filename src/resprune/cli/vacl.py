@@ -298,8 +298,8 @@ def _lam_schedule(args: argparse.Namespace, reg: Regularizer, model: nn.Module, 
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
-    resuming = bool(args.resume)
     start = common.open_input(args, "vacl")
+    resuming = bool(args.resume)  # after open_input: a run killed in its first write restarts
     model, spec, summary_in = start.model, start.spec, start.summary
     bundle, device, shape = start.bundle, start.device, start.input_shape
     target = prune_target(args)
