@@ -128,6 +128,11 @@ def add_parser(subs) -> None:
     g.add_argument("--near-zero", type=options.positive_float, default=0.05,
                    help="a group is near zero when its RMS is below this fraction of its RMS "
                         "before sparsity training (default 0.05)")
+    g.add_argument("--reg-groups", choices=["all", "pruned"], default="all",
+                   help="which channel groups the regularizer acts on: all (default), or "
+                        "pruned = only those the pruning target removes (chosen once, by a dry "
+                        "run of the target on the input model), so that exactly they are "
+                        "driven to zero; needs a params or MACs target")
     g.add_argument("--lam-target-share", type=options.fraction, metavar="S",
                    help="raise schedule: the share of groups to drive near zero (default: "
                         "measured by a dry run of the pruning target on the input model)")
@@ -279,16 +284,23 @@ def _lam_schedule(args: argparse.Namespace, reg: Regularizer, model: nn.Module, 
     if "rms_start" not in state:
         state["rms_start"] = group_scores(model, reg.groups, reg.include_bn,
                                           reg.include_consumers, "rms").tolist()
+    pruned_only = getattr(args, "reg_groups", "all") == "pruned"
     share = args.lam_target_share
-    if args.lam_schedule == "raise" and share is None:
-        if "lam_target_share" not in state:
-            if "auto_tolerance" in target or "threshold" in target:
-                raise UserError("--lam-schedule raise with --threshold or --auto-tolerance "
-                                "needs --lam-target-share (the share of groups to zero)")
-            dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
-                        include_consumers=reg.include_consumers, score=args.group_score,
-                        **target)
-            state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
+    need_dry = pruned_only or (args.lam_schedule == "raise" and share is None)
+    if need_dry and "dry_run_groups" not in state:
+        if "auto_tolerance" in target or "threshold" in target:
+            raise UserError("--reg-groups pruned and --lam-schedule raise (without "
+                            "--lam-target-share) need a params or MACs target: the groups "
+                            "to drive to zero come from a dry run of it")
+        dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
+                    include_consumers=reg.include_consumers, score=args.group_score,
+                    **target)
+        state["dry_run_groups"] = dry["removed_groups"]
+        state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
+    if pruned_only:
+        reg.select(state["dry_run_groups"])
+        state["lam_target_share"] = share = share if share is not None else 0.9
+    elif args.lam_schedule == "raise" and share is None:
         share = state["lam_target_share"]
     return LamSchedule(reg, args.lam_schedule, args.lam_growth, share, args.near_zero,
                        getattr(args, "lam_max", None))

@@ -55,6 +55,10 @@ class Regularizer:
         input_shape: ``[C, H, W]`` used for tracing; defaults to ``[in_channels, 32, 32]`` for
             resprune models (channel groups do not depend on the spatial size).
         groups: reuse an existing :class:`GroupSet` instead of tracing again.
+        only: names of the groups to regularize (``None``: all). Regularizing only the
+            groups a pruning rule will remove (``--reg-groups pruned``) drives exactly those to
+            zero while the rest train freely, so accuracy right after pruning stays close to
+            before it (the idea of growing-regularization pruning, Wang et al. 2021).
 
     The regularizer holds no reference to the model's parameters: every call reads them from
     the model it is given, so it survives ``load_state_dict`` and device moves. After pruning,
@@ -63,7 +67,8 @@ class Regularizer:
 
     def __init__(self, model: nn.Module, form: str = "moments", beta: float = 4.0,
                  lam: float = 1e-4, include_bn: bool = True, include_consumers: bool = False,
-                 input_shape: Sequence[int] | None = None, groups: GroupSet | None = None):
+                 input_shape: Sequence[int] | None = None, groups: GroupSet | None = None,
+                 only: Sequence[str] | None = None):
         if form not in FORMS:
             raise UserError(f"unknown VACL regularizer form {form!r}; choose one of: "
                             f"{', '.join(FORMS)}")
@@ -77,6 +82,20 @@ class Regularizer:
                                      else default_input_shape(model))
         self.groups = groups
         self.layout = Layout(model, groups, self.include_bn, self.include_consumers)
+        self.select(only)
+
+    def select(self, only: Sequence[str] | None) -> None:
+        """Regularize only the groups named in ``only`` (``None``: every group)."""
+        if only is None:
+            self.mask = None
+            return
+        names = {g.name: g.index for g in self.groups}
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise UserError(f"unknown channel group(s) {', '.join(unknown[:3])}")
+        mask = torch.zeros(len(names), dtype=torch.float64)
+        mask[[names[n] for n in only]] = 1.0
+        self.mask = mask
 
     def __repr__(self) -> str:
         return (f"Regularizer(form={self.form!r}, beta={self.beta}, lam={self.lam}, "
@@ -106,7 +125,10 @@ class Regularizer:
         return torch.where(t["cross"], cross, lasso)
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
-        return self.lam * self.per_group(model).sum()
+        r = self.per_group(model)
+        if self.mask is not None:
+            r = r * self.mask.to(r.device, r.dtype)
+        return self.lam * r.sum()
 
 
 SCORES = ("rms", "layer_rms")

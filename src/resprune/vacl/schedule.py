@@ -25,9 +25,14 @@ LAM_SCHEDULES = ("constant", "raise")
 
 
 def near_zero_share(model, reg: Regularizer, initial: torch.Tensor, near_zero: float) -> float:
-    """Share of groups whose RMS is below ``near_zero`` x its value in ``initial``."""
+    """Share of groups whose RMS is below ``near_zero`` x its value in ``initial`` (of the
+    regularized groups only, when the regularizer has a selection)."""
     now = group_scores(model, reg.groups, reg.include_bn, reg.include_consumers, "rms")
-    return float((now <= near_zero * initial).double().mean())
+    hit = (now <= near_zero * initial).double()
+    mask = getattr(reg, "mask", None)
+    if mask is not None and float(mask.sum()) > 0:
+        return float((hit * mask).sum() / mask.sum())
+    return float(hit.mean())
 
 
 class LamSchedule(Callback):
