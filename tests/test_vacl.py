@@ -570,3 +570,23 @@ def test_zero_reduction_removes_nothing():
     spec = spec_of(model)
     report = vacl.prune(model, CIFAR, target_params_reduction=0.0)
     assert report["groups_removed"] == 0 and spec_of(model) == spec
+
+
+def test_regularizer_on_selected_groups_only():
+    from resprune.models import create
+    from resprune.vacl import Regularizer
+
+    torch.manual_seed(0)
+    model = create("resnet8", num_classes=4, width=4)
+    reg = Regularizer(model, lam=0.5, input_shape=(3, 8, 8))
+    names = [g.name for g in reg.groups]
+    chosen = names[::3]
+    sel = Regularizer(model, lam=0.5, input_shape=(3, 8, 8), groups=reg.groups, only=chosen)
+    per = reg.per_group(model).detach()
+    idx = [names.index(n) for n in chosen]
+    assert torch.allclose(sel(model), 0.5 * per[idx].sum())
+    assert torch.allclose(reg(model), 0.5 * per.sum())
+    sel.select(None)
+    assert torch.allclose(sel(model), reg(model))
+    with pytest.raises(UserError, match="unknown channel group"):
+        sel.select(["no-such-group"])
