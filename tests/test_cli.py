@@ -241,3 +241,16 @@ def test_resume_of_a_run_killed_in_its_first_write_starts_afresh(tmp_path, capsy
     empty.mkdir()
     code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", empty, "--resume"], capsys)
     assert code == 2 and "nothing to resume" in err
+
+
+def test_resume_of_a_train_killed_before_its_first_epoch_ended(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", out], capsys)
+    assert code == 0, err
+    ref = (out / "model.safetensors").read_bytes()
+    for name in ("train_state.pt", "summary.json", "model.safetensors", "arch.json",
+                 "metrics.jsonl", "report.md", "training.png"):
+        (out / name).unlink(missing_ok=True)  # as if killed right after command.json
+    code, _, err = run_cli(["train", *TINY, "--epochs", "1", "--out", out, "--resume"], capsys)
+    assert code == 0, err
+    assert (out / "model.safetensors").read_bytes() == ref  # started over: the same run

@@ -17,6 +17,7 @@ from ..models import build, create, list_models, spec_of
 from ..report import markdown_table
 from ..report.plots import training_curves
 from ..runs import prepare_out, write_summary
+from ..train import STATE_FILE
 from . import common, options
 
 
@@ -114,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
     common.check_teacher(teacher, model)
     trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,
                       progress=not args.no_progress, distill=teacher)
-    history = trainer.fit(resume=resuming)
+    # killed before its first epoch ended: nothing to continue, so it starts over (same seed)
+    history = trainer.fit(resume=resuming and (out / STATE_FILE).is_file())
     model = trainer.model
     save(model, out)
     shape = input_shape(bundle)
