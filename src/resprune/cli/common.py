@@ -82,11 +82,14 @@ def model_input_shape(model: nn.Module, bundle=None) -> tuple[int, int, int]:
     family's default (32 px CIFAR, 224 px ImageNet)."""
     from ..data import input_shape
     from ..models import spec_of
-    from ..runs import input_shape_of
+    from ..runs import default_input_shape
 
     if bundle is not None:
         return input_shape(bundle)
-    return tuple(input_shape_of(".", spec_of(model)))  # type: ignore[return-value]
+    pre = getattr(model, "preprocess", None)
+    if pre:
+        return (model.conv1.in_channels, pre["input_size"], pre["input_size"])
+    return tuple(default_input_shape(spec_of(model)))  # type: ignore[return-value]
 
 
 def adopt_preprocess(model: nn.Module, bundle) -> None:
