@@ -42,6 +42,7 @@ from torch import nn
 
 from ..errors import UserError
 from ..implosion import (
+    ERASE_MODES,
     SCORE_METHODS,
     ImplosionConfig,
     erasable_units,
@@ -102,6 +103,12 @@ def add_parser(subs) -> None:
                         "by priority alone)")
     g.add_argument("--screen-batches", type=options.positive_int, default=4,
                    help="validation batches each screened candidate is scored on (default 4)")
+    g.add_argument("--erase", choices=ERASE_MODES, default="cut",
+                   help="cut (default): replace a step's units by identities, then retrain; "
+                        "fade: retrain while their priority gates fall linearly to exactly "
+                        "zero, then replace them (no output changes), so the net adapts "
+                        "gradually")
+    options.add_fade_end(g)
     g.add_argument("--target-depth", type=options.positive_int, metavar="LAYERS",
                    help="stop once the net has at most this many weight layers (default: none)")
     g.add_argument("--max-steps", type=options.positive_int,
@@ -149,6 +156,7 @@ def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
         score=args.score, per_step=args.per_step, retrain_epochs=args.retrain_epochs,
         retrain_lr=args.retrain_lr, tolerance=float(args.tolerance),
         patience=args.patience, screen=args.screen, screen_batches=args.screen_batches,
+        erase=args.erase, fade_end=args.fade_end,
         target_depth=args.target_depth, max_steps=args.max_steps,
         final_epochs=args.final_epochs, final_lr=args.final_lr,
         adapt_epochs=args.adapt_epochs, adapt_lr=args.adapt_lr,

@@ -66,6 +66,22 @@ def fraction_closed(text: str) -> float:
     return v
 
 
+def fade_end(text: str) -> float:
+    """A number in (0, 1]."""
+    v = finite_float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
+    return v
+
+
+def add_fade_end(g) -> None:
+    """``--fade-end``, shared by implode's ``--erase fade`` and vacl's ``--fade``."""
+    g.add_argument("--fade-end", type=fade_end, default=0.75, metavar="F",
+                   help="with implode --erase fade / vacl --fade: the faded units or channel "
+                        "groups reach exactly zero after this fraction of the training's steps "
+                        "and stay zero for the rest (default 0.75)")
+
+
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (keys = option names); command-line flags win")

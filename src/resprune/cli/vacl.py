@@ -63,7 +63,7 @@ from ..report import fmt_acc, fmt_count, pct_removed
 from ..report.vacl import rms_histogram, write_report
 from ..runs import write_summary
 from ..train import STATE_FILE as TRAIN_STATE_FILE
-from ..train import Trainer
+from ..train import FADES, Fade, Trainer
 from ..vacl import (
     FORMS,
     LAM_SCHEDULES,
@@ -71,6 +71,7 @@ from ..vacl import (
     LamSchedule,
     Regularizer,
     group_scores,
+    group_slices,
     near_zero_share,
     prune,
 )
@@ -136,6 +137,13 @@ def add_parser(subs) -> None:
     g.add_argument("--lam-target-share", type=options.fraction, metavar="S",
                    help="raise schedule: the share of groups to drive near zero (default: "
                         "measured by a dry run of the pruning target on the input model)")
+    g.add_argument("--fade", choices=FADES, default="off",
+                   help="off (default), or linear: fade the channel groups the params or MACs "
+                        "target removes (chosen once, by a dry run of the target on the input "
+                        "model) linearly to exactly zero during sparsity training, so that "
+                        "pruning them changes no output; the regularizer still acts (lam may "
+                        "be 0)")
+    options.add_fade_end(g)
     g.add_argument("--sparse-epochs", type=options.nonneg_int, default=20,
                    help="epochs of sparsity training (default 20; 0: prune the input as is)")
     g.add_argument("--sparse-lr", type=options.positive_float, default=0.01,
@@ -234,11 +242,11 @@ def _fit(model: nn.Module, loaders: dict[str, Any], cfg, run_dir: Path, progress
 
 
 def _sparse_stage(model: nn.Module, reg: Regularizer, loaders: dict[str, Any], cfg, out: Path,
-                  progress: bool, distill=None, schedule=None) -> list[dict[str, Any]]:
+                  progress: bool, distill=None, callbacks=()) -> list[dict[str, Any]]:
     """Stage 1: sparsity training; the trained weights end in ``stages/sparse``."""
     where = stage_dir(out, "sparse")
     model, history = _fit(model, loaders, cfg, where, progress, loss_terms=[reg],
-                          distill=distill, callbacks=[schedule] if schedule else [])
+                          distill=distill, callbacks=callbacks)
     save(model, where, metadata={"kind": "vacl-sparse"})
     return history
 
@@ -286,10 +294,11 @@ def _lam_schedule(args: argparse.Namespace, reg: Regularizer, model: nn.Module, 
                                           reg.include_consumers, "rms").tolist()
     pruned_only = getattr(args, "reg_groups", "all") == "pruned"
     share = args.lam_target_share
-    need_dry = pruned_only or (args.lam_schedule == "raise" and share is None)
+    fading = getattr(args, "fade", "off") != "off"
+    need_dry = pruned_only or fading or (args.lam_schedule == "raise" and share is None)
     if need_dry and "dry_run_groups" not in state:
         if "auto_tolerance" in target or "threshold" in target:
-            raise UserError("--reg-groups pruned and --lam-schedule raise (without "
+            raise UserError("--fade, --reg-groups pruned and --lam-schedule raise (without "
                             "--lam-target-share) need a params or MACs target: the groups "
                             "to drive to zero come from a dry run of it")
         dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
@@ -317,6 +326,10 @@ def run(args: argparse.Namespace) -> int:
     target = prune_target(args)
     cfg_sparse = common.train_config(args, prefix="sparse-")
     cfg_finetune = common.train_config(args, prefix="finetune-")
+    if getattr(args, "fade", "off") != "off" and not any(k.startswith("target_")
+                                                         for k in target):
+        raise UserError("--fade needs --target-params-reduction or --target-macs-reduction: "
+                        "the groups to fade come from a dry run of the target")
     if "auto_tolerance" in target and len(bundle.val) == 0:
         raise UserError(f"--auto-tolerance chooses on the validation split, which is empty "
                         f"(--val-fraction {args.val_fraction}); raise --val-fraction or give "
@@ -350,10 +363,15 @@ def run(args: argparse.Namespace) -> int:
     if state["phase"] == "sparse":
         common.log(f"vacl: sparsity training, {cfg_sparse.epochs} epoch(s) at lr "
                    f"{cfg_sparse.lr} ({reg!r})")
-        schedule = _lam_schedule(args, reg, model, shape, target, state)
+        callbacks: list[Any] = [_lam_schedule(args, reg, model, shape, target, state)]
+        if getattr(args, "fade", "off") != "off":
+            callbacks.append(Fade(group_slices(model, reg.groups, state["dry_run_groups"]),
+                                  end=args.fade_end))
+            common.log(f"vacl: fading {len(state['dry_run_groups'])} channel groups to zero "
+                       f"over the first {100 * args.fade_end:.0f} % of sparsity training")
         write_state(out, state)
         history = _sparse_stage(model, reg, loaders, cfg_sparse, out, progress, teacher,
-                                schedule)
+                                callbacks)
         sparse = load(stage_dir(out, "sparse"), device=device)
         state["near_zero_share"] = (history[-1].get("near_zero_share") if history else
                                     near_zero_share(sparse, reg, torch.as_tensor(

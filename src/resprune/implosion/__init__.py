@@ -23,13 +23,13 @@ With your own training loop::
 Or the whole loop: ``implode(net, train_loader, val_loader, ImplosionConfig(), "runs/x")``.
 """
 
-from .config import ImplosionConfig
+from .config import ERASE_MODES, ImplosionConfig
 from .erase import erase_units
 from .gates import add_gates, erasable_units, fold_gates, gates, residual_units
 from .loop import ImplosionResult, implode
 from .scores import SCORE_METHODS, score_units
 
 __all__ = [
-    "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates", "erasable_units",
+    "ERASE_MODES", "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates", "erasable_units",
     "erase_units", "fold_gates", "gates", "implode", "residual_units", "score_units",
 ]

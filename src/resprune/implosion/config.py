@@ -9,7 +9,10 @@ from typing import Any
 
 from ..errors import UserError
 from ..train import TrainConfig
+from ..train.fade import check_end
 from .scores import SCORE_METHODS
+
+ERASE_MODES = ("cut", "fade")
 
 
 @dataclass
@@ -32,6 +35,11 @@ class ImplosionConfig:
         the ``per_step`` whose removal costs least. 0 (default): erase by priority alone. On
         a converged net this is cheap and catches units whose gate is small but whose
         removal hurts.
+    erase: how a step removes its units. ``cut`` (default, the paper's order): replace them by
+        identities, then retrain. ``fade``: retrain first while their priority gates fall
+        linearly to exactly zero (:class:`resprune.train.Fade`; zero after ``fade_end`` of
+        the retraining's steps), then replace them by identities, which changes no output;
+        the net learns to do without them gradually instead of recovering from a cut.
     target_depth: stop once the net has at most this many weight layers (a step erases no
         more units than needed to reach it). max_steps: stop after this many steps.
     final_epochs / final_lr: optional longer retrain of the final net (final_lr defaults to
@@ -55,6 +63,8 @@ class ImplosionConfig:
     patience: int = 1
     screen: int = 0
     screen_batches: int = 4
+    erase: str = "cut"
+    fade_end: float = 0.75
     target_depth: int | None = None
     max_steps: int | None = None
     final_epochs: int = 0
@@ -72,6 +82,13 @@ class ImplosionConfig:
             raise UserError(f"unknown priority score {self.score!r}; choose one of: "
                             f"{', '.join(SCORE_METHODS)}")
         _int(self.per_step, "per_step", 1, " (units erased per step)")
+        if self.erase not in ERASE_MODES:
+            raise UserError(f"unknown erase mode {self.erase!r}; choose one of: "
+                            f"{', '.join(ERASE_MODES)}")
+        check_end(self.fade_end)
+        if self.erase == "fade" and self.retrain_epochs == 0:
+            raise UserError("erase fade fades the units during the retraining: give "
+                            "retrain_epochs >= 1")
         _int(self.retrain_epochs, "retrain_epochs", 0)
         _int(self.final_epochs, "final_epochs", 0)
         _int(self.adapt_epochs, "adapt_epochs", 0)

@@ -34,7 +34,7 @@ from torch import nn
 from ..errors import UserError
 from ..measure import count_macs, count_params, depth, evaluate
 from ..train import STATE_FILE as TRAIN_STATE_FILE
-from ..train import Trainer
+from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
@@ -55,6 +55,7 @@ log = logging.getLogger("resprune.implosion")
 
 #: ``trainer_factory(model, train_loader, val_loader, train_config, run_dir)`` returns an
 #: object whose ``fit()`` trains ``model`` in place (``resprune.train.Trainer`` by default).
+#: With ``erase="fade"`` it is also given ``callbacks=[Fade(...)]``, to pass to the trainer.
 TrainerFactory = Callable[[nn.Module, Iterable, Iterable, Any, Path], Any]
 #: ``evaluate_fn(model, loader)`` returns at least ``{"top1": fraction in [0, 1]}``.
 EvaluateFn = Callable[[nn.Module, Iterable], dict]
@@ -99,9 +100,9 @@ class ImplosionResult:
 
 
 def _default_trainer_factory(progress: bool, distill=None) -> TrainerFactory:
-    def make(model, train_loader, val_loader, config, run_dir):
+    def make(model, train_loader, val_loader, config, run_dir, callbacks=()):
         return Trainer(model, train_loader, val_loader, config, run_dir=run_dir,
-                       progress=progress, distill=distill)
+                       progress=progress, distill=distill, callbacks=list(callbacks))
     return make
 
 
@@ -139,7 +140,8 @@ class _Run:
         loss = res.get("loss")
         return {"val_top1": top1, "val_loss": None if loss is None else float(loss)}
 
-    def train(self, epochs: int, lr: float, seed: int, directory: Path) -> int:
+    def train(self, epochs: int, lr: float, seed: int, directory: Path,
+              callbacks: list | None = None) -> int:
         """Retrain the model in place; return the epochs spent (0: nothing to do).
 
         The trainer writes its logs into ``directory``. A retraining cut short by a kill is
@@ -153,8 +155,9 @@ class _Run:
         partial = self.resume and (directory / TRAIN_STATE_FILE).is_file()
         if directory.exists() and not partial:
             shutil.rmtree(directory)
+        extra = {"callbacks": callbacks} if callbacks else {}
         trainer = self.trainer_factory(self.model, self.train_loader, self.val_loader, cfg,
-                                       directory)
+                                       directory, **extra)
         if partial:
             trainer.fit(resume=True)
         else:
@@ -365,9 +368,7 @@ def _steps(run: _Run) -> None:
         ranking = candidates if screened is None else screened
         names = _select(ranking, depths, cfg.per_step, depth, cfg.target_depth)
         snapshot = copy.deepcopy(run.model)
-        erase_units(run.model, names)
-        epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k,
-                           step_dir(run.run_dir, k) / "train")
+        epochs = _erase_and_retrain(run, names, k)
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
                   "scores": scores, **run.evaluate(), **run.measure(),
                   "accepted": False, "epochs": epochs}
@@ -392,6 +393,19 @@ def _steps(run: _Run) -> None:
                 state["phase"], state["stop_reason"] = "stopped", "accuracy"
             run.commit()
         del snapshot
+
+
+def _erase_and_retrain(run: _Run, names: list[str], k: int) -> int:
+    """Step ``k``'s removal of ``names`` and its retraining, by ``config.erase``."""
+    cfg = run.config
+    where = step_dir(run.run_dir, k) / "train"
+    if cfg.erase == "cut":
+        erase_units(run.model, names)
+        return run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where)
+    fade = Fade([Slice(name, "gate") for name in names], end=cfg.fade_end)
+    epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where, [fade])
+    erase_units(run.model, names)  # their gates are exactly 0: no output changes
+    return epochs
 
 
 def _rejections_in_a_row(history: list[dict[str, Any]]) -> int:

@@ -7,8 +7,9 @@
 from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation
+from .fade import FADES, Fade, Slice
 from .schedule import LRSchedule, lr_factor
 from .trainer import METRICS_FILE, STATE_FILE, Trainer
 
-__all__ = ["METRICS_FILE", "STATE_FILE", "Callback", "Distillation", "LRSchedule", "TrainConfig",
-           "Trainer", "lr_factor"]
+__all__ = ["FADES", "METRICS_FILE", "STATE_FILE", "Callback", "Distillation", "Fade",
+           "LRSchedule", "Slice", "TrainConfig", "Trainer", "lr_factor"]

@@ -35,6 +35,7 @@ from .groups import (
     PadShortcutPruner,
     discover_groups,
 )
+from .fade import group_slices
 from .prune import prune, remove_members
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
@@ -42,5 +43,6 @@ from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
 __all__ = [
     "CROSS", "FILTER", "FORMS", "LAM_SCHEDULES", "ChannelGroup", "GroupSet", "LamSchedule",
     "Member", "PadShortcutPruner", "Regularizer", "SCORES", "discover_groups", "group_scores",
+    "group_slices",
     "near_zero_share", "prune", "remove_members",
 ]
