@@ -163,6 +163,6 @@ def test_vacl_fade_needs_a_target(trained, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines()[-1] == (
-        "resprune: error: --fade needs --target-params-reduction or --target-macs-reduction: the groups "
-        "to fade come from a dry run of the target")
+        "resprune: error: --fade needs --target-params-reduction or "
+        "--target-macs-reduction: the groups to fade come from a dry run of the target")
     assert not (tmp_path / "v").exists()

@@ -62,8 +62,8 @@ from ..measure import evaluate
 from ..report import fmt_acc, fmt_count, pct_removed
 from ..report.vacl import rms_histogram, write_report
 from ..runs import write_summary
-from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import FADES, Fade, Trainer
+from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..vacl import (
     FORMS,
     LAM_SCHEDULES,

@@ -30,6 +30,6 @@ from .loop import ImplosionResult, implode
 from .scores import SCORE_METHODS, score_units
 
 __all__ = [
-    "ERASE_MODES", "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates", "erasable_units",
-    "erase_units", "fold_gates", "gates", "implode", "residual_units", "score_units",
+    "ERASE_MODES", "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates",
+    "erasable_units", "erase_units", "fold_gates", "gates", "implode", "residual_units", "score_units",
 ]

@@ -26,6 +26,7 @@ Use inside your own training loop::
 With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])``.
 """
 
+from .fade import group_slices
 from .groups import (
     CROSS,
     FILTER,
@@ -35,7 +36,6 @@ from .groups import (
     PadShortcutPruner,
     discover_groups,
 )
-from .fade import group_slices
 from .prune import prune, remove_members
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
