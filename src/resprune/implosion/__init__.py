@@ -31,5 +31,6 @@ from .scores import SCORE_METHODS, score_units
 
 __all__ = [
     "ERASE_MODES", "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates",
-    "erasable_units", "erase_units", "fold_gates", "gates", "implode", "residual_units", "score_units",
+    "erasable_units", "erase_units", "fold_gates", "gates", "implode", "residual_units",
+    "score_units",
 ]
