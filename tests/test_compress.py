@@ -11,11 +11,13 @@ import pytest
 import torch
 
 import resprune
-from resprune.cli import compress as compress_cli
-from resprune.cli import train as train_cli
-from resprune.cli import vacl as vacl_cli
 from resprune.cli.main import build_parser, main, parse
+from resprune.compression import CompressConfig, vacl_share
+from resprune.compression import pipeline as compress_pipeline
+from resprune.data import load_dataset, make_loaders
 from resprune.measure import count_macs, count_params, depth
+from resprune.train import TrainConfig
+from resprune.vacl import pipeline as vacl_pipeline
 
 CIFAR = (3, 32, 32)
 QUIET = ["--batch-size", "32", "--no-progress"]
@@ -56,12 +58,13 @@ def test_all_stages_run_and_out_is_a_smaller_loadable_run(reference, capsys):
     assert [r["dir"] for r in s["stages"]] == [f"stages/{i}-{n}" for i, n in
                                                enumerate(names, 1)]
     stage = {r["name"]: read_summary(out / r["dir"]) for r in s["stages"]}
-    # each stage is the real command's run, fed the previous stage's directory
+    # each stage is a normal run of its kind, fed the previous stage's model
     assert [stage[n]["kind"] for n in names] == ["train", "implode", "vacl", "train"]
-    assert stage["train"]["config"]["priority_gates"] is True  # implode follows
-    assert stage["implode"]["config"]["run"] == str(out / "stages/1-train")
-    assert stage["vacl"]["config"]["run"] == str(out / "stages/2-implode")
-    assert stage["finetune"]["config"]["init"] == str(out / "stages/3-vacl")
+    gated = resprune.load(out / "stages/1-train").state_dict()
+    assert sum(k.endswith(".gate") for k in gated) == 4  # implode follows: priority gates
+    assert stage["implode"]["base"]["run"] == str(out / "stages/1-train")
+    assert stage["vacl"]["base"]["run"] == str(out / "stages/2-implode")
+    assert stage["vacl"]["base"]["params"] == stage["implode"]["params"]
     assert stage["finetune"]["epochs"] == 1 and stage["finetune"]["config"]["lr"] == 0.01
     # OUT holds the final stage's model: fewer params, fewer layers, same weights
     assert same_weights(out, out / "stages/4-finetune")
@@ -124,14 +127,14 @@ def test_report_shows_stages_side_by_side_and_embeds_their_plots(reference):
 
 
 class Once:
-    """Raise KeyboardInterrupt on the first call, then behave like ``real``."""
+    """Raise KeyboardInterrupt on the ``at``-th call (only), else behave like ``real``."""
 
-    def __init__(self, real):
-        self.real, self.calls = real, 0
+    def __init__(self, real, at: int = 1):
+        self.real, self.calls, self.at = real, 0, at
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
-        if self.calls == 1:
+        if self.calls == self.at:
             raise KeyboardInterrupt
         return self.real(*args, **kwargs)
 
@@ -142,20 +145,22 @@ def test_resume_after_kills_within_and_between_stages_matches(reference, tmp_pat
     out = tmp_path / "run"
     args = ["compress", *REFERENCE, "--out", str(out)]
     # 1. killed inside the vacl stage: sparsity training and pruning done, fine-tuning not
-    monkeypatch.setattr(vacl_cli, "_finetune_stage", Once(vacl_cli._finetune_stage))
+    # (the vacl stage trains twice: sparsity training, then fine-tuning)
+    monkeypatch.setattr(vacl_pipeline, "_fit", Once(vacl_pipeline._fit, at=2))
     assert main(args) == 130
     assert "--resume" in capsys.readouterr().err
     assert (out / "stages/2-implode/summary.json").is_file()
     assert not (out / "stages/3-vacl/summary.json").is_file()
     assert not (out / "summary.json").exists()
     # 2. resumed; killed again between stages, as the finetune stage starts
-    monkeypatch.setattr(train_cli, "run", Once(train_cli.run))
+    # (the train stage is done, so the first training run is the finetune stage's)
+    monkeypatch.setattr(compress_pipeline, "train_run", Once(compress_pipeline.train_run))
     assert main([*args, "--resume"]) == 130
     err = capsys.readouterr().err
     assert "stage 1/4 train: done" in err and "stage 2/4 implode: done" in err
     assert "stage 3/4 vacl" in err and "(resuming)" in err
     assert (out / "stages/3-vacl/summary.json").is_file()
-    assert not (out / "stages/4-finetune").exists()
+    assert not any((out / "stages/4-finetune").glob("*"))  # made, nothing in it yet
     # 3. resumed to the end: the same final weights as the uninterrupted run
     assert main([*args, "--resume"]) == 0
     capsys.readouterr()
@@ -177,8 +182,8 @@ def test_stage_order_vacl_then_implode_from_a_run(reference, tmp_path, capsys):
     assert [(r["name"], r["dir"]) for r in s["stages"]] == [("vacl", "stages/1-vacl"),
                                                             ("implode", "stages/2-implode")]
     vacl_s, implode_s = (read_summary(out / r["dir"]) for r in s["stages"])
-    assert vacl_s["config"]["run"] == str(run)
-    assert implode_s["config"]["run"] == str(out / "stages/1-vacl")
+    assert vacl_s["base"]["run"] == str(run)
+    assert implode_s["base"]["run"] == str(out / "stages/1-vacl")
     assert implode_s["base"]["params"] == vacl_s["params"]  # implode starts from vacl's output
     assert same_weights(out, out / "stages/2-implode")
     # no target: VACL chose its reduction on validation accuracy, with --tolerance
@@ -246,21 +251,52 @@ def test_bad_options_one_line_exit_2(reference, tmp_path, capsys, extra, msg):
 
 
 def test_vacl_share_arithmetic():
-    assert compress_cli.vacl_share(0.6, 1000, 1000) == pytest.approx(0.6)
-    assert compress_cli.vacl_share(0.6, 1000, 500) == pytest.approx(0.2)  # 400 of 500 left
-    assert compress_cli.vacl_share(0.5, 1000, 400) == 0.0  # already below the target
-    assert 0 <= compress_cli.vacl_share(0.99, 1000, 999) < 1
+    assert vacl_share(0.6, 1000, 1000) == pytest.approx(0.6)
+    assert vacl_share(0.6, 1000, 500) == pytest.approx(0.2)  # 400 of 500 left
+    assert vacl_share(0.5, 1000, 400) == 0.0  # already below the target
+    assert 0 <= vacl_share(0.99, 1000, 999) < 1
 
 
-def test_stage_modes_resume_only_what_can_be_resumed(tmp_path):
-    d = tmp_path / "stage"
-    assert compress_cli.stage_modes(d, "vacl") == (False, False)  # absent: fresh
-    d.mkdir()
-    assert compress_cli.stage_modes(d, "vacl") == (False, False)  # empty: fresh
-    (d / "metrics.jsonl").write_text("")
-    assert compress_cli.stage_modes(d, "implode") == (False, True)  # no command.json: redo
-    (d / "command.json").write_text("{}")
-    assert compress_cli.stage_modes(d, "implode") == (True, False)
-    assert compress_cli.stage_modes(d, "train") == (False, True)  # killed before epoch 1
-    (d / "train_state.pt").write_bytes(b"")
-    assert compress_cli.stage_modes(d, "finetune") == (True, False)
+# -- the library API ----------------------------------------------------------------------------
+
+def test_library_compress_with_own_loaders_equals_the_command(reference, tmp_path,
+                                                              monkeypatch):
+    """resprune.compress() on a DataBundle's loaders, from the command's trained base, with
+    the command's options: the same final weights as ``resprune compress``; resuming the
+    finished run trains nothing."""
+    ref_out, _ = reference
+    data = load_dataset("synthetic", val_fraction=0.1, seed=0)
+    loaders = make_loaders(data, 32, seed=0)
+    config = CompressConfig(target_params_reduction=0.6, retrain_epochs=1, max_steps=1,
+                            tolerance=50.0, sparse_epochs=1, finetune_epochs=1,
+                            finetune_final_epochs=1, stages=("implode", "vacl", "finetune"),
+                            train=TrainConfig(batch_size=32, device="cpu", seed=0))
+    model = resprune.load(ref_out / "stages/1-train")
+    out = tmp_path / "lib"
+    result = resprune.compress(model, loaders, config, out=out, progress=False)
+    assert same_weights(out, ref_out)
+    assert sum(result.model.state_dict()[k].numel() for k in result.model.state_dict()
+               if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+               ) == result.summary["params"]
+    assert result.summary["params"] == read_summary(ref_out)["params"]
+    assert [n for n, _, _ in result.stages] == ["implode", "vacl", "finetune"]
+    assert (out / "state.json").is_file()
+    with pytest.raises(resprune.UserError, match="already holds a compress run"):
+        resprune.compress(model, loaders, config, out=out, progress=False)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished stage trained again")
+
+    monkeypatch.setattr(resprune.train.Trainer, "fit", no_training)
+    again = resprune.compress(resprune.load(ref_out / "stages/1-train"), loaders, config,
+                              out=out, resume=True, progress=False)
+    assert again.summary["params"] == result.summary["params"]
+
+
+def test_library_config_checks_name_the_option():
+    with pytest.raises(resprune.UserError, match="per_step must be an integer >= 1"):
+        CompressConfig(per_step=0).validate()
+    with pytest.raises(resprune.UserError, match="unknown fade 'cubic'"):
+        CompressConfig(fade="cubic").validate()
+    with pytest.raises(resprune.UserError, match="the train stage can only come first"):
+        CompressConfig(stages=("implode", "train")).validate()

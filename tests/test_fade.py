@@ -143,7 +143,7 @@ def test_vacl_fade_prunes_groups_that_are_already_zero(trained, tmp_path):
     assert main(["vacl", str(trained), *QUIET, "--sparse-epochs", "1", "--finetune-epochs",
                  "1", "--lam", "0", "--fade", "linear", "--fade-end", "0.5",
                  "--target-params-reduction", "0.4", "--out", str(out)]) == 0
-    state = json.loads((out / "pipeline_state.json").read_text())
+    state = json.loads((out / "state.json").read_text())
     report = json.loads((out / "stages" / "pruned" / "prune_report.json").read_text())
     assert set(report["removed_groups"]) <= set(state["dry_run_groups"])
     assert report["params_reduction"] >= 0.4

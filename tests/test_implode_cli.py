@@ -197,7 +197,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(trained, imploded, tmp
 
     def dying_trainer(*args, **kwargs):  # trainings: adapt, step 1, step 2 (interrupted)
         calls["n"] += 1
-        return Trainer(*args, callbacks=[Interrupt()] if calls["n"] == 3 else [], **kwargs)
+        extra = [Interrupt()] if calls["n"] == 3 else []
+        kwargs["callbacks"] = list(kwargs.get("callbacks") or []) + extra
+        return Trainer(*args, **kwargs)
 
     monkeypatch.setattr(loop_mod, "Trainer", dying_trainer)
     out = tmp_path / "run"

@@ -24,7 +24,6 @@ from resprune.implosion import (
     score_units,
 )
 from resprune.implosion import loop as loop_mod
-from resprune.implosion import store as store_mod
 from resprune.measure import count_macs, count_params, depth
 from resprune.models import ResidualUnit, build, create, model_spec, spec_of
 from resprune.train import Callback, TrainConfig, Trainer
@@ -417,7 +416,7 @@ def test_implode_adapts_gates_then_erases_until_nothing_is_left(tmp_path):
         prev_p, prev_m, prev_d = h["params"], h["macs"], h["depth"]
     assert len(res.history[0]["scores"]) == 4 and len(res.history[3]["scores"]) == 1
     assert depth(model) == d0 - 8 and res.final["depth"] == d0 - 8
-    assert json.loads((tmp_path / "implosion_state.json").read_text())["erased"] == res.erased
+    assert json.loads((tmp_path / "state.json").read_text())["erased"] == res.erased
 
 
 def test_implode_stops_at_max_steps_and_target_depth(tmp_path):
@@ -457,7 +456,7 @@ def test_impossible_tolerance_rejects_the_first_step(tmp_path):
     res, _ = run(model, tmp_path, cfg(fold=False), accs=[1.0, 0.99])
     assert res.erased == [] and [h["accepted"] for h in res.history] == [False]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in start.items())
-    assert json.loads((tmp_path / "implosion_state.json").read_text())["phase"] == "done"
+    assert json.loads((tmp_path / "state.json").read_text())["phase"] == "done"
 
 
 def test_final_model_is_written_and_folded(tmp_path):
@@ -546,7 +545,7 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path, kill, monkeypatch
         factory = real_trainer(kill_call=4, kill_step=1)  # adapt, step 1, step 2, final
     else:
         factory = real_trainer()
-        real_write = store_mod.write_state
+        real_write = loop_mod.write_state
 
         def dying_write(run_dir, state):
             if state["phase"] == "steps" and len(state["history"]) == 2:
@@ -630,7 +629,7 @@ def test_bad_loop_inputs(tmp_path):
         implode(net, train, val, cfg(), tmp_path, trainer_factory=SGDTrainer)
     with pytest.raises(UserError, match="unknown priority score 'l2'"):
         implode(tiny("resnet14"), train, val, cfg(score="l2"), tmp_path)
-    assert not (tmp_path / "implosion_state.json").exists()
+    assert not (tmp_path / "state.json").exists()
 
 
 def test_patience_tries_the_next_candidates_after_a_rejection(tmp_path):

@@ -2,10 +2,10 @@
 
 Every command builds its loaders through ``resprune.cli.common.make_loaders``; here the test
 loader it returns is wrapped so that iterating it raises unless a *reporting* function is on
-the stack (``common.measure`` and VACL's ``_accuracy``, which only report). Implosion's
-acceptance and screening, VACL's auto-tolerance and lambda schedule, the trainers'
-per-epoch validation and compress's budget split must therefore all run on the validation
-split, or these tests fail.
+the stack (``resprune.measure.summary.accuracy``, through which every command reports
+accuracy). Implosion's acceptance and screening, VACL's auto-tolerance and lambda schedule,
+the trainers' per-epoch validation and compress's budget split must therefore all run on the
+validation split, or these tests fail.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import contextlib
 import pytest
 
 from resprune.cli import common
-from resprune.cli import vacl as vacl_cli
 from resprune.cli.main import main
+from resprune.measure import summary as measures
 
 BASE = ["--data", "synthetic", "--batch-size", "32", "--no-progress"]
 _reporting = {"depth": 0, "reads": 0}
@@ -70,8 +70,7 @@ def guard(monkeypatch):
         return train, val, Guarded(test)
 
     monkeypatch.setattr(common, "make_loaders", make_loaders)
-    monkeypatch.setattr(common, "measure", _reporter(common.measure))
-    monkeypatch.setattr(vacl_cli, "_accuracy", _reporter(vacl_cli._accuracy))
+    monkeypatch.setattr(measures, "accuracy", _reporter(measures.accuracy))
     _reporting["reads"] = 0
     yield
     # the guarded loaders are the ones the command used: its reports did read them

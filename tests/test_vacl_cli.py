@@ -12,11 +12,11 @@ from PIL import Image
 
 import resprune
 from resprune import vacl
-from resprune.cli import vacl as vacl_cli
 from resprune.cli.main import main
 from resprune.data import load_dataset, make_loader
 from resprune.measure import count_macs, count_params, evaluate
 from resprune.train import Callback, TrainConfig, Trainer
+from resprune.vacl import pipeline as vacl_pipeline
 
 CIFAR = (3, 32, 32)
 QUIET = ["--batch-size", "32", "--no-progress"]
@@ -219,20 +219,20 @@ def _raise(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-KILLS = {  # where a run dies -> the phase its pipeline_state.json records
+KILLS = {  # where a run dies -> the phase its state.json records
     "mid-sparse": "sparse", "before-prune": "prune", "before-finetune": "finetune",
     "mid-finetune": "finetune"}
 
 
 def _kill_at(monkeypatch, kill: str) -> None:
     if kill == "mid-sparse":
-        monkeypatch.setattr(vacl_cli, "Trainer", _interrupt_trainer(1))
+        monkeypatch.setattr(vacl_pipeline, "Trainer", _interrupt_trainer(1))
     elif kill == "mid-finetune":  # a resumed run builds only the fine-tuning Trainer
-        monkeypatch.setattr(vacl_cli, "Trainer", _interrupt_trainer(1))
+        monkeypatch.setattr(vacl_pipeline, "Trainer", _interrupt_trainer(1))
     elif kill == "before-prune":
-        monkeypatch.setattr(vacl_cli, "_prune_stage", _raise)
-    else:
-        monkeypatch.setattr(vacl_cli, "_finetune_stage", _raise)
+        monkeypatch.setattr(vacl_pipeline, "_prune", _raise)
+    else:  # the resumed run is past pruning: its first training is the fine-tuning
+        monkeypatch.setattr(vacl_pipeline, "_fit", _raise)
 
 
 def test_resume_after_kills_equals_uninterrupted_run(trained, reference, tmp_path, monkeypatch,
@@ -247,7 +247,7 @@ def test_resume_after_kills_equals_uninterrupted_run(trained, reference, tmp_pat
         monkeypatch.undo()
         assert code == 130 and "rerun the same command with --resume" in err, (kill, err)
         assert not (out / "summary.json").exists()
-        assert json.loads((out / "pipeline_state.json").read_text())["phase"] == KILLS[kill]
+        assert json.loads((out / "state.json").read_text())["phase"] == KILLS[kill]
     # without --resume the half-finished run is protected
     code, _, err = run_cli(["vacl", trained, *REFERENCE, "--out", out], capsys)
     assert code == 2 and "pass --overwrite to replace the run in it or --resume" in err
@@ -276,8 +276,8 @@ def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, c
     ref_out, _ = reference
     out = tmp_path / "run"
     shutil.copytree(ref_out, out)
-    monkeypatch.setattr(vacl_cli, "Trainer", _raise)
-    monkeypatch.setattr(vacl_cli, "_prune_stage", _raise)
+    monkeypatch.setattr(vacl_pipeline, "Trainer", _raise)
+    monkeypatch.setattr(vacl_pipeline, "_prune", _raise)
     code, stdout, err = run_cli(["vacl", trained, "--out", out, "--resume", "--json"], capsys)
     assert code == 0, err
     after, before = json.loads(stdout), read_summary(ref_out)

@@ -1,12 +1,24 @@
-"""resprune: depth (Network Implosion) and width (VACL) pruning of residual networks."""
+"""resprune: depth (Network Implosion) and width (VACL) pruning of residual networks.
 
-from . import importing  # noqa: E402  (after the model zoo it builds on)
-from .checkpoint import load, save
-from .errors import UserError
-from .importing import from_state_dict
-from .models import build, create, list_models, spec_of
+The pipelines, each writing a resumable run directory (the same ones the CLI writes):
 
-__version__ = "0.1.0"
+- :func:`compress` (:class:`CompressConfig`): implosion, VACL and a fine-tune in one go;
+- :func:`run_implosion` / :func:`implode` (:class:`ImplosionConfig`): depth;
+- :func:`run_vacl` (:class:`VaclConfig`): width.
+"""
 
-__all__ = ["UserError", "__version__", "build", "create", "from_state_dict", "importing",
-           "list_models", "load", "save", "spec_of"]
+__version__ = "0.1.0"  # first: the modules below record it in what they write
+
+from . import importing  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
+from .compression import CompressConfig, CompressResult, compress  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .implosion import ImplosionConfig, implode, run_implosion  # noqa: E402
+from .importing import from_state_dict  # noqa: E402
+from .models import build, create, list_models, spec_of  # noqa: E402
+from .vacl import VaclConfig  # noqa: E402
+from .vacl import run_pipeline as run_vacl  # noqa: E402
+
+__all__ = ["CompressConfig", "CompressResult", "ImplosionConfig", "UserError", "VaclConfig",
+           "__version__", "build", "compress", "create", "from_state_dict", "implode",
+           "importing", "list_models", "load", "run_implosion", "run_vacl", "save", "spec_of"]

@@ -14,19 +14,19 @@ from typing import Any
 
 from .errors import UserError
 from .io import atomic_write_json, read_json
+from .runstate import COMMAND_FILE, STATE_FILES, TRAIN_STATE_FILE
 
 SUMMARY_FILE = "summary.json"
-STATE_FILE = "train_state.pt"
+STATE_FILE = TRAIN_STATE_FILE
 # Everything resprune writes in a run directory; --overwrite removes exactly these.
 RUN_FILES = ("model.safetensors", "arch.json", "metrics.jsonl", SUMMARY_FILE, "report.md",
-             STATE_FILE, "pipeline_state.json", "command.json", "implosion_state.json")
+             COMMAND_FILE, *STATE_FILES)
 RUN_DIRS = ("plots", "stages", "steps", "work")
 
 
 def is_run(path: Path) -> bool:
-    return (path / "arch.json").is_file() or (path / SUMMARY_FILE).is_file() or (
-        path / "pipeline_state.json").is_file() or (path / STATE_FILE).is_file() or (
-        path / "implosion_state.json").is_file() or (path / "command.json").is_file()
+    return any((path / name).is_file() for name in ("arch.json", SUMMARY_FILE, COMMAND_FILE,
+                                                    *STATE_FILES))
 
 
 def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool = False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,13 @@ RUNTIME_OPTIONS = {"out", "overwrite", "resume", "json", "no_progress", "device"
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A message of the command itself (stderr; hidden by ``-q``)."""
+    logging.getLogger("resprune.cli").info(msg)
+
+
+def warn(msg: str) -> None:
+    """A warning of the command itself (stderr; shown even with ``-q``)."""
+    logging.getLogger("resprune.cli").warning(msg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -100,16 +106,13 @@ def adopt_preprocess(model: nn.Module, bundle) -> None:
 
 
 def make_loaders(bundle, args: argparse.Namespace, device: torch.device, batch_size=None):
-    from ..data import make_loader
+    """:func:`resprune.data.make_loaders` with the command's data and training options."""
+    from ..data import make_loaders as build
 
-    bs = batch_size or args.batch_size
-    common = dict(device=device, seed=args.seed, num_workers=getattr(args, "workers", 0),
-                  channels_last=getattr(args, "channels_last", False))
-    train = make_loader(bundle, "train", bs, train=True,
-                        epoch_size=getattr(args, "epoch_size", None), **common)
-    val = make_loader(bundle, "val", max(bs, 256), train=False, **common)
-    test = make_loader(bundle, "test", max(bs, 256), train=False, **common)
-    return train, val, test
+    return build(bundle, batch_size or args.batch_size, device=device, seed=args.seed,
+                 num_workers=getattr(args, "workers", 0),
+                 channels_last=getattr(args, "channels_last", False),
+                 epoch_size=getattr(args, "epoch_size", None))
 
 
 def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
@@ -120,7 +123,7 @@ def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
     p = prefix.replace("-", "_")
     warning = bf16_warning(resolve_device(args.device), args.precision)
     if warning and not getattr(args, "force_bf16", False):
-        log(f"resprune: {warning}; training in fp32 (pass --force-bf16 to insist)")
+        warn(f"resprune: {warning}; training in fp32 (pass --force-bf16 to insist)")
         args.precision = "fp32"
     cfg = TrainConfig(
         epochs=getattr(args, f"{p}epochs", getattr(args, "epochs", 0)),
@@ -176,36 +179,12 @@ def check_teacher(teacher, model: nn.Module) -> None:
                         "trained on the same data")
 
 
-def measure(model: nn.Module, input_shape, loaders: dict[str, Any] | None = None,
-            device: torch.device | str = "cpu", precision: str = "fp32",
-            latency_batch_sizes=(1, 64)) -> dict[str, Any]:
-    """params, MACs, depth, CPU latency and (when loaders are given) top-1 on each split."""
-    from ..measure import count_macs, count_params, depth, evaluate, latency
-
-    model.eval()
-    out: dict[str, Any] = {"params": count_params(model),
-                           "macs": count_macs(model, tuple(input_shape)),
-                           "depth": depth(model)}
-    lat = latency(model, tuple(input_shape), batch_sizes=tuple(latency_batch_sizes),
-                  device="cpu")
-    out["cpu_latency_ms"] = {str(bs): round(v["median_ms"], 4) for bs, v in lat.items()}
-    model.to(device)
-    for split, loader in (loaders or {}).items():
-        if loader is None or loader.num_samples == 0:
-            out[f"{split}_top1" if split != "test" else "top1"] = None
-            continue
-        r = evaluate(model, loader, precision=precision)
-        if split == "test":
-            out["top1"], out["top5"] = r["top1"], r["top5"]
-        else:
-            out[f"{split}_top1"] = r["top1"]
-    return out
-
-
 def data_info(bundle, args: argparse.Namespace) -> dict[str, Any]:
-    return {"name": bundle.name, "data_dir": args.data_dir, "val_fraction": args.val_fraction,
-            "seed": args.seed, "num_classes": bundle.num_classes,
-            "train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)}
+    """``summary.json``'s ``data`` entry, with the data directory as the user gave it."""
+    from ..data import data_info as info
+
+    return {**info(bundle, args.data_dir), "val_fraction": args.val_fraction,
+            "seed": args.seed}
 
 
 def base_summary(kind: str, model_name: str, args: argparse.Namespace, bundle,

@@ -1,57 +1,26 @@
 """``resprune compress``: depth (Network Implosion) and width (VACL) in one resumable pipeline.
 
-The stages are the real commands. Each runs as that command's ``run(args)`` on its own run
-directory ``OUT/stages/<i>-<name>/``, its input being the previous stage's directory:
-
-- ``train`` (only with ``--model NAME`` instead of RUN): the zoo model from scratch, with
-  ``--priority-gates`` when implode is among the stages;
-- ``implode``: Network Implosion (:mod:`resprune.cli.implode`), by accuracy (``--tolerance``,
-  ``--target-depth``, ``--max-steps``);
-- ``vacl``: VACL (:mod:`resprune.cli.vacl`), pruning to the share of an overall budget still
-  missing (``--target-params-reduction`` / ``--target-macs-reduction``), by ``--threshold``, or,
-  without a budget, by ``--auto-tolerance`` (default: ``--tolerance``) on the validation split;
-- ``finetune``: ``train --init <previous stage>`` for ``--finetune-final-epochs`` at
-  ``--finetune-final-lr``.
-
-``--stages`` picks the order of implode / vacl / finetune (each at most once). The parser
-re-uses the argparse actions of the stage commands, so every stage option is defined once,
-in its command. A stage whose directory holds ``summary.json`` is done and skipped; an
-unfinished one is continued with its own ``--resume``; so ``compress --resume`` continues a
-pipeline killed between or within stages. The final model is saved into ``OUT``
-(``model.safetensors`` + ``arch.json``): a normal run directory.
-
-``summary.json`` (kind ``compress``) has the common fields of the final model (``params``,
-``macs``, ``depth``, ``top1``, ``top5``, ``val_top1``, ``cpu_latency_ms``, ``input_shape``,
-``data``, ``config``), ``epochs`` and ``seconds`` summed over the stages, and:
-
-- ``base``: the compress input (or the trained base) on the same splits: ``run``, ``params``,
-  ``macs``, ``depth``, ``top1``, ``top5``, ``val_top1``, ``cpu_latency_ms``;
-- ``stages``: one record per stage in order: ``name``, ``dir`` (relative to OUT),
-  ``params``, ``macs``, ``depth``, ``top1``, ``val_top1``, ``params_removed_pct`` /
-  ``macs_removed_pct`` (vs the previous stage, or the base for the first), ``epochs``,
-  ``seconds`` (+ ``layers_removed`` and ``stop_reason`` for implode, ``rule`` for vacl);
-- ``params_removed_pct``, ``macs_removed_pct``, ``layers_removed_pct``: the final model vs
-  ``base``;
-- ``budget``: how much the pipeline was asked to remove (``mode``: ``params`` / ``macs`` /
-  ``threshold`` / ``auto`` / ``none``; ``target_reduction`` and ``reached`` for a target).
+The command parses its options into a :class:`resprune.CompressConfig` (the parser adopts the
+options of ``train``, ``implode`` and ``vacl``, so every stage option is defined once, in its
+command), opens the input run (or builds ``--model NAME``, which a ``train`` stage trains
+first), and calls :func:`resprune.compress`, which runs the stages into ``OUT/stages/<i>-<name>``
+and writes ``OUT`` (stages: :mod:`resprune.compression.pipeline`; ``summary.json`` fields:
+:mod:`resprune.compression.summary`); then it prints the result.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import sys
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
-from ..checkpoint import load, save
+import torch
+
+from ..compression import CompressConfig, compress
 from ..errors import UserError
-from ..measure import count_macs, count_params
-from ..report import fmt_acc, fmt_pct, pct_removed
-from ..report.compress import write_report
-from ..runs import SUMMARY_FILE, input_shape_of, prepare_out, read_summary, write_summary
-from ..train import STATE_FILE as TRAIN_STATE_FILE
+from ..report import fmt_acc, fmt_pct
+from ..runs import prepare_out
 from . import common, options
 from .config import resolved
 from .evaluate import inherit_data_options
@@ -65,8 +34,6 @@ MODEL_OPTIONS = ("shortcut", "width", "cardinality", "base_width")
 RULES = (("target_params_reduction", "--target-params-reduction"),
          ("target_macs_reduction", "--target-macs-reduction"),
          ("threshold", "--threshold"), ("auto_tolerance", "--auto-tolerance"))
-BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
-STAGE_KEYS = ("params", "macs", "depth", "top1", "val_top1", "cpu_latency_ms")
 # where the stage commands' option groups go in compress --help
 GROUP_TITLES = {
     "model": "base model (with --model: trained from scratch first)",
@@ -194,111 +161,38 @@ def plan(args: argparse.Namespace) -> list[str]:
     return (["train"] if args.model is not None else []) + stages
 
 
-def budget(args: argparse.Namespace) -> dict[str, Any]:
-    for metric in ("params", "macs"):
-        r = getattr(args, f"target_{metric}_reduction")
-        if r is not None:
-            return {"mode": metric, "target_reduction": float(r)}
-    if "vacl" not in args.stages:
-        return {"mode": "none"}
-    if args.threshold is not None:
-        return {"mode": "threshold", "threshold": float(args.threshold)}
-    return {"mode": "auto", "auto_tolerance": float(args.auto_tolerance)}
+def compress_config(args: argparse.Namespace, stages: list[str]) -> CompressConfig:
+    """The :class:`CompressConfig` of the command's options, checked."""
+    names = {f.name for f in dataclasses.fields(CompressConfig)} - {"train", "stages"}
+    fields = {n: getattr(args, n) for n in names if hasattr(args, n)}
+    fields["tolerance"] = float(fields["tolerance"])
+    return CompressConfig(**fields, stages=tuple(stages),
+                          train=common.train_config(args)).validate()
 
 
-def vacl_share(target: float, base: float, current: float) -> float:
-    """The fraction of ``current`` to remove so that ``1 - target`` of ``base`` is left.
+def _input_model(args: argparse.Namespace, stages: list[str], bundle) -> Any:
+    """The model the pipeline starts from: the input run's, or ``--model NAME`` built."""
+    from ..models import create
+    from .train import model_options
 
-    ``r = 1 - (1 - target) * base / current``, clamped at 0 (earlier stages already removed
-    enough: VACL removes nothing). Below 1 for any ``target`` < 1.
-    """
-    if current <= 0:
-        return 0.0
-    return max(0.0, 1.0 - (1.0 - target) * base / current)
-
-
-# -- stages -------------------------------------------------------------------------------------
-
-def _counts(run_dir: Path) -> dict[str, int]:
-    """Params and MACs of the model saved in ``run_dir`` (for the budget split)."""
-    from ..checkpoint import load_spec
-
-    shape = input_shape_of(run_dir, load_spec(run_dir))
-    model = load(run_dir)
-    return {"params": count_params(model), "macs": count_macs(model, tuple(shape))}
-
-
-def stage_modes(where: Path, name: str) -> tuple[bool, bool]:
-    """``(resume, overwrite)`` for a stage directory without ``summary.json``.
-
-    Empty or absent: a fresh start. Started and resumable: ``--resume``. Started but killed
-    before the stage could checkpoint anything it can resume from (no ``command.json``, or a
-    training with no ``train_state.pt`` yet): started over (its directory is compress's own).
-    """
-    if not where.is_dir() or not any(where.iterdir()):
-        return False, False
-    if not (where / "command.json").is_file():
-        return False, True
-    if name in ("train", "finetune") and not (where / TRAIN_STATE_FILE).is_file():
-        return False, True
-    return True, False
-
-
-def stage_args(args: argparse.Namespace, name: str, source: Path | None, where: Path,
-               stages: list[str], rule: dict[str, Any]) -> argparse.Namespace:
-    """The stage command's arguments: compress's, with input, output and stage rules set."""
-    ns = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "_parser"})
-    ns.command = "train" if name in ("train", "finetune") else name
-    ns.out, ns.json, ns.config = str(where), False, None
-    ns.resume, ns.overwrite = stage_modes(where, name)
-    ns.run = ns.init = ns.arch = None
-    if getattr(args, "distill_from", None) == "input" and name != "train":
-        # every stage learns from the pipeline's input, not from the previous stage
-        ns.distill_from = str(args.run) if args.run is not None else str(
-            where.parent / "1-train")
-    if name != "train":  # stages from trained weights at a low lr: no warm-up
-        ns.warmup_epochs = 0.0
-    if name == "train":
-        ns.priority_gates = bool(args.priority_gates or "implode" in stages)
-    elif name == "finetune":
-        ns.model, ns.init, ns.priority_gates = None, str(source), False
-        for k in MODEL_OPTIONS:
-            setattr(ns, k, None)
-        ns.epochs, ns.lr = args.finetune_final_epochs, args.finetune_final_lr
+    if args.run is not None:
+        model, spec, _ = common.load_input_run(args.run, "compress")
+        common.check_data_fits(bundle, spec, args)
     else:
-        ns.run = str(source)
-    if name == "vacl":
-        for dest, _ in RULES:
-            setattr(ns, dest, None)
-        for k, v in rule.items():
-            setattr(ns, k, v)
-    return ns
+        torch.manual_seed(args.seed)  # the initial weights are a function of --seed
+        opts = model_options(args)
+        if "implode" in stages:
+            opts["gates"] = True
+        model = create(args.model, num_classes=bundle.num_classes,
+                       in_channels=bundle.in_channels, **opts)
+    common.adopt_preprocess(model, bundle)
+    return model
 
-
-def vacl_rule(args: argparse.Namespace, base: dict[str, int], source: Path) -> dict[str, Any]:
-    """The vacl stage's one pruning rule (its options), from compress's budget."""
-    b = budget(args)
-    if b["mode"] in ("params", "macs"):
-        now = _counts(source)
-        share = vacl_share(b["target_reduction"], base[b["mode"]], now[b["mode"]])
-        return {f"target_{b['mode']}_reduction": share}
-    if b["mode"] == "threshold":
-        return {"threshold": b["threshold"]}
-    return {"auto_tolerance": b["auto_tolerance"]}
-
-
-def _run_stage(name: str, ns: argparse.Namespace) -> None:
-    from . import implode, train, vacl
-
-    module = {"train": train, "finetune": train, "implode": implode, "vacl": vacl}[name]
-    ns.func = module.run
-    with contextlib.redirect_stdout(sys.stderr):  # stdout is compress's own (--json)
-        module.run(ns)
-
-
-# -- the command --------------------------------------------------------------------------------
 
 def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load_spec
+    from ..data import input_shape, with_preprocess
+
     resuming = bool(args.resume)
     if resuming:  # the saved options win (record_command), so read them first
         out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=True,
@@ -311,106 +205,28 @@ def run(args: argparse.Namespace) -> int:
         inherit_data_options(args, summary_in)
     elif args.seed is None:
         args.seed = 0
-    if "vacl" in stages and all(getattr(args, d) is None for d, _ in RULES):
-        args.auto_tolerance = float(args.tolerance)
+    if args.model is not None and getattr(args, "distill_from", None) == "input":
+        raise UserError("--distill-from input needs an input run; with --model, train the "
+                        "base first and compress it, or pass --distill-from RUN")
+    config = compress_config(args, stages)
+    bundle = common.load_data(args)
+    if args.run is not None:
+        with_preprocess(bundle, load_spec(args.run).get("preprocess"))
+    model = _input_model(args, stages, bundle)
+    teacher = common.distillation(args, args.run)
+    common.check_teacher(teacher, model)
     if not resuming:
         out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
         common.record_command(args, out, False)
-
-    source = Path(args.run) if args.run is not None else None
-    base_counts = _counts(source) if source is not None else None
-    done: list[tuple[str, Path, dict[str, Any]]] = []
-    for i, name in enumerate(stages, 1):
-        where = out / STAGES_DIR / f"{i}-{name}"
-        if (where / SUMMARY_FILE).is_file():
-            common.log(f"compress: stage {i}/{len(stages)} {name}: done ({where})")
-        else:
-            rule = vacl_rule(args, base_counts, source) if name == "vacl" else {}
-            ns = stage_args(args, name, source, where, stages, rule)
-            common.log(f"compress: stage {i}/{len(stages)} {name} -> {where}"
-                       + (" (resuming)" if ns.resume else ""))
-            _run_stage(name, ns)
-        done.append((name, where, read_summary(where)))
-        if name == "train":
-            base_counts = _counts(where)
-        source = where
-
-    final = load(source)
-    save(final, out, metadata={"kind": "compress"})
-    summary = compress_summary(args, out, done)
-    write_summary(out, summary)
-    write_report(out, summary)
-    common.emit(args, summary, terminal_text(summary, out))
-    return 0
-
-
-def _base(args: argparse.Namespace, done: list[tuple[str, Path, dict[str, Any]]]
-          ) -> dict[str, Any]:
-    """The compress input on the stages' splits: the train stage, or the first stage's base."""
-    name, where, s = done[0]
-    if name == "train":
-        return {"run": str(where), **{k: s.get(k) for k in BASE_KEYS}}
-    if isinstance(s.get("base"), dict):  # implode and vacl measure their input
-        return {"run": str(args.run), **{k: s["base"].get(k) for k in BASE_KEYS}}
-    return _measure_input(args)
-
-
-def _measure_input(args: argparse.Namespace) -> dict[str, Any]:
-    """The input run measured on its splits (when the first stage, finetune, does not)."""
-    from ..checkpoint import load_spec
-    from ..data import input_shape
-
     device = common.resolve_device(args.device)
-    bundle = common.load_data(args, load_spec(args.run).get("preprocess"))
-    _, val, test = common.make_loaders(bundle, args, device)
-    m = common.measure(load(args.run, device=device), input_shape(bundle),
-                       {"val": val, "test": test}, device, args.precision)
-    return {"run": str(args.run), **{k: m.get(k) for k in BASE_KEYS}}
-
-
-def stage_record(name: str, where: Path, out: Path, s: dict[str, Any],
-                 prev: dict[str, Any]) -> dict[str, Any]:
-    rec: dict[str, Any] = {"name": name, "dir": where.relative_to(out).as_posix(),
-                           **{k: s.get(k) for k in STAGE_KEYS},
-                           "params_removed_pct": pct_removed(prev["params"], s["params"]),
-                           "macs_removed_pct": pct_removed(prev["macs"], s["macs"]),
-                           "epochs": int(s.get("epochs") or 0),
-                           "seconds": float(s.get("seconds") or 0.0)}
-    if name == "implode":
-        rec["layers_removed"] = int(prev["depth"]) - int(s["depth"])
-        rec["stop_reason"] = s.get("stop_reason")
-    if name == "vacl":
-        pr = s.get("prune") or {}
-        rec["rule"] = {k: pr.get(k) for k in ("mode", "threshold", "target_reduction",
-                                               "target_reached")}
-        if pr.get("auto"):
-            rec["rule"]["auto_tolerance"] = pr["auto"]["tolerance"]
-    return rec
-
-
-def compress_summary(args: argparse.Namespace, out: Path,
-                     done: list[tuple[str, Path, dict[str, Any]]]) -> dict[str, Any]:
-    base = _base(args, done)
-    records, prev = [], base
-    for name, where, s in done:
-        records.append(stage_record(name, where, out, s, prev))
-        prev = s
-    last = done[-1][2]
-    b = budget(args)
-    if b["mode"] in ("params", "macs"):
-        b["reached"] = pct_removed(base[b["mode"]], last[b["mode"]]) >= (
-            100 * b["target_reduction"] - 1e-9)
-    summary = {"kind": "compress", "model": done[0][2].get("model"), "resprune": __version__,
-               "input_shape": last.get("input_shape"), "data": last.get("data"),
-               **{k: last.get(k) for k in BASE_KEYS},
-               "epochs": sum(r["epochs"] for r in records),
-               "seconds": round(sum(r["seconds"] for r in records), 2),
-               "config": resolved(args), "base": base, "stages": records,
-               "params_removed_pct": pct_removed(base["params"], last["params"]),
-               "macs_removed_pct": pct_removed(base["macs"], last["macs"]),
-               "layers_removed_pct": pct_removed(base["depth"], last["depth"]),
-               "budget": b}
-    return summary
+    loaders = common.make_loaders(bundle, args, device)
+    result = compress(model, loaders, config, out=out, resume=resuming, distill=teacher,
+                      progress=not args.no_progress, input_shape=input_shape(bundle),
+                      source=args.run,
+                      summary_extra={"data": common.data_info(bundle, args),
+                                     "config": resolved(args)})
+    common.emit(args, result.summary, terminal_text(result.summary, out))
+    return 0
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:

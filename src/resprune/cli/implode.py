@@ -1,43 +1,19 @@
 """``resprune implode``: Network Implosion of a trained run (erase whole residual units).
 
-The command is a thin shell around :func:`resprune.implosion.implode`: it loads the input
-run's model, reproduces the run's validation split (data options default to the run's), runs
-the score -> erase -> retrain -> accept/roll back loop with step checkpoints in ``--out``, and
-writes the usual run files. ``summary.json`` (kind ``implode``) holds, besides the common
-fields (``params``, ``macs``, ``depth``, ``top1``, ``val_top1``, ``cpu_latency_ms``, ...):
-
-- ``base``: the input model measured on the same splits (``run``, ``params``, ``macs``,
-  ``depth``, ``top1``, ``val_top1``, ``cpu_latency_ms``);
-- ``start``: the net the loop starts from (gates added and adapted if the input had none):
-  ``val_top1`` is the acceptance baseline; ``gates_added`` counts the new gates;
-- ``erased_units``: ``{"name", "priority", "step"}`` in the order the units were erased;
-- ``layers_removed_pct`` = 100 * (base depth - depth) / base depth, ``params_removed_pct``,
-  ``macs_removed_pct``;
-- ``epochs``: every training epoch the loop spent (adapt + retrainings, rolled-back ones
-  included, + final), split in ``epochs_detail``;
-- ``stop_reason`` and ``steps``: the library's step history, each step with
-  ``cpu_latency_ms_64`` (CPU latency at batch 64 of the architecture after that step);
-- ``units``: every residual unit of the input in network order (``erasable``), for the plot;
-  ``gates``: the surviving gates' values before they were folded into the BNs;
-  ``step_latency``: how the per-step latency was timed (batch, warm-up, repeats,
-  threads; the nets of all steps interleaved).
-
-Per-step latency is measured after the loop, from the architecture each step produced (input
-spec + that step's erasures, gates folded): latency depends on the architecture, not on the
-weight values, so this costs the loop nothing and survives ``--resume`` (the library keeps
-only the last accepted step's weights).
+The command parses its options into an :class:`resprune.implosion.ImplosionConfig`, opens the
+input run and its data (data options default to the run's, so its validation split is
+reproduced), and calls :func:`resprune.implosion.run_implosion`, which runs the score -> erase
+-> retrain -> accept/roll back loop with step checkpoints in ``--out`` and writes the run
+files (``summary.json`` fields: :mod:`resprune.implosion.summary`); then it prints the result.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import UserError
@@ -46,24 +22,11 @@ from ..implosion import (
     SCORE_METHODS,
     ImplosionConfig,
     erasable_units,
-    erase_units,
-    fold_gates,
-    implode,
+    run_implosion,
 )
-from ..implosion.gates import is_erasable, residual_units, unit_weight_layers
 from ..measure import depth
-from ..models import build
-from ..report import fmt_acc, pct_removed
-from ..report.implosion import write_report
-from ..runs import write_summary
+from ..report import fmt_acc
 from . import common, options
-
-# Per-step latency: the nets of all steps are timed together, interleaved (each round times
-# every net once, alternating the order; resprune.measure.compare.time_models), so a burst of
-# load from other processes hits all steps alike; the median of each net's runs is kept.
-STEP_LATENCY_BATCH = 64
-STEP_LATENCY_WARMUP = 1
-STEP_LATENCY_REPEATS = 5
 
 
 def add_parser(subs) -> None:
@@ -166,122 +129,27 @@ def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
 
 # -- the command ----------------------------------------------------------------------------
 
-class _StderrLog:
-    """Show the loop's step messages on stderr while the command runs."""
-
-    def __enter__(self):
-        self.logger = logging.getLogger("resprune.implosion")
-        self.handler = logging.StreamHandler(sys.stderr)
-        self.handler.setFormatter(logging.Formatter("implode: %(message)s"))
-        self.level = self.logger.level
-        self.logger.addHandler(self.handler)
-        self.logger.setLevel(logging.INFO)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.logger.removeHandler(self.handler)
-        self.logger.setLevel(self.level)
-
-
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     start = common.open_input(args, "implode")
     model, spec, summary_in = start.model, start.spec, start.summary
-    bundle, device, shape = start.bundle, start.device, start.input_shape
     check_options(args, model)
     config = implosion_config(args)
     teacher = common.distillation(args, args.run)
     common.check_teacher(teacher, model)
-    if len(bundle.val) == 0:
+    if len(start.bundle.val) == 0:
         raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
                         "implode accepts or rolls back every step on it")
     out = common.open_output(args, start)
-    n_val = len(bundle.val)
-    common.log(f"implode: validation split of {n_val} images: one image = "
-               f"{100 / n_val:.3g} points; --tolerance {args.tolerance:g} points = "
-               f"{int(args.tolerance * n_val / 100 + 1e-9)} images")
-    train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
-    units = [{"name": n, "erasable": is_erasable(u),
-              "weight_layers": unit_weight_layers(u)} for n, u in residual_units(model)]
-    new_gates = sum(1 for n, u in residual_units(model)
-                    if is_erasable(u) and getattr(u, "gate", None) is None)
-    base = common.measure(model, shape, {"val": val_loader, "test": test_loader}, device,
-                          args.precision)
-    base = {"run": str(args.run), **{k: base[k] for k in (
-        "params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")}}
-    with _StderrLog():
-        result = implode(model, train_loader, val_loader, config, out, resume=bool(args.resume),
-                         input_shape=shape, progress=not args.no_progress, distill=teacher)
-    final = common.measure(result.model, shape, {"val": val_loader, "test": test_loader},
-                           device, args.precision)
-    summary = common.base_summary("implode", summary_in.get("model") or spec["arch"], args,
-                                  bundle, shape, started)
-    summary.update(final)
-    summary.update(implosion_fields(result, base, units, spec, shape, new_gates))
-    write_summary(out, summary)
-    write_report(out, summary)
-    common.emit(args, summary, terminal_text(summary, out))
+    loaders = common.make_loaders(start.bundle, args, start.device)
+    extra = common.base_summary("implode", summary_in.get("model") or spec["arch"], args,
+                                start.bundle, start.input_shape, started)
+    result = run_implosion(model, loaders, config, out=out, resume=bool(args.resume),
+                           distill=teacher, progress=not args.no_progress,
+                           input_shape=start.input_shape, source=args.run,
+                           summary_extra=extra)
+    common.emit(args, result.summary, terminal_text(result.summary, out))
     return 0
-
-
-def implosion_fields(result, base: dict[str, Any], units: list[dict[str, Any]],
-                     spec: dict[str, Any], shape, gates_added: int) -> dict[str, Any]:
-    """The implode-specific summary fields (see the module docstring).
-
-    ``spec`` is the input model's architecture; ``gates_added`` the number of gates the loop
-    had to add (0 for an input trained with --priority-gates).
-    """
-    history = [dict(h) for h in result.history]
-    erased_so_far: list[str] = []
-    erased_after: list[list[str]] = [[]]  # the start net, then the net after each step
-    for h in history:
-        erased_after.append(erased_so_far + h["erased"])
-        if h["accepted"]:
-            erased_so_far = erased_so_far + h["erased"]
-    lat = arch_latencies(spec, erased_after, shape)
-    start = {**result.baseline, "gates_added": gates_added, "cpu_latency_ms_64": lat[0]}
-    for h, ms in zip(history, lat[1:]):
-        h["cpu_latency_ms_64"] = ms
-    erased = [{"name": n, "priority": h["priorities"][n], "step": h["step"]}
-              for h in history if h["accepted"] for n in h["erased"]]
-    detail = {"adapt": int(result.adapt_epochs),
-              "retrain": int(sum(h["epochs"] for h in history)),
-              "final": int(result.final["epochs"])}
-    final_depth = int(result.final["depth"])
-    return {
-        "base": base, "start": start, "erased_units": erased,
-        "layers_removed_pct": pct_removed(base["depth"], final_depth),
-        "params_removed_pct": pct_removed(base["params"], result.final["params"]),
-        "macs_removed_pct": pct_removed(base["macs"], result.final["macs"]),
-        "epochs": sum(detail.values()), "epochs_detail": detail,
-        "stop_reason": result.stop_reason, "steps": history, "units": units,
-        "gates": result.gates,
-        "step_latency": {"batch": STEP_LATENCY_BATCH, "warmup": STEP_LATENCY_WARMUP,
-                         "repeats": STEP_LATENCY_REPEATS, "interleaved": True,
-                         "threads": torch.get_num_threads()},
-    }
-
-
-def arch_latencies(spec: dict[str, Any], erased: list[list[str]], shape) -> list[float]:
-    """CPU ms at batch 64 of ``spec`` with each list of units removed (gates folded).
-
-    Latency depends on the architecture, not on the weight values, so each net is rebuilt
-    from the spec; identical architectures are timed once.
-    """
-    from ..measure.compare import time_models
-
-    keys = [",".join(sorted(e)) for e in erased]
-    nets: dict[str, nn.Module] = {}
-    for key, names in zip(keys, erased):
-        if key not in nets:
-            net = build(spec)
-            erase_units(net, names)
-            fold_gates(net)  # as deployed: no gate multiply
-            nets[key] = net
-    rows, _ = time_models(nets, shape, batch_sizes=(STEP_LATENCY_BATCH,), runtimes=("eager",),
-                          devices=["cpu"], warmup=STEP_LATENCY_WARMUP,
-                          repeats=STEP_LATENCY_REPEATS)
-    return [round(rows[0]["ms"][k], 4) for k in keys]
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:

@@ -12,6 +12,7 @@ from ..data import with_preprocess
 from ..errors import UserError
 from ..importing import PRESETS, import_checkpoint
 from ..io import atomic_write_text
+from ..measure.summary import measure_model
 from ..models import list_models
 from ..models.preprocess import describe
 from ..report import fmt_acc, fmt_count, markdown_table
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         device = "cpu"
         summary = {"kind": "import", "model": args.model, "input_shape": list(shape),
                    "config": common.resolved(args)}
-    summary.update(common.measure(model, shape, loaders, device, args.precision))
+    summary.update(measure_model(model, shape, loaders, device=device, precision=args.precision))
     summary["source"] = result.source
     summary["preset"] = result.preset
     summary["preprocess"] = model.preprocess

@@ -11,6 +11,7 @@ import sys
 
 from .. import __version__
 from ..errors import UserError
+from . import logs
 from .config import apply_config
 
 
@@ -36,6 +37,11 @@ def build_parser() -> Parser:
         mod.add_parser(subs)
     for name, sub in subs.choices.items():
         sub.set_defaults(_parser=sub, command=name)
+        g = sub.add_argument_group("messages")
+        g.add_argument("-q", "--quiet", action="store_true",
+                       help="show only warnings and errors (progress bars stay; see "
+                            "--no-progress)")
+        g.add_argument("-v", "--verbose", action="store_true", help="show debug messages too")
     return parser
 
 
@@ -56,6 +62,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse(argv)
+        logs.configure(quiet=getattr(args, "quiet", False),
+                       verbose=getattr(args, "verbose", False))
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"resprune: error: {e}", file=sys.stderr)

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..checkpoint import load, save
+from ..checkpoint import load
 from ..errors import UserError
-from ..io import atomic_write_text, read_json
+from ..io import read_json
 from ..models import build, create, list_models, spec_of
-from ..report import markdown_table
-from ..report.plots import training_curves
-from ..runs import prepare_out, write_summary
-from ..train import STATE_FILE
+from ..runs import prepare_out
 from . import common, options
 
 
@@ -95,7 +91,7 @@ def initial_model(args: argparse.Namespace, bundle) -> nn.Module:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import input_shape
-    from ..train import Trainer
+    from ..train.run import train_run
 
     started = time.time()
     if sum(x is not None for x in (args.model, args.init, args.arch)) != 1:
@@ -110,43 +106,14 @@ def run(args: argparse.Namespace) -> int:
     model = initial_model(args, bundle)
     common.adopt_preprocess(model, bundle)
     cfg = common.train_config(args)
-    train_loader, val_loader, test_loader = common.make_loaders(bundle, args, device)
+    loaders = common.make_loaders(bundle, args, device)
+    name = args.model or spec_of(model)["arch"]
     teacher = common.distillation(args, args.init)
     common.check_teacher(teacher, model)
-    trainer = Trainer(model, train_loader, val_loader, cfg, run_dir=out,
-                      progress=not args.no_progress, distill=teacher)
-    # killed before its first epoch ended: nothing to continue, so it starts over (same seed)
-    history = trainer.fit(resume=resuming and (out / STATE_FILE).is_file())
-    model = trainer.model
-    save(model, out)
-    shape = input_shape(bundle)
-    m = common.measure(model, shape, {"val": val_loader, "test": test_loader}, device,
-                       args.precision)
-    name = args.model or spec_of(model)["arch"]
-    summary = common.base_summary("train", name, args, bundle, shape, started)
-    summary.update(m)
-    summary["epochs"] = len(history)
-    summary["seconds"] = round(sum(r.get("seconds", 0.0) for r in history), 2)
-    write_summary(out, summary)
-    write_report(out, summary, history)
-    common.emit(args, summary, common.metrics_table([(name, summary)])
+    result = train_run(model, loaders, cfg, out=out, resume=resuming, distill=teacher,
+                       progress=not args.no_progress, input_shape=input_shape(bundle),
+                       summary_extra=common.base_summary("train", name, args, bundle,
+                                                         input_shape(bundle), started))
+    common.emit(args, result.summary, common.metrics_table([(name, result.summary)])
                 + f"\nrun directory: {out} (report: {out / 'report.md'})")
     return 0
-
-
-def write_report(out: Path, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
-    from ..report import fmt_acc, fmt_count
-
-    lines = [f"# Training run: {summary['model']} on {summary['data']['name']}\n",
-             markdown_table(["params", "MACs", "depth (weight layers)", "val top-1",
-                             "test top-1", "epochs", "seconds"],
-                            [[fmt_count(summary["params"]), fmt_count(summary["macs"]),
-                              summary["depth"], fmt_acc(summary.get("val_top1")),
-                              fmt_acc(summary.get("top1")), summary["epochs"],
-                              summary["seconds"]]]),
-             "MACs are multiply-accumulates of convolutions and linear layers for one image "
-             f"of shape {summary['input_shape']}.\n"]
-    if history:
-        training_curves(history, out / "training.png", title=summary["model"])
-        lines.append("![training curves](training.png)\n")
-    atomic_write_text(out / "report.md", "\n".join(lines))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -327,7 +327,75 @@ def make_loader(bundle: DataBundle, split: str, batch_size: int, *, train: bool,
                              num_workers=num_workers, epoch_size=epoch_size)
 
 
+class Loaders(NamedTuple):
+    """The three loaders a pipeline reads: ``train`` (trains), ``val`` (every decision) and
+    ``test`` (only reported; may be ``None``). Any iterables of ``(images, labels)`` batches
+    work; resprune's own loaders also have ``num_samples`` and ``set_epoch``."""
+
+    train: Any
+    val: Any
+    test: Any = None
+
+
+def make_loaders(bundle: DataBundle, batch_size: int, *, device: str | torch.device = "cpu",
+                 seed: int = 0, num_workers: int = 0, channels_last: bool = False,
+                 epoch_size: int | None = None) -> Loaders:
+    """Training (shuffled, augmented, ``epoch_size`` images per epoch), validation and test
+    loaders of ``bundle``; evaluation batches hold at least 256 images."""
+    common = dict(device=device, seed=seed, num_workers=num_workers,
+                  channels_last=channels_last)
+    eval_bs = max(batch_size, 256)
+    return Loaders(make_loader(bundle, "train", batch_size, train=True, epoch_size=epoch_size,
+                               **common),
+                   make_loader(bundle, "val", eval_bs, train=False, **common),
+                   make_loader(bundle, "test", eval_bs, train=False, **common))
+
+
+def data_info(bundle: DataBundle, data_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The ``data`` entry of ``summary.json``: what a later command needs to rebuild the same
+    splits (``name``, ``data_dir``, ``val_fraction``, ``seed``) and their sizes."""
+    return {"name": bundle.name,
+            "data_dir": str(data_dir) if data_dir is not None else bundle.source,
+            "val_fraction": bundle.val_fraction, "seed": bundle.seed,
+            "num_classes": bundle.num_classes, "train": len(bundle.train),
+            "val": len(bundle.val), "test": len(bundle.test)}
+
+
+def resolve_loaders(data: DataBundle | Loaders | tuple, *, batch_size: int,
+                    device: str | torch.device = "cpu", seed: int = 0,
+                    channels_last: bool = False, epoch_size: int | None = None,
+                    input_shape: tuple[int, ...] | None = None
+                    ) -> tuple[Loaders, tuple[int, ...], dict[str, Any] | None]:
+    """What the library pipelines accept as ``data``, made uniform.
+
+    A :class:`DataBundle` gets resprune's loaders (:func:`make_loaders`); a
+    :class:`Loaders` (or a ``(train, val, test)`` tuple) of your own is used as it is, its
+    input shape read from the first validation batch unless ``input_shape`` is given. Returns
+    ``(loaders, input_shape, data info for summary.json or None)``.
+    """
+    if isinstance(data, DataBundle):
+        loaders = make_loaders(data, batch_size, device=device, seed=seed,
+                               channels_last=channels_last, epoch_size=epoch_size)
+        shape = input_shape or (data.in_channels, data.image_size, data.image_size)
+        return loaders, tuple(shape), data_info(data)
+    try:
+        loaders = Loaders(*data)
+    except TypeError:
+        raise UserError("data must be a resprune.data.DataBundle or (train, val, test) "
+                        f"loaders, got {type(data).__name__}") from None
+    if loaders.val is None:
+        raise UserError("the pipeline needs a validation loader (a split carved from the "
+                        "training data): its decisions use it")
+    if input_shape is None:
+        first = next(iter(loaders.val), None)
+        if first is None:
+            raise UserError("the validation loader yields no batches; check the data split")
+        input_shape = tuple(first[0].shape[1:])
+    return loaders, tuple(input_shape), None
+
+
 __all__ = [
-    "CIFAR_STATS", "DATASETS", "DataBundle", "ImageFolderLoader", "InMemoryLoader", "Split",
-    "input_shape", "load_dataset", "make_loader", "stratified_split", "with_preprocess",
+    "CIFAR_STATS", "DATASETS", "DataBundle", "ImageFolderLoader", "InMemoryLoader", "Loaders",
+    "Split", "data_info", "input_shape", "load_dataset", "make_loader", "make_loaders",
+    "resolve_loaders", "stratified_split", "with_preprocess",
 ]

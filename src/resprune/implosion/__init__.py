@@ -20,17 +20,20 @@ With your own training loop::
     fold_gates(net)                             # gates into the BNs: no extra op at inference
     resprune.save(net, "runs/resnet56-imploded")
 
-Or the whole loop: ``implode(net, train_loader, val_loader, ImplosionConfig(), "runs/x")``.
+Or the whole loop: ``implode(net, train_loader, val_loader, ImplosionConfig(), "runs/x")``;
+or the run directory ``resprune implode`` writes (summary, report) around it:
+``run_implosion(net, data, ImplosionConfig(), out="runs/x")``.
 """
 
 from .config import ERASE_MODES, ImplosionConfig
 from .erase import erase_units
 from .gates import add_gates, erasable_units, fold_gates, gates, residual_units
 from .loop import ImplosionResult, implode
+from .run import run_implosion
 from .scores import SCORE_METHODS, score_units
 
 __all__ = [
     "ERASE_MODES", "SCORE_METHODS", "ImplosionConfig", "ImplosionResult", "add_gates",
     "erasable_units", "erase_units", "fold_gates", "gates", "implode", "residual_units",
-    "score_units",
+    "run_implosion", "score_units",
 ]

@@ -32,24 +32,16 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..measure import count_macs, count_params, depth, evaluate
-from ..train import STATE_FILE as TRAIN_STATE_FILE
+from ..measure import evaluate, sizes
+from ..runstate import FORMAT as STATE_FORMAT
+from ..runstate import TRAIN_STATE_FILE, fingerprint, read_state, write_state
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
 from .scores import batch_inputs, score_units
-from .store import (
-    STATE_FORMAT,
-    fingerprint,
-    load_weights,
-    read_state,
-    remove_weights,
-    save_weights,
-    step_dir,
-    write_state,
-)
+from .store import load_weights, remove_weights, save_weights, step_dir
 
 log = logging.getLogger("resprune.implosion")
 
@@ -128,9 +120,7 @@ class _Run:
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
-        return {"params": int(count_params(self.model)),
-                "macs": int(count_macs(self.model, self.input_shape)),
-                "depth": int(depth(self.model))}
+        return sizes(self.model, self.input_shape)
 
     def evaluate(self) -> dict[str, float]:
         res = self.evaluate_fn(self.model, self.val_loader)
@@ -264,7 +254,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
 
     run.resume = resume
     start_fp = fingerprint(model)
-    state = read_state(run_dir)
+    state = read_state(run_dir, "implode")
     if state is not None and not resume:
         raise UserError(f"{run_dir} already holds an implosion run; pass resume=True to "
                         "continue it or choose a new run directory")

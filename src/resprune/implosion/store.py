@@ -2,7 +2,8 @@
 
 Layout of ``run_dir``::
 
-    implosion_state.json        what is decided so far (config, baseline, step history, phase)
+    state.json                  what is decided so far (config, baseline, step history, phase;
+                                :mod:`resprune.runstate`)
     steps/step_000/             the starting net (gated, adapted): model.safetensors [+ arch.json]
     steps/step_003/             the last accepted net (earlier steps' weights are deleted)
     steps/step_00K/train/       the retraining run of step K (metrics.jsonl, ...)
@@ -17,21 +18,15 @@ model passed to ``implode`` (same erasures replayed, then the weights loaded str
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
-from typing import Any
 
 import safetensors.torch
-import torch
 from torch import nn
 
 from ..checkpoint import ARCH_FILE, MODEL_FILE, load_state, save, state_tensors
 from ..errors import UserError
-from ..io import atomic_write_bytes, atomic_write_json, read_json
+from ..io import atomic_write_bytes
 from ..models import ResNet
-
-STATE_FILE = "implosion_state.json"
-STATE_FORMAT = 1
 
 
 def step_dir(run_dir: Path, step: int | str) -> Path:
@@ -58,31 +53,6 @@ def load_weights(model: nn.Module, directory: Path) -> None:
         raise UserError(f"the weights in {directory / MODEL_FILE} do not fit the model passed "
                         f"to implode ({' '.join(first)[:200]}); resume with the same starting "
                         "model") from None
-
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-256 of the state_dict (names, dtypes, shapes, bytes): identifies the start model."""
-    h = hashlib.sha256()
-    for key, t in sorted(model.state_dict().items()):
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def read_state(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / STATE_FILE
-    if not path.is_file():
-        return None
-    state = read_json(path, "implosion state")
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise UserError(f"{path} is not an implosion state this resprune can read "
-                        f"(format {state.get('format') if isinstance(state, dict) else '?'})")
-    return state
-
-
-def write_state(run_dir: Path, state: dict[str, Any]) -> None:
-    atomic_write_json(run_dir / STATE_FILE, state)
 
 
 def remove_weights(directory: Path) -> None:

@@ -10,5 +10,7 @@ from .accuracy import evaluate
 from .counts import count_macs, count_params, depth
 from .latency import latency
 from .profile import profile
+from .summary import accuracy, measure_model, sizes
 
-__all__ = ["count_macs", "count_params", "depth", "evaluate", "latency", "profile"]
+__all__ = ["accuracy", "count_macs", "count_params", "depth", "evaluate", "latency",
+           "measure_model", "profile", "sizes"]

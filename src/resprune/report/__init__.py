@@ -1,6 +1,15 @@
 """Human-readable output: terminal tables, report.md sections, PNG plots."""
 
-from .tables import fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table, pct_removed, text_table
+from .tables import (
+    data_name,
+    fmt_acc,
+    fmt_count,
+    fmt_ms,
+    fmt_pct,
+    markdown_table,
+    pct_removed,
+    text_table,
+)
 
-__all__ = ["fmt_acc", "fmt_count", "fmt_ms", "fmt_pct", "markdown_table", "pct_removed",
-           "text_table"]
+__all__ = ["data_name", "fmt_acc", "fmt_count", "fmt_ms", "fmt_pct", "markdown_table",
+           "pct_removed", "text_table"]

@@ -20,7 +20,7 @@ import numpy as np
 from ..io import atomic_write_text
 from .implosion import STOP_REASONS
 from .plots import plt, save_figure
-from .tables import fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
+from .tables import data_name, fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
 
 SIZES_PNG = "sizes.png"
 STAGE_TITLES = {"train": "base training", "implode": "Network Implosion (depth)",
@@ -138,7 +138,7 @@ def compress_section(summary: dict[str, Any], out: str | Path,
                      plots: Sequence[str] = ()) -> str:
     """The report.md text of a compress run (``plots``: its own PNG names to embed)."""
     names = [r["name"] for r in summary["stages"]]
-    lines = [f"# Compression: {summary['model']} on {summary['data']['name']}\n",
+    lines = [f"# Compression: {summary['model']} on {data_name(summary)}\n",
              f"Input: `{summary['base']['run']}`. Stages: {' -> '.join(names)} (each a run "
              "directory under `stages/`; this directory holds the final model). "
              + _budget_text(summary) + "\n",

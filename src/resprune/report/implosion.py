@@ -22,7 +22,7 @@ from typing import Any
 
 from ..io import atomic_write_text
 from .plots import plt, save_figure
-from .tables import fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
+from .tables import data_name, fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
 
 PRIORITY_PNG = "priorities.png"
 ACCURACY_PNG = "accuracy_vs_depth.png"
@@ -193,7 +193,7 @@ def implosion_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str
     """The report.md text of an implode run (``plots``: PNG file names to embed)."""
     cfg, start = summary["config"], summary["start"]
     erased = summary["erased_units"]
-    lines = [f"# Network Implosion: {summary['model']} on {summary['data']['name']}\n",
+    lines = [f"# Network Implosion: {summary['model']} on {data_name(summary)}\n",
              f"Input run: `{summary['base']['run']}`. Priority score `{cfg.get('score')}`, "
              f"{_n(cfg.get('per_step', 1), 'unit')} per step, retraining "
              f"{_n(cfg.get('retrain_epochs', 0), 'epoch')} at lr {cfg.get('retrain_lr')}, "

@@ -24,6 +24,12 @@ def fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f} ms"
 
 
+def data_name(summary: dict[str, Any]) -> str:
+    """The dataset a run used, for titles (``the given loaders`` for a library run on loaders
+    of the user's own)."""
+    return (summary.get("data") or {}).get("name") or "the given loaders"
+
+
 def fmt_acc(x: float | None) -> str:
     """Accuracy stored as a fraction in [0, 1], shown in percent."""
     return "-" if x is None else f"{100 * x:.2f} %"

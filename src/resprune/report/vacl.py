@@ -26,7 +26,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..io import atomic_write_text
 from .plots import plt, save_figure, training_curves
-from .tables import fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
+from .tables import data_name, fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
 
 RMS_PNG = "group_rms.png"
 WIDTHS_PNG = "widths.png"
@@ -177,7 +177,7 @@ def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     detail = summary["epochs_detail"]
     kinds = summary.get("groups") or pr["groups_by_kind"]
     lines = [
-        f"# VACL width pruning: {summary['model']} on {summary['data']['name']}\n",
+        f"# VACL width pruning: {summary['model']} on {data_name(summary)}\n",
         f"Input run: `{summary['base']['run']}`. Sparsity training: "
         f"{_n(detail['sparse'], 'epoch')} at lr {cfg.get('sparse_lr')} with the "
         f"`{cfg.get('form')}` regularizer (beta {cfg.get('beta')}, lambda {cfg.get('lam')}, BN "

@@ -8,8 +8,10 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation
 from .fade import FADES, Fade, Slice
+from .run import RunResult, train_run
 from .schedule import LRSchedule, lr_factor
 from .trainer import METRICS_FILE, STATE_FILE, Trainer
 
 __all__ = ["FADES", "METRICS_FILE", "STATE_FILE", "Callback", "Distillation", "Fade",
-           "LRSchedule", "Slice", "TrainConfig", "Trainer", "lr_factor"]
+           "LRSchedule", "RunResult", "Slice", "TrainConfig", "Trainer", "lr_factor",
+           "train_run"]

@@ -39,7 +39,7 @@ class TrainConfig:
     step. ``device="auto"`` picks CUDA when available, else the CPU.
     """
 
-    epochs: int = 1
+    epochs: int = 30
     batch_size: int = 128
     lr: float = 0.1
     momentum: float = 0.9

@@ -40,13 +40,14 @@ from ..io import atomic_torch_save, atomic_write_text, safe_torch_load
 from ..measure import evaluate
 from ..measure._device import autocast, bf16_warning, synchronize
 from ..models import spec_of
+from ..runstate import TRAIN_STATE_FILE
 from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng
 
-STATE_FILE = "train_state.pt"
+STATE_FILE = TRAIN_STATE_FILE  # the one name, owned by resprune.runstate
 METRICS_FILE = "metrics.jsonl"
 STATE_FORMAT = 1
 # Options that may change between a run and its resumption: they do not change the arithmetic

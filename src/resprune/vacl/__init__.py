@@ -24,8 +24,15 @@ Use inside your own training loop::
     # ... fine-tune with a fresh optimizer (and no regularizer) ...
 
 With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])``.
+
+Or the whole pipeline (sparsity training -> pruning -> fine-tuning, resumable, the run
+directory ``resprune vacl`` writes)::
+
+    result = vacl.run_pipeline(model, data, vacl.VaclConfig(target_params_reduction=0.5),
+                               out="runs/resnet56-vacl")
 """
 
+from .config import VaclConfig
 from .fade import group_slices
 from .groups import (
     CROSS,
@@ -36,6 +43,7 @@ from .groups import (
     PadShortcutPruner,
     discover_groups,
 )
+from .pipeline import VaclResult, run_pipeline
 from .prune import prune, remove_members
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
@@ -43,6 +51,6 @@ from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
 __all__ = [
     "CROSS", "FILTER", "FORMS", "LAM_SCHEDULES", "ChannelGroup", "GroupSet", "LamSchedule",
     "Member", "PadShortcutPruner", "Regularizer", "SCORES", "discover_groups", "group_scores",
-    "group_slices",
+    "group_slices", "VaclConfig", "VaclResult", "run_pipeline",
     "near_zero_share", "prune", "remove_members",
 ]

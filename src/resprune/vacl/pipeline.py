@@ -1,0 +1,320 @@
+"""The VACL pipeline in the library: sparsity training -> pruning -> fine-tuning, resumable.
+
+:func:`run_pipeline` runs the three stages on a model and writes a run directory, the same
+one ``resprune vacl`` writes (the command only parses options and prints)::
+
+    import resprune
+    from resprune.data import load_dataset
+    from resprune.vacl import VaclConfig, run_pipeline
+
+    model = resprune.load("runs/resnet56")
+    data = load_dataset("cifar10", "data/cifar10", val_fraction=0.1)
+    result = run_pipeline(model, data, VaclConfig(target_params_reduction=0.5,
+                                                  sparse_epochs=10, finetune_epochs=10),
+                          out="runs/resnet56-vacl")
+    result.model, result.summary["params_removed_pct"]
+
+Stages, each checkpointed in ``out`` so that a run killed at any point and continued with
+``resume=True`` ends with the same weights, bit for bit on the CPU, as an uninterrupted one:
+
+1. **sparsity training** (``stages/sparse/``): ``sparse_epochs`` at ``sparse_lr`` with the
+   VACL regularizer ``lam * R`` as a Trainer loss term, the lambda schedule and, with
+   ``fade``, the fade of the groups the target removes (:mod:`resprune.vacl.fade`);
+2. **pruning** (``stages/pruned/``: the pruned model and ``prune_report.json``): groups ranked
+   by ``group_score`` and removed by the rule, physically; ``auto_tolerance`` chooses the
+   params target on the validation split (:mod:`resprune.vacl.select`);
+3. **fine-tuning** (``stages/finetune/``): ``finetune_epochs`` at ``finetune_lr``, no
+   regularizer. The result is saved into ``out`` (``model.safetensors`` + ``arch.json``).
+
+Each stage starts from the previous stage's weights as read back from disk, in a fresh and a
+resumed run alike. ``pipeline_state.json`` records the phase reached and what was measured;
+``summary.json`` (kind ``vacl``), ``metrics.jsonl`` and ``report.md`` are written at the end
+(fields: :func:`resprune.vacl.summary.vacl_fields`). No decision reads the test loader.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..checkpoint import load, save
+from ..data import resolve_loaders
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text
+from ..measure import summary as measures
+from ..measure._device import resolve_device
+from ..models import spec_of
+from ..report.vacl import write_report
+from ..runstate import fingerprint, read_state, write_state
+from ..train import STATE_FILE as TRAIN_STATE_FILE
+from ..train import Fade, Trainer
+from ..train.trainer import RESUME_FREE_OPTIONS
+from .config import VaclConfig
+from .fade import group_slices
+from .prune import prune
+from .regularizer import Regularizer, group_scores
+from .schedule import LamSchedule, near_zero_share
+from .summary import BASE_KEYS, PRUNE_KEYS, combined_history, vacl_fields
+
+log = logging.getLogger("resprune.vacl")
+
+KIND = "vacl"
+STATE_FORMAT = 1
+STAGES_DIR = "stages"
+PRUNE_REPORT = "prune_report.json"
+
+
+@dataclass
+class VaclResult:
+    """What :func:`run_pipeline` produced: the pruned, fine-tuned ``model`` and the
+    ``summary`` written to ``summary.json``."""
+
+    model: nn.Module
+    summary: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    run_dir: Path | None = None
+
+
+def stage_dir(out: Path, name: str) -> Path:
+    return Path(out) / STAGES_DIR / name
+
+
+def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, *,
+                 out: str | Path, resume: bool = False, distill=None, progress: bool = True,
+                 input_shape: tuple[int, ...] | None = None, source: str | Path | None = None,
+                 summary_extra: dict[str, Any] | None = None) -> VaclResult:
+    """Sparsity-train, prune and fine-tune ``model`` (trained in place); see the module doc.
+
+    ``data``: a :class:`resprune.data.DataBundle` (loaders are built from ``config.train``'s
+    batch size, device and seed and ``config.epoch_size``) or a :class:`resprune.data.Loaders`
+    ``(train, val, test)`` of your own (``test`` may be None; it is only reported). ``out``: the
+    run directory (created; a directory holding a VACL run needs ``resume=True``).
+    ``distill``: a :class:`resprune.train.Distillation` for both trainings. ``input_shape``
+    ``[C, H, W]`` defaults to the data's. ``source`` (e.g. the input run directory) is recorded
+    as ``base.run``. ``summary_extra`` is merged into ``summary.json`` (the CLI records its
+    options and data there).
+    """
+    config = (config or VaclConfig()).validate()
+    target = config.rule()
+    started = time.time()
+    t = config.train
+    loaders, shape, data_info = resolve_loaders(
+        data, batch_size=t.batch_size, device=resolve_device(t.device), seed=t.seed,
+        channels_last=t.channels_last, epoch_size=config.epoch_size, input_shape=input_shape)
+    if "auto_tolerance" in target and getattr(loaders.val, "num_samples", 1) == 0:
+        raise UserError("--auto-tolerance chooses on the validation split, which is empty; "
+                        "hold out a validation split or give a target")
+    out = Path(out)
+    device = resolve_device(config.train.device)
+    reg = Regularizer(model, form=config.form, beta=config.beta, lam=config.lam,
+                      include_bn=config.include_bn, include_consumers=config.include_consumers,
+                      input_shape=shape)
+    loader_map = {"train": loaders.train, "val": loaders.val, "test": loaders.test}
+    evals = {"val": loaders.val, "test": loaders.test}
+    precision = config.train.precision
+    state = _open(out, model, config, resume, shape, evals, reg, device,
+                  None if source is None else str(source))
+
+    if state["phase"] == "sparse":
+        callbacks = _sparse_callbacks(config, reg, model, shape, target, state)
+        write_state(out, state)
+        log.info("sparsity training, %d epoch(s) at lr %g (%r)", config.sparse_epochs,
+                 config.sparse_lr, reg)
+        history = _fit(model, loader_map, config.stage("sparse"), stage_dir(out, "sparse"),
+                       progress, loss_terms=[reg], distill=distill, callbacks=callbacks)
+        save(model, stage_dir(out, "sparse"), metadata={"kind": "vacl-sparse"})
+        sparse = load(stage_dir(out, "sparse"), device=device)
+        state["near_zero_share"] = (history[-1].get("near_zero_share") if history else
+                                    near_zero_share(sparse, reg, torch.as_tensor(
+                                        state["rms_start"], dtype=torch.float64),
+                                        config.near_zero))
+        state.update(phase="prune", sparse_history=history,
+                     after_sparse=measures.accuracy(sparse, evals, precision),
+                     rms_after=_scores(sparse, reg, config.group_score))
+        write_state(out, state)
+    if state["phase"] == "prune":
+        log.info("pruning (%s)", ", ".join(f"{k}={v}" for k, v in target.items()))
+        t0 = time.perf_counter()
+        auto = _auto_target(out, shape, reg, loaders.val, target, config,
+                            state["base"]["val_top1"], device)
+        rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
+        state.update(_prune(out, shape, reg, rule, state["rms_after"], config.group_score))
+        if auto is not None:
+            state["prune"]["auto"] = auto
+        pruned = load(stage_dir(out, "pruned"), device=device)
+        state.update(phase="finetune", prune_seconds=round(time.perf_counter() - t0, 3),
+                     before_finetune=measures.accuracy(pruned, evals, precision))
+        write_state(out, state)
+        _warn_target(state["prune"])
+    if state["phase"] == "finetune":
+        log.info("fine-tuning, %d epoch(s) at lr %g", config.finetune_epochs,
+                 config.finetune_lr)
+        tuned = load(stage_dir(out, "pruned"))
+        history = _fit(tuned, loader_map, config.stage("finetune"), stage_dir(out, "finetune"),
+                       progress, distill=distill)
+        save(tuned, out, metadata={"kind": "vacl"})
+        state.update(phase="done", finetune_history=history)
+        write_state(out, state)
+        for name in ("sparse", "finetune"):
+            (stage_dir(out, name) / TRAIN_STATE_FILE).unlink(missing_ok=True)
+
+    final_model = load(out, device=device)
+    summary = {"kind": KIND, "model": spec_of(final_model)["arch"], "resprune": __version__,
+               "input_shape": list(shape), "data": data_info,
+               "seconds": round(time.time() - started, 2), "config": _jsonable(config)}
+    summary.update(summary_extra or {})
+    summary.update(measures.measure_model(final_model, shape, evals, device=device,
+                                          precision=precision))
+    summary.update(vacl_fields(state))
+    history = combined_history(state)
+    atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
+    atomic_write_json(out / "summary.json", summary)
+    write_report(out, summary, history)
+    return VaclResult(model=final_model, summary=summary, history=history, run_dir=out)
+
+
+# -- set-up ---------------------------------------------------------------------------------
+
+def _open(out: Path, model: nn.Module, config: VaclConfig, resume: bool, shape, evals,
+          reg: Regularizer, device, source: str | None) -> dict[str, Any]:
+    """The pipeline state: a new one (base measured), or the resumed run's, checked."""
+    fp = fingerprint(model)
+    state = read_state(out, KIND)
+    if state is not None and not resume:
+        raise UserError(f"{out} already holds a VACL run; pass resume=True (--resume) to "
+                        "continue it or choose a new run directory")
+    if state is None:
+        out.mkdir(parents=True, exist_ok=True)
+        base = measures.measure_model(model, shape, evals, device=device,
+                                      precision=config.train.precision)
+        state = {"format": STATE_FORMAT, "kind": KIND, "phase": "sparse",
+                 "input": {"run": source, "fingerprint": fp},
+                 "config": _jsonable(config),
+                 "base": {"run": source, **{k: base.get(k) for k in BASE_KEYS}},
+                 "groups": reg.groups.counts(),
+                 "rms_before": _scores(model, reg, config.group_score)}
+        write_state(out, state)
+        return state
+    if state["input"]["fingerprint"] != fp:
+        raise UserError(f"the input model changed since {out} was started; resume with the "
+                        "same input, or start a new run")
+    if "config" in state and _comparable(state["config"]) != _comparable(_jsonable(config)):
+        raise UserError(f"{out} holds a VACL run with different options; resume with the same "
+                        "options or use a new run directory")
+    return state
+
+
+def _jsonable(config: VaclConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = {**_jsonable(VaclConfig()), **config}
+    train = {k: v for k, v in (config.get("train") or {}).items()
+             if k not in RESUME_FREE_OPTIONS}
+    return {**config, "train": train}
+
+
+def _scores(model: nn.Module, reg: Regularizer, score: str) -> list[float]:
+    return group_scores(model, reg.groups, reg.include_bn, reg.include_consumers,
+                        score).tolist()
+
+
+# -- the stages -----------------------------------------------------------------------------
+
+def _fit(model: nn.Module, loaders: dict[str, Any], cfg, run_dir: Path, progress: bool,
+         loss_terms=(), distill=None, callbacks=()) -> list[dict[str, Any]]:
+    """Train in ``run_dir``; continue its ``train_state.pt`` when one exists."""
+    trainer = Trainer(model, loaders["train"], loaders["val"], cfg, run_dir=run_dir,
+                      loss_terms=list(loss_terms), progress=progress, distill=distill,
+                      callbacks=list(callbacks))
+    return trainer.fit(resume=(run_dir / TRAIN_STATE_FILE).is_file())
+
+
+def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, shape,
+                      target: dict[str, float], state: dict[str, Any]) -> list[Any]:
+    """The lambda schedule (and, with ``fade``, the fade) of the sparsity stage.
+
+    The groups a dry run of the target removes, and their share, are kept in ``state`` so a
+    resumed run uses the same ones.
+    """
+    if "rms_start" not in state:
+        state["rms_start"] = _scores(model, reg, "rms")
+    pruned_only = config.reg_groups == "pruned"
+    fading = config.fade != "off"
+    share = config.lam_target_share
+    need_dry = pruned_only or fading or (config.lam_schedule == "raise" and share is None)
+    if need_dry and "dry_run_groups" not in state:
+        dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
+                    include_consumers=reg.include_consumers, score=config.group_score,
+                    **target)
+        state["dry_run_groups"] = dry["removed_groups"]
+        state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
+    if pruned_only:
+        reg.select(state["dry_run_groups"])
+        state["lam_target_share"] = share = share if share is not None else 0.9
+    elif config.lam_schedule == "raise" and share is None:
+        share = state["lam_target_share"]
+    callbacks: list[Any] = [LamSchedule(reg, config.lam_schedule, config.lam_growth, share,
+                                        config.near_zero, config.lam_max)]
+    if fading:
+        callbacks.append(Fade(group_slices(model, reg.groups, state["dry_run_groups"]),
+                              end=config.fade_end))
+        log.info("fading %d channel groups to zero over the first %.0f %% of sparsity "
+                 "training", len(state["dry_run_groups"]), 100 * config.fade_end)
+    return callbacks
+
+
+def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
+           rms_after: list[float], score: str) -> dict[str, Any]:
+    """Prune the sparse-trained weights; the result ends in ``stages/pruned``."""
+    model = load(stage_dir(out, "sparse"))
+    report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
+                   include_consumers=reg.include_consumers, score=score, **target)
+    where = stage_dir(out, "pruned")
+    save(model, where, metadata={"kind": "vacl-pruned"})
+    atomic_write_json(where / PRUNE_REPORT, report)
+    index = {g.name: g.index for g in reg.groups}
+    removed = [rms_after[index[n]] for n in report["removed_groups"]]
+    cutoff = report["threshold"] if report["mode"] == "threshold" else (
+        max(removed) if removed else None)
+    return {"prune": {**{k: report[k] for k in PRUNE_KEYS}, "cutoff": cutoff},
+            "widths": {n: [report["widths_before"][n], report["widths_after"][n]]
+                       for n in report["widths_before"]}}
+
+
+def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],
+                 config: VaclConfig, reference: float, device) -> dict[str, Any] | None:
+    """``auto_tolerance``: the params reduction chosen on the validation split (else None).
+
+    Candidates are held to the input net's val top-1 (``reference``), not the sparse one's.
+    """
+    if "auto_tolerance" not in target:
+        return None
+    from .select import choose_reduction
+
+    auto = choose_reduction(load(stage_dir(out, "sparse"), device=device), shape, val_loader,
+                            target["auto_tolerance"], groups=reg.groups,
+                            include_bn=reg.include_bn,
+                            include_consumers=reg.include_consumers, score=config.group_score,
+                            reference=reference, precision=config.train.precision)
+    log.info("auto: %d candidate(s) tried on the validation split; params target %.0f %% "
+             "(stop: %s)", len(auto["candidates"]), 100 * auto["chosen"], auto["stop"])
+    return auto
+
+
+def _warn_target(pr: dict[str, Any]) -> None:
+    if not pr["target_reached"]:
+        what = "params" if pr["mode"] == "params" else "MACs"
+        log.warning("warning: the target %s reduction %g was not reached (%.2f %% removed): "
+                    "every remaining channel group is needed to keep at least one channel "
+                    "per layer", what, pr["target_reduction"], 100 * pr[pr["mode"] + "_reduction"])

@@ -1,0 +1,77 @@
+"""The vacl-specific fields of ``summary.json``, built from the pipeline state.
+
+``summary.json`` (kind ``vacl``) holds, besides the common fields (``params``, ``macs``,
+``depth``, ``top1``, ``top5``, ``val_top1``, ``cpu_latency_ms``, ``input_shape``, ``data``,
+``config``, ``seconds``):
+
+- ``base``: the input model on the same splits (``run``, ``params``, ``macs``, ``depth``,
+  ``top1``, ``top5``, ``val_top1``, ``cpu_latency_ms``);
+- ``params_removed_pct`` = 100 * (base params - params) / base params, ``macs_removed_pct``;
+- ``top1_after_sparse`` / ``val_top1_after_sparse`` (after stage 1),
+  ``top1_before_finetune`` / ``val_top1_before_finetune`` (the pruned model);
+- ``widths``: ``{conv layer: [out channels before, after]}`` in network order;
+- ``prune``: the essentials of the library's prune report (mode, threshold / target, whether
+  the target was reached, group counts removed by kind, params and MACs before / after) and
+  ``cutoff``: the highest score removed (the threshold, for a threshold rule); with
+  ``auto_tolerance``, ``auto``: the candidates tried and the choice
+  (:func:`resprune.vacl.select.choose_reduction`);
+- ``group_rms``: a log-scale histogram of the groups' scores before and after sparsity
+  training (see :func:`resprune.report.vacl.rms_histogram`);
+- ``near_zero_share``, ``lam_target_share``, ``lam_final`` (the lambda schedule);
+- ``epochs`` (sparse + fine-tune) and ``epochs_detail``; ``seconds`` is the training and
+  pruning time of the stages (a resumed run counts every stage once).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..report import pct_removed
+from ..report.vacl import rms_histogram
+
+# the parts of vacl.prune's report that go into summary.json (the full one is in stages/pruned)
+PRUNE_KEYS = ("mode", "score", "threshold", "target_reduction", "target_reached", "groups_total",
+              "groups_by_kind", "groups_fixed", "groups_removed", "removed_by_kind",
+              "units_skipped_to_keep_layers", "params_before", "params_after",
+              "params_reduction", "macs_before", "macs_after", "macs_reduction")
+BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
+
+
+def combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both trainings' epoch records, numbered through (``stage``, ``stage_epoch`` added)."""
+    out = []
+    for stage in ("sparse", "finetune"):
+        for r in state.get(f"{stage}_history") or []:
+            out.append({**r, "epoch": len(out) + 1, "stage": stage, "stage_epoch": r["epoch"]})
+    return out
+
+
+def vacl_fields(state: dict[str, Any]) -> dict[str, Any]:
+    """The vacl-specific summary fields (module docstring) from the pipeline state."""
+    base, pr = state["base"], state["prune"]
+    sparse_h, ft_h = state.get("sparse_history") or [], state.get("finetune_history") or []
+    detail = {"sparse": len(sparse_h), "finetune": len(ft_h)}
+    seconds = sum(r.get("seconds") or 0.0 for r in sparse_h + ft_h) + state.get(
+        "prune_seconds", 0.0)
+    return {
+        "base": base,
+        "params_removed_pct": pct_removed(base["params"], pr["params_after"]),
+        "macs_removed_pct": pct_removed(base["macs"], pr["macs_after"]),
+        "top1_after_sparse": state["after_sparse"]["top1"],
+        "val_top1_after_sparse": state["after_sparse"]["val_top1"],
+        "top1_before_finetune": state["before_finetune"]["top1"],
+        "val_top1_before_finetune": state["before_finetune"]["val_top1"],
+        "widths": state["widths"],
+        "prune": pr,
+        "groups": state["groups"],
+        "group_rms": rms_histogram(state["rms_before"], state["rms_after"], pr["cutoff"]),
+        "epochs": sum(detail.values()),
+        "epochs_detail": detail,
+        "seconds": round(seconds, 2),
+        "cpu_threads": torch.get_num_threads(),
+        "near_zero_share": state.get("near_zero_share"),
+        "lam_target_share": state.get("lam_target_share"),
+        "lam_final": next((r["lam"] for r in reversed(sparse_h) if "lam" in r), None),
+    }
