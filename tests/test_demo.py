@@ -22,6 +22,13 @@ def test_demo_fast_variant(tmp_path, capsys):
     assert small["params"] < base["params"] and small["macs"] < base["macs"]
     assert Path(r["onnx"]).stat().st_size > 0 and Path(r["report"]).is_file()
     assert small["data"]["name"] == "digits" and 0 <= small["top1"] <= 1
+    # the table's latencies are one interleaved timing of both models, and agree with it
+    lat = {row["batch"]: row for row in r["latency"]["latency"]}
+    assert set(lat) == {1, 64}
+    for bs, row in lat.items():
+        assert base["cpu_latency_ms"][str(bs)] == round(row["base_ms"], 4)
+        assert small["cpu_latency_ms"][str(bs)] == round(row["pruned_ms"], 4)
+        assert row["speedup"] == row["base_ms"] / row["pruned_ms"]
     # a second demo replaces the first; a foreign directory is refused with one line
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep")

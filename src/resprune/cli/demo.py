@@ -16,7 +16,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..checkpoint import load
 from ..errors import UserError
+from ..measure.compare import compare
 from ..runs import read_summary
 from . import options
 from .common import emit, metrics_table
@@ -86,12 +88,23 @@ def run(args: argparse.Namespace) -> int:
     _step(["export", str(small), "--format", "onnx", "--out", str(onnx)],
           "export the compressed model to ONNX (checked against PyTorch)")
     before, after = read_summary(base), read_summary(small)
+    # the before/after latencies of the table: one interleaved timing of both models (the
+    # summaries' own were timed minutes apart, under whatever load there was then)
+    timing = compare(load(base), load(small), after["input_shape"], batch_sizes=(1, 64),
+                     runtimes=("eager",), devices=["cpu"])
+    paired = {name: {str(r["batch"]): round(r[f"{name}_ms"], 4) for r in timing["latency"]}
+              for name in ("base", "pruned")}
+    before = {**before, "cpu_latency_ms": paired["base"]}
+    after = {**after, "cpu_latency_ms": paired["pruned"]}
+    speedups = ", ".join(f"{r['speedup']:.2f}x at batch {r['batch']}"
+                         for r in timing["latency"])
     result = {"base": before, "compressed": after, "onnx": str(onnx),
-              "report": str(small / "report.md")}
+              "report": str(small / "report.md"), "latency": timing}
     emit(args, result, "\n" + metrics_table([("ResNet-20 (trained)", before),
                                              ("compressed", after)])
          + f"\n\nparams -{after['params_removed_pct']:.1f} %, MACs "
            f"-{after['macs_removed_pct']:.1f} %, weight layers "
-           f"-{after['layers_removed_pct']:.1f} %\n"
+           f"-{after['layers_removed_pct']:.1f} %; CPU speed-up {speedups} (eager, "
+           f"{timing['threads']} thread(s), both models timed interleaved)\n"
            f"report: {small / 'report.md'}\nONNX:   {onnx}")
     return 0
