@@ -7,9 +7,12 @@ REPO = Path(__file__).resolve().parents[1]
 CIFAR10_MINI = REPO.parent / "shared" / "datasets" / "cifar10-mini"
 
 
-# One intra-op thread: the suite's models are tiny (overhead-bound), and with two OpenMP
-# threads a busy machine makes torch spin-wait (measured 40x slower under contention).
-torch.set_num_threads(1)
+# One intra-op thread by default: the suite's models are tiny (overhead-bound), and with two
+# OpenMP threads a busy machine makes torch spin-wait (measured 40x slower under contention).
+# A test marked ``@pytest.mark.threads(n)`` runs with n threads instead (the multi-threaded
+# paths: onnxruntime sessions follow torch's thread count), restored afterwards.
+DEFAULT_THREADS = 1
+torch.set_num_threads(DEFAULT_THREADS)
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -27,9 +30,14 @@ def _image_cache(tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_and_threads(request):
     torch.manual_seed(0)
+    marker = request.node.get_closest_marker("threads")
+    n = torch.get_num_threads()
+    if marker is not None:
+        torch.set_num_threads(int(marker.args[0]))
     yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture

@@ -26,13 +26,6 @@ from resprune.export import api as export_api
 SHAPE = (3, 32, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids spin-waiting oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -156,6 +149,23 @@ def test_export_matches_pytorch(tmp_path, name: str, fmt: str) -> None:
                 for v in (*graph.input, *graph.output)]
         assert dims == [["batch", *SHAPE], ["batch", 10]]
         assert not any(n.metadata_props for n in graph.node)  # no stack traces / local paths
+
+
+@pytest.mark.threads(2)
+def test_onnx_check_runs_multi_threaded_like_torch(tmp_path) -> None:
+    """The multi-threaded path: the parity session takes torch's thread count (2 here)."""
+    from resprune.export._onnx import onnx_runner
+
+    assert torch.get_num_threads() == 2
+    model = MODELS["pruned_a"]().eval()
+    path = tmp_path / "model.onnx"
+    info = export(model, path, format="onnx", input_shape=SHAPE)
+    assert info["max_abs_diff"] <= 1e-4
+    run = onnx_runner(path.read_bytes())
+    assert run.threads == 2
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (run(x) - model(x)).abs().max().item() <= 1e-4
 
 
 def test_smaller_model_gives_smaller_onnx_close_to_4_bytes_per_param(tmp_path) -> None:

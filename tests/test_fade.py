@@ -22,14 +22,6 @@ from resprune.train.fade import fade_factor
 from .conftest import randomize_bn
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def synth():
     return load_dataset("synthetic", val_fraction=0.25, num_classes=4, image_size=8,

@@ -22,13 +22,6 @@ FAST = [*QUIET, "--tolerance", "100", "--retrain-epochs", "1", "--adapt-epochs",
 REFERENCE = [*FAST, "--max-steps", "2", "--final-epochs", "1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and does not fight other processes for the CPUs."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def run_cli(args, capsys):

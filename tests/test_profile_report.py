@@ -168,10 +168,39 @@ def test_compare_latency_rows_eager_and_onnxruntime(compared):
         ("onnxruntime", "cpu", 3)]
     for r in rows:
         assert r["base_ms"] > 0 and r["pruned_ms"] > 0 and r["rounded_ms"] > 0
-        assert r["speedup"] == r["base_ms"] / r["pruned_ms"]
-        assert r["rounded_speedup"] == r["base_ms"] / r["rounded_ms"]
-        assert r["note"] == cmp.note_for(r["speedup"], compared["macs_ratio"], r["batch"])
     assert compared["skipped"] == []  # CPU only was asked for, onnxruntime is installed
+
+
+def test_compare_maps_each_timing_to_its_model(runs, monkeypatch):
+    """Speed-ups divide the base's time by the pruned model's (not the other way round, not
+    another model's): with known timings per model the ratios and notes are exact."""
+    known = {"base": 6.0, "pruned": 2.0, "rounded": 4.0}
+
+    def fake_time_models(models, shape, batch_sizes, runtimes, devices, warmup, repeats):
+        assert set(models) == set(known)
+        assert models["base"] is base and models["pruned"] is pruned
+        return [{"runtime": "eager", "device": "cpu", "batch": b,
+                 "ms": {k: v * b for k, v in known.items()}} for b in batch_sizes], []
+
+    base, pruned = resprune.load(runs["base"]), resprune.load(runs["pruned"])
+    monkeypatch.setattr(cmp, "time_models", fake_time_models)
+    res = cmp.compare(base, pruned, SHAPE, batch_sizes=(1, 8), round_to=4)
+    assert [(r["batch"], r["base_ms"], r["pruned_ms"]) for r in res["latency"]] == [
+        (1, 6.0, 2.0), (8, 48.0, 16.0)]
+    assert [r["speedup"] for r in res["latency"]] == [3.0, 3.0]
+    assert [r["rounded_speedup"] for r in res["latency"]] == [1.5, 1.5]
+    macs_ratio = res["macs_ratio"]
+    assert macs_ratio > 1
+    for r in res["latency"]:  # a 3x speed-up is "overhead-bound" only below the threshold
+        bound = 3.0 < cmp.OVERHEAD_FRACTION * macs_ratio
+        assert ("overhead-bound" in r["note"]) == bound
+        assert "pruned is slower" not in r["note"]
+    slow = dict(known, pruned=12.0)  # the pruned model slower than the base
+    monkeypatch.setattr(cmp, "time_models", lambda models, shape, b, *a: (
+        [{"runtime": "eager", "device": "cpu", "batch": 1, "ms": dict(slow)}], []))
+    res = cmp.compare(base, pruned, SHAPE, batch_sizes=(1,), round_to=4)
+    assert res["latency"][0]["speedup"] == 0.5
+    assert "pruned is slower" in res["latency"][0]["note"]
 
 
 def test_compare_text_and_clean_skips(runs, capsys, monkeypatch):

@@ -30,13 +30,6 @@ TORCHVISION_NUM_PARAMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """A shared 2-core machine: one thread avoids spin-waiting oversubscription."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _random_state(shapes: dict[str, list[int]], seed: int) -> dict[str, torch.Tensor]:

@@ -380,15 +380,30 @@ class Best(Callback):
         self.best = state["best"]
 
 
+class Loaded(Best):
+    """Best, recording the state it was given on resume."""
+
+    loaded = None
+
+    def load_state_dict(self, state):
+        self.loaded = dict(state)
+        super().load_state_dict(state)
+
+
 def test_callback_state_survives_resume(tmp_path):
     train, val = loaders()
+    killed = Best()
     with pytest.raises(KeyboardInterrupt):
-        Trainer(tiny(), train, val, cfg(), run_dir=tmp_path, callbacks=[Best(), Kill(2)],
+        Trainer(tiny(), train, val, cfg(), run_dir=tmp_path, callbacks=[killed, Kill(2)],
                 progress=False).fit()
-    best = Best()
+    assert killed.best > 0  # epoch 1 finished and set it
+    best = Loaded()
     Trainer(tiny(), train, val, cfg(), run_dir=tmp_path, callbacks=[best, Kill(99)],
             progress=False).fit(resume=True)
+    assert best.loaded == {"best": killed.best}  # restored from train_state.pt
     full = Trainer(tiny(), train, val, cfg(), callbacks=[Best()], progress=False).fit()
+    assert [r["best_val_acc"] for r in full] == [
+        max(r["val_acc"] for r in full[:i + 1]) for i in range(len(full))]
     assert best.best == full[-1]["best_val_acc"]
 
 

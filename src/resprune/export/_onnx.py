@@ -139,4 +139,5 @@ def onnx_runner(data: bytes) -> Callable[[torch.Tensor], torch.Tensor]:
         (out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
         return torch.from_numpy(out)
 
+    run.threads = options.intra_op_num_threads  # type: ignore[attr-defined]
     return run
