@@ -421,6 +421,30 @@ def test_target_reduction_is_reached_with_one_global_ranking(target):
     assert {g.kind for g in gs if g.name in removed} == {CROSS, FILTER}
 
 
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+@pytest.mark.parametrize("target", ["params", "macs"])
+def test_round_to_keeps_widths_multiples_and_reaches_the_target(shortcut, target):
+    """round_to=4: every pruned conv keeps a multiple of 4 channels (a layer already at its
+    full width may keep it), the target is still reached, and the rounded selection keeps
+    the strongest of a layer's groups (rounding up brings back the best removed ones)."""
+    torch.manual_seed(0)
+    model = create("resnet20", shortcut=shortcut, width=10)  # widths 10/20/40: not /4 at all
+    randomize_bn(model)
+    exact = copy.deepcopy(model)
+    key = f"target_{target}_reduction"
+    r_exact = vacl.prune(exact, CIFAR, **{key: 0.5})
+    report = vacl.prune(model, CIFAR, **{key: 0.5}, round_to=4)
+    assert report["round_to"] == 4 and report["target_reached"]
+    assert report[f"{target}_reduction"] >= 0.5
+    before, after = report["widths_before"], report["widths_after"]
+    assert any(after[n] != before[n] for n in after)
+    for name, w in after.items():
+        assert w % 4 == 0 or w == before[name], (name, w)
+    assert sum(w % 4 != 0 for w in r_exact["widths_after"].values()) > 0  # it did something
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randn(2, *CIFAR))).all()
+
+
 @pytest.mark.parametrize("how", [{"target_params_reduction": 0.99},
                                  {"target_macs_reduction": 0.99}, {"threshold": 1e9}])
 @pytest.mark.parametrize("arch", ["A", "resnext"])

@@ -339,3 +339,17 @@ def test_refuses_bad_runs(trained, tmp_path, capsys):
                            capsys)
     assert code == 2 and "is a 'train' run; resume it with 'resprune train ... --resume'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_round_to_option_reaches_the_widths_and_the_summary(trained, tmp_path, capsys):
+    out = tmp_path / "r"
+    code, _, err = run_cli(["vacl", trained, *QUIET, "--sparse-epochs", "1",
+                            "--finetune-epochs", "1", "--target-params-reduction", "0.4",
+                            "--round-to", "3", "--out", out], capsys)
+    assert code == 0, err
+    s = read_summary(out)
+    assert s["prune"]["round_to"] == 3 and s["prune"]["target_reached"]
+    assert s["params_removed_pct"] >= 40.0
+    for name, (before, after) in s["widths"].items():
+        assert after % 3 == 0 or after == before, (name, before, after)
+    assert s["config"]["round_to"] == 3

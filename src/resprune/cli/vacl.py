@@ -96,6 +96,10 @@ def add_parser(subs) -> None:
                    help="what ranks the channel groups: layer_rms (default: each layer's "
                         "slice divided by that layer's mean channel RMS first, so layers of "
                         "different weight scale compare fairly) or rms (raw RMS norm)")
+    g.add_argument("--round-to", type=options.positive_int, metavar="N",
+                   help="keep every pruned layer's width a multiple of N channels (e.g. 8: "
+                        "onnxruntime computes convolutions in blocks of 8 or 16 channels, so "
+                        "odd widths cost time without accuracy; default: exact widths)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=options.nonneg_int, default=20,
                    help="epochs of fine-tuning after pruning, no regularizer (default 20)")
@@ -115,8 +119,8 @@ def vacl_config(args: argparse.Namespace) -> VaclConfig:
     fields = {k: getattr(args, k) for k in (
         "lam", "beta", "form", "include_bn", "include_consumers", "reg_groups", "lam_schedule",
         "lam_growth", "lam_max", "near_zero", "lam_target_share", "fade", "fade_end",
-        "sparse_epochs", "sparse_lr", *RULES, "group_score", "finetune_epochs", "finetune_lr",
-        "epoch_size")}
+        "sparse_epochs", "sparse_lr", *RULES, "group_score", "round_to", "finetune_epochs",
+        "finetune_lr", "epoch_size")}
     for rule in RULES:
         if fields[rule] is not None:
             fields[rule] = float(fields[rule])

@@ -27,7 +27,6 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,18 +47,18 @@ from .groups import (
     discover_groups,
     modules_by_name,
 )
+from .ranking import (
+    SizeModel,
+    removal_units,
+    round_widths,
+    saved_fraction,
+    select,
+    sizes_and_minimums,
+)
 from .regularizer import group_scores
 
 _CONV = nn.modules.conv._ConvNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
-
-
-@dataclass
-class Unit:
-    """Groups removed together (one group, or a ResNeXt bundle) and the unit's score."""
-
-    score: float
-    groups: list[int]
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -83,195 +82,38 @@ def _check_options(threshold: Any, params_r: Any, macs_r: Any) -> tuple[str, flo
 
 
 # -- removal units (ResNeXt bundles) ------------------------------------------------------------
-def _cardinal_block(mod: nn.Module, role: str, channel: int) -> int | None:
-    if not isinstance(mod, _CONV) or mod.groups == 1 or role not in (OUT, IN):
-        return None
-    size = (mod.out_channels if role == OUT else mod.in_channels) // mod.groups
-    return channel // size
+def _rounded_selection(model, groups, units, chosen, mode, value, multiple, shape,
+                       params_before, macs_before) -> tuple[list[int], bool]:
+    """Round the selection's widths; with a target, find by bisection the smallest selection
+    goal whose rounded widths still reach it (rounding may keep channels back)."""
+    size, least = sizes_and_minimums(model, groups)
 
+    def rounded(goal: float) -> tuple[list[int], float]:
+        picked = chosen if goal == value else select(
+            model, groups, units, mode, goal, SizeModel(model, shape, params_before,
+                                                        macs_before))[0]
+        picked = round_widths(groups, units, picked, multiple, size, least)
+        return picked, saved_fraction(model, groups, picked, mode, shape, params_before,
+                                      macs_before)
 
-def removal_units(model: nn.Module, groups: GroupSet, scores: torch.Tensor
-                  ) -> tuple[list[Unit], list[int]]:
-    """Units sorted by score (lowest first) and the groups that can never be removed.
-
-    A group that touches a grouped conv belongs to the *family* of the (conv, side) pairs it
-    touches; a family's groups are split by cardinal group and bundled by rank. A family whose
-    cardinal groups do not line up one-to-one (possible only in unusual user models) is fixed.
-    """
-    mods = modules_by_name(model, {m.module for g in groups for m in g.members})
-    s = scores.tolist()
-    units: list[Unit] = []
-    families: dict[tuple, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
-    for g in groups:
-        touches = sorted({(m.module, m.role, b) for m in g.members
-                          if (b := _cardinal_block(mods[m.module], m.role, m.channel)) is not None})
-        if not touches:
-            units.append(Unit(s[g.index], [g.index]))
-            continue
-        key = tuple((mod, role) for mod, role, _ in touches)
-        families[key][tuple(b for _, _, b in touches)].append(g.index)
-    fixed: list[int] = []
-    for key, parts in families.items():
-        first = mods[key[0][0]]
-        sizes = {len(v) for v in parts.values()}
-        firsts = {sig[0] for sig in parts}
-        if len(key) != len(set(key)) or len(parts) != first.groups or len(sizes) != 1 or len(
-                firsts) != len(parts):
-            fixed.extend(i for v in parts.values() for i in v)
-            continue
-        ranked = [sorted(v, key=lambda i: (s[i], i)) for _, v in sorted(parts.items())]
-        for r in range(len(ranked[0])):
-            members = [part[r] for part in ranked]
-            units.append(Unit(max(s[i] for i in members), members))
-    units.sort(key=lambda u: (u.score, min(u.groups)))
-    return units, sorted(fixed)
-
-
-# -- analytical size model ----------------------------------------------------------------------
-class SizeModel:
-    """Params and MACs of the model as a function of the channels each layer keeps.
-
-    Mirrors :mod:`resprune.measure`: params are parameter counts; MACs are conv and linear
-    multiply-accumulates for one image (BN, pooling and additions cost none). Everything else
-    (e.g. Network Implosion gates) is a constant offset calibrated against the measured totals.
-    """
-
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...],
-                 params_total: int, macs_total: int):
-        self.mods: dict[str, nn.Module] = {}
-        self.kept: dict[tuple[str, str], int] = {}
-        self.positions: dict[str, int] = {}
-        for name, m in model.named_modules():
-            if isinstance(m, (_CONV, nn.Linear)):
-                self.mods[name] = m
-                out_n = m.out_channels if isinstance(m, _CONV) else m.out_features
-                in_n = m.in_channels if isinstance(m, _CONV) else m.in_features
-                self.kept[(name, OUT)], self.kept[(name, IN)] = out_n, in_n
-            elif isinstance(m, _BATCHNORM):
-                self.mods[name] = m
-                self.kept[(name, BN)] = m.num_features
-        self._record_positions(model, input_shape)
-        self.params0 = sum(self.params(n) for n in self.mods)
-        self.macs0 = sum(self.macs(n) for n in self.mods)
-        self.param_offset = params_total - self.params0
-        self.mac_offset = macs_total - self.macs0
-
-    def _record_positions(self, model: nn.Module, shape: tuple[int, ...]) -> None:
-        """Output positions per image of every conv/linear layer (H*W, or tokens)."""
-        names = {m: n for n, m in self.mods.items() if not isinstance(m, _BATCHNORM)}
-
-        def hook(mod: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-            ch = out.shape[1] if isinstance(mod, _CONV) else out.shape[-1]
-            self.positions[names[mod]] = out.numel() // (out.shape[0] * ch)
-
-        handles = [m.register_forward_hook(hook) for m in names]
-        p = next(iter(model.parameters()))
-        was_training = model.training
-        try:
-            model.eval()
-            with torch.no_grad():
-                model(torch.zeros(1, *shape, dtype=p.dtype, device=p.device))
-        finally:
-            model.train(was_training)
-            for h in handles:
-                h.remove()
-
-    def _conv_like(self, name: str) -> tuple[int, int, int]:
-        m = self.mods[name]
-        out_n, in_n = self.kept[(name, OUT)], self.kept[(name, IN)]
-        if isinstance(m, _CONV):
-            return out_n * (in_n // m.groups) * math.prod(m.kernel_size), out_n, m.bias is not None
-        return out_n * in_n, out_n, m.bias is not None
-
-    def params(self, name: str) -> int:
-        m = self.mods[name]
-        if isinstance(m, _BATCHNORM):
-            return 2 * self.kept[(name, BN)] if m.affine else 0
-        w, out_n, bias = self._conv_like(name)
-        return w + (out_n if bias else 0)
-
-    def macs(self, name: str) -> int:
-        if isinstance(self.mods[name], _BATCHNORM):
-            return 0
-        return self._conv_like(name)[0] * self.positions.get(name, 0)
-
-    def delta(self, dec: Counter) -> tuple[int, int]:
-        """(params, MACs) saved by removing ``dec[(module, role)]`` channels per layer side."""
-        touched = {n for n, _ in dec if n in self.mods}
-        before = [(self.params(n), self.macs(n)) for n in touched]
-        for k, v in dec.items():
-            if k in self.kept:
-                self.kept[k] -= v
-        after = [(self.params(n), self.macs(n)) for n in touched]
-        for k, v in dec.items():
-            if k in self.kept:
-                self.kept[k] += v
-        return (sum(b[0] for b in before) - sum(a[0] for a in after),
-                sum(b[1] for b in before) - sum(a[1] for a in after))
-
-    def apply(self, dec: Counter) -> None:
-        for k, v in dec.items():
-            if k in self.kept:
-                self.kept[k] -= v
-
-
-# -- selection ------------------------------------------------------------------------------------
-def _sizes_and_minimums(model: nn.Module, groups: GroupSet
-                        ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
-    mods = modules_by_name(model, {m.module for g in groups for m in g.members})
-    size: dict[tuple[str, str], int] = {}
-    least: dict[tuple[str, str], int] = {}
-    for name, m in mods.items():
-        if isinstance(m, _CONV):
-            size[(name, OUT)], size[(name, IN)] = m.out_channels, m.in_channels
-            least[(name, OUT)] = least[(name, IN)] = m.groups
-        elif isinstance(m, nn.Linear):
-            size[(name, OUT)], size[(name, IN)] = m.out_features, m.in_features
-        elif isinstance(m, _BATCHNORM):
-            size[(name, BN)] = m.num_features
-        elif isinstance(m, PadShortcut):
-            size[(name, PAD_OUT)], size[(name, PAD_IN)] = m.out_channels, m.in_channels
-    for k in size:
-        least.setdefault(k, 1)
-    return size, least
-
-
-def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, value: float,
-           sizes: SizeModel | None = None) -> tuple[list[int], dict[str, Any]]:
-    """Walk the units lowest score first; return the removed group indices and statistics."""
-    size, least = _sizes_and_minimums(model, groups)
-    dec_of = [Counter((m.module, m.role) for m in g.members) for g in groups]
-    chosen: list[int] = []
-    stats = {"skipped_to_keep_layers": 0, "reached": mode == "threshold"}
-    total = None
-    saved = 0
-    if mode != "threshold":
-        assert sizes is not None
-        total = (sizes.params0 + sizes.param_offset) if mode == "params" else (
-            sizes.macs0 + sizes.mac_offset)
-    for unit in units:
-        if mode == "threshold" and unit.score >= value:
-            break
-        if total is not None and saved >= value * total:
-            stats["reached"] = True
-            break
-        dec: Counter = Counter()
-        for gi in unit.groups:
-            dec.update(dec_of[gi])
-        if any(size[k] - v < least[k] for k, v in dec.items()):
-            stats["skipped_to_keep_layers"] += 1
-            continue
-        for k, v in dec.items():
-            size[k] -= v
-        if sizes is not None:
-            dp, dm = sizes.delta(dec)
-            sizes.apply(dec)
-            saved += dp if mode == "params" else dm
-        chosen.extend(unit.groups)
-    else:
-        if total is not None and saved >= value * total:
-            stats["reached"] = True
-    return sorted(chosen), stats
+    if mode == "threshold":
+        return round_widths(groups, units, chosen, multiple, size, least), True
+    best, got = rounded(value)
+    if got >= value - 1e-12:
+        return best, True
+    lo, hi = value, 0.999
+    top, top_got = rounded(hi)
+    if top_got < value - 1e-12:
+        return top, False
+    best = top
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        picked, got = rounded(mid)
+        if got >= value - 1e-12:
+            hi, best = mid, picked
+        else:
+            lo = mid
+    return best, True
 
 
 # -- surgery --------------------------------------------------------------------------------------
@@ -351,7 +193,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           target_params_reduction: float | None = None,
           target_macs_reduction: float | None = None, *, groups: GroupSet | None = None,
           include_bn: bool = True, include_consumers: bool = False,
-          score: str = "layer_rms") -> dict[str, Any]:
+          score: str = "layer_rms", round_to: int | None = None) -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -360,6 +202,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     ``groups`` reuses a :class:`GroupSet` discovered on this model; ``include_bn`` /
     ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer);
     ``score`` is ``"rms"`` or ``"layer_rms"`` (see :func:`~resprune.vacl.group_scores`).
+    ``round_to=N`` keeps every layer's width a multiple of N (:func:`round_widths`; with a
+    target the selection is repeated with a raised goal until the rounded widths reach it).
 
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
@@ -375,6 +219,12 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     widths_before = _widths(model)
     sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before)
     chosen, stats = select(model, groups, units, mode, value, sizes)
+    if round_to is not None:
+        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+            raise UserError(f"round_to must be an integer >= 1 (channels), got {round_to!r}")
+        chosen, stats["reached"] = _rounded_selection(
+            model, groups, units, chosen, mode, value, round_to, shape, params_before,
+            macs_before)
 
     remove_members(model, [m for gi in chosen for m in groups[gi].members])
     if isinstance(model, ResNet):
@@ -397,6 +247,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "include_bn": include_bn,
         "include_consumers": include_consumers,
         "score": score,
+        "round_to": round_to,
         "groups_total": len(groups),
         "groups_by_kind": groups.counts(),
         "groups_fixed": len(fixed),
