@@ -5,11 +5,15 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 
 - ``r56-imported``: akamaster's published ResNet-56, imported (``resprune import``);
 - ``r56-B``: B, the imported model adapted to the JPEG images (``resnet56-adapt.yaml``);
-- ``r56-implode``: Network Implosion alone (``resnet56-implode.yaml``);
-- ``r56-vacl``: VACL to 79.5 % fewer params (``resnet56-vacl.yaml``);
-- ``r56-compress``: implode -> VACL -> fine-tune to 85 % fewer params (``resnet56-compress.yaml``);
-- ``r56-tp-groupnorm``: torch-pruning's GroupNormPruner matched to compress's MACs, with the
-  same per-epoch size, distillation and about the same samples (``_tp_baselines.py``);
+- ``r56-implode-fade``: Network Implosion alone (``resnet56-implode.yaml``: units faded out);
+- ``r56-vacl-fade``: VACL to 79.5 % fewer params (``resnet56-vacl.yaml``: groups faded out);
+- ``r56-vacl50-fade``: the same recipe to 50 % fewer params, on a smaller budget;
+- ``r56-compress-fade``: implode -> VACL -> fine-tune to 85 % fewer params
+  (``resnet56-compress.yaml``);
+- ``r56-implode``, ``r56-vacl``, ``r56-compress``: the first attempt (units cut, a lambda
+  schedule instead of fades; the configs as of commit 62967bd);
+- ``r56-tp-groupnorm``: torch-pruning's GroupNormPruner matched to the first compress row's
+  MACs, with the same per-epoch size and distillation (``_tp_baselines.py``);
 - ``r56-compress-nodistill``: compress without distillation (ablation).
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
@@ -43,6 +47,7 @@ from _common import REPO, RESULTS, deployed, machine_info, md_table  # noqa: E40
 AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
 DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
 CFG = "configs/cifar10-jpeg"
+FIRST = "62967bd"  # the commit whose configs the first attempt's rows used
 
 
 def commands(runs: Path) -> dict[str, list[str]]:
@@ -52,10 +57,20 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-imported": ["resprune", "import", AKAMASTER, "--model", "resnet56", *DATA],
         "r56-B": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
                   f"{CFG}/resnet56-adapt.yaml"],
-        "r56-implode": ["resprune", "implode", b, "--config", f"{CFG}/resnet56-implode.yaml"],
-        "r56-vacl": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml"],
+        "r56-implode-fade": ["resprune", "implode", b, "--config",
+                             f"{CFG}/resnet56-implode.yaml"],
+        "r56-vacl-fade": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml"],
+        "r56-vacl50-fade": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                            "--target-params-reduction", "0.5", "--sparse-epochs", "4",
+                            "--finetune-epochs", "5"],
+        "r56-compress-fade": ["resprune", "compress", b, "--config",
+                              f"{CFG}/resnet56-compress.yaml"],
+        "r56-implode": ["resprune", "implode", b, "--config",
+                        f"<git show {FIRST}:{CFG}/resnet56-implode.yaml>"],
+        "r56-vacl": ["resprune", "vacl", b, "--config",
+                     f"<git show {FIRST}:{CFG}/resnet56-vacl.yaml>"],
         "r56-compress": ["resprune", "compress", b, "--config",
-                         f"{CFG}/resnet56-compress.yaml"],
+                         f"<git show {FIRST}:{CFG}/resnet56-compress.yaml>"],
         "r56-tp-groupnorm": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                              "groupnorm", "--metric", "macs", "--params-reduction",
                              "<compress's MACs reduction>", "--sparse-epochs", "3",
@@ -69,10 +84,14 @@ def commands(runs: Path) -> dict[str, list[str]]:
 TITLES = {
     "r56-imported": "imported (akamaster, lossless-trained)",
     "r56-B": "B: adapted to JPEG",
-    "r56-implode": "1. implosion",
-    "r56-vacl": "2. VACL, 79.5 % params",
-    "r56-compress": "3. compress (depth + width)",
-    "r56-tp-groupnorm": "4. torch-pruning GroupNormPruner at compress's MACs",
+    "r56-implode-fade": "1. implosion (fade)",
+    "r56-vacl-fade": "2. VACL, 79.5 % params (fade)",
+    "r56-vacl50-fade": "2b. VACL, 50 % params (fade)",
+    "r56-compress-fade": "3. compress, depth + width (fade)",
+    "r56-implode": "1'. implosion, first attempt (cut)",
+    "r56-vacl": "2'. VACL 79.5 %, first attempt (lambda raise)",
+    "r56-compress": "3'. compress, first attempt",
+    "r56-tp-groupnorm": "4. torch-pruning GroupNormPruner at 3''s MACs",
     "r56-compress-nodistill": "5. compress without distillation",
 }
 
@@ -82,6 +101,8 @@ def run_row(name: str, runs: Path) -> int:
     if (out / "summary.json").is_file():
         return 0
     argv = commands(runs)[name]
+    if any(a.startswith("<git show") for a in argv):
+        raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
     if name == "r56-tp-groupnorm":
         s = json.loads((runs / "r56-compress" / "summary.json").read_text())
         argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
