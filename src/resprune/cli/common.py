@@ -296,3 +296,19 @@ def open_output(args: argparse.Namespace, run: InputRun) -> Path:
         run.out, _ = prepare_out(args.out, overwrite=args.overwrite, source=args.run)
         record_command(args, run.out, False)
     return run.out
+
+
+def run_pipeline(args: argparse.Namespace, start: InputRun, kind: str, pipeline, config,
+                 teacher, started: float, terminal_text) -> int:
+    """The shared tail of ``implode`` and ``vacl``: open the output, build the loaders, call
+    the library ``pipeline(model, loaders, config, ...)`` and print its summary."""
+    out = open_output(args, start)
+    loaders = make_loaders(start.bundle, args, start.device)
+    extra = base_summary(kind, start.summary.get("model") or start.spec["arch"], args,
+                         start.bundle, start.input_shape, started)
+    result = pipeline(start.model, loaders, config, out=out, resume=bool(args.resume),
+                      distill=teacher, progress=not args.no_progress,
+                      input_shape=start.input_shape, source=args.run, summary_extra=extra)
+    emit(args, result.summary, terminal_text(result.summary, out))
+    return 0
+

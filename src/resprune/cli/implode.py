@@ -132,7 +132,7 @@ def implosion_config(args: argparse.Namespace) -> ImplosionConfig:
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     start = common.open_input(args, "implode")
-    model, spec, summary_in = start.model, start.spec, start.summary
+    model = start.model
     check_options(args, model)
     config = implosion_config(args)
     teacher = common.distillation(args, args.run)
@@ -140,16 +140,8 @@ def run(args: argparse.Namespace) -> int:
     if len(start.bundle.val) == 0:
         raise UserError(f"the validation split is empty (--val-fraction {args.val_fraction}); "
                         "implode accepts or rolls back every step on it")
-    out = common.open_output(args, start)
-    loaders = common.make_loaders(start.bundle, args, start.device)
-    extra = common.base_summary("implode", summary_in.get("model") or spec["arch"], args,
-                                start.bundle, start.input_shape, started)
-    result = run_implosion(model, loaders, config, out=out, resume=bool(args.resume),
-                           distill=teacher, progress=not args.no_progress,
-                           input_shape=start.input_shape, source=args.run,
-                           summary_extra=extra)
-    common.emit(args, result.summary, terminal_text(result.summary, out))
-    return 0
+    return common.run_pipeline(args, start, "implode", run_implosion, config, teacher, started,
+                               terminal_text)
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:

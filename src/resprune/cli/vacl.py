@@ -135,7 +135,7 @@ def prune_target(args: argparse.Namespace) -> dict[str, float]:
 def run(args: argparse.Namespace) -> int:
     started = time.time()
     start = common.open_input(args, "vacl")
-    model, spec, summary_in = start.model, start.spec, start.summary
+    model = start.model
     config = vacl_config(args)
     if "auto_tolerance" in config.rule() and len(start.bundle.val) == 0:
         raise UserError(f"--auto-tolerance chooses on the validation split, which is empty "
@@ -143,16 +143,8 @@ def run(args: argparse.Namespace) -> int:
                         "a target")
     teacher = common.distillation(args, args.run)
     common.check_teacher(teacher, model)
-    out = common.open_output(args, start)
-    loaders = common.make_loaders(start.bundle, args, start.device)
-    extra = common.base_summary("vacl", summary_in.get("model") or spec["arch"], args,
-                                start.bundle, start.input_shape, started)
-    result = run_pipeline(model, loaders, config, out=out, resume=bool(args.resume),
-                          distill=teacher, progress=not args.no_progress,
-                          input_shape=start.input_shape, source=args.run,
-                          summary_extra=extra)
-    common.emit(args, result.summary, terminal_text(result.summary, out))
-    return 0
+    return common.run_pipeline(args, start, "vacl", run_pipeline, config, teacher, started,
+                               terminal_text)
 
 
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
