@@ -641,7 +641,7 @@ def test_patience_tries_the_next_candidates_after_a_rejection(tmp_path):
 
 
 def test_screen_erases_the_unit_whose_removal_costs_least(tmp_path):
-    import resprune.implosion.loop as loop
+    import resprune.implosion.candidates as loop
 
     losses = {"layer1.0": 3.0, "layer1.1": 2.0, "layer2.1": 1.0, "layer3.1": 0.5}
     seen = []

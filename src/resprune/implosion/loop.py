@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import UserError
@@ -37,6 +36,7 @@ from ..runstate import FORMAT as STATE_FORMAT
 from ..runstate import TRAIN_STATE_FILE, fingerprint, read_state, write_state
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
+from .candidates import screen, select
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -206,20 +206,6 @@ def _restore(model: nn.Module, snapshot: nn.Module, names: list[str]) -> None:
     model.zero_grad(set_to_none=True)
 
 
-def _select(scores: dict[str, float], depths: dict[str, int], k: int, depth: int,
-            target: int | None) -> list[str]:
-    """The k lowest-priority units (ties: module order), no more than needed for ``target``."""
-    order = {n: i for i, n in enumerate(scores)}
-    ranked = sorted(scores, key=lambda n: (scores[n], order[n]))
-    chosen = []
-    for name in ranked[:k]:
-        if target is not None and depth <= target:
-            break
-        chosen.append(name)
-        depth -= depths[name]
-    return chosen
-
-
 def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
             config: ImplosionConfig | None = None, run_dir: str | Path | None = None,
             trainer_factory: TrainerFactory | None = None, *, resume: bool = False,
@@ -354,9 +340,9 @@ def _steps(run: _Run) -> None:
             run.commit()
             break
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
-        screened = _screen(run, candidates) if cfg.screen > 0 else None
+        screened = screen(run, candidates) if cfg.screen > 0 else None
         ranking = candidates if screened is None else screened
-        names = _select(ranking, depths, cfg.per_step, depth, cfg.target_depth)
+        names = select(ranking, depths, cfg.per_step, depth, cfg.target_depth)
         snapshot = copy.deepcopy(run.model)
         epochs = _erase_and_retrain(run, names, k)
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
@@ -405,48 +391,6 @@ def _rejections_in_a_row(history: list[dict[str, Any]]) -> int:
             break
         n += 1
     return n
-
-
-def _screen(run: _Run, candidates: dict[str, float]) -> dict[str, float]:
-    """Validation loss with each of the ``screen`` lowest-priority units erased alone.
-
-    No training: the unit is swapped for an identity, ``screen_batches`` validation batches
-    are scored, and it is put back. Returns ``{name: loss}``, lowest first.
-    """
-    cfg, model = run.config, run.model
-    order = {n: i for i, n in enumerate(candidates)}
-    ranked = sorted(candidates, key=lambda n: (candidates[n], order[n]))[:cfg.screen]
-    out = {}
-    was_training = model.training
-    model.eval()
-    try:
-        for name in ranked:
-            unit = model.get_submodule(name)
-            set_submodule(model, name, nn.Identity())
-            try:
-                out[name] = _loss_on(model, run.val_loader, cfg.screen_batches)
-            finally:
-                set_submodule(model, name, unit)
-    finally:
-        model.train(was_training)
-    log.info("screened %d candidates by validation loss: %s", len(out),
-             ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
-    return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
-
-
-@torch.no_grad()
-def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
-    """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``."""
-    dev = next(model.parameters()).device
-    total, n = 0.0, 0
-    for i, (x, y) in enumerate(loader):
-        if i >= batches:
-            break
-        x, y = x.to(dev), y.to(dev)
-        total += float(torch.nn.functional.cross_entropy(model(x).float(), y,
-                                                          reduction="sum"))
-        n += int(y.shape[0])
-    return total / max(n, 1)
 
 
 def _finish(run: _Run) -> None:

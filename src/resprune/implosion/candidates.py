@@ -1,0 +1,72 @@
+"""Which units a step erases: the k lowest priorities, optionally screened by validation loss."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .erase import set_submodule
+
+log = logging.getLogger("resprune.implosion")
+
+
+def select(scores: dict[str, float], depths: dict[str, int], k: int, depth: int,
+           target: int | None) -> list[str]:
+    """The k lowest-priority units (ties: module order), no more than needed for ``target``."""
+    order = {n: i for i, n in enumerate(scores)}
+    ranked = sorted(scores, key=lambda n: (scores[n], order[n]))
+    chosen = []
+    for name in ranked[:k]:
+        if target is not None and depth <= target:
+            break
+        chosen.append(name)
+        depth -= depths[name]
+    return chosen
+
+
+def screen(run: Any, candidates: dict[str, float]) -> dict[str, float]:
+    """Validation loss with each of the ``screen`` lowest-priority units erased alone.
+
+    No training: the unit is swapped for an identity, ``screen_batches`` validation batches
+    are scored, and it is put back. Returns ``{name: loss}``, lowest first.
+    """
+    cfg, model = run.config, run.model
+    order = {n: i for i, n in enumerate(candidates)}
+    ranked = sorted(candidates, key=lambda n: (candidates[n], order[n]))[:cfg.screen]
+    out = {}
+    was_training = model.training
+    model.eval()
+    try:
+        for name in ranked:
+            unit = model.get_submodule(name)
+            set_submodule(model, name, nn.Identity())
+            try:
+                out[name] = _loss_on(model, run.val_loader, cfg.screen_batches)
+            finally:
+                set_submodule(model, name, unit)
+    finally:
+        model.train(was_training)
+    log.info("screened %d candidates by validation loss: %s", len(out),
+             ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
+    return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
+
+
+@torch.no_grad()
+def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
+    """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``."""
+    dev = next(model.parameters()).device
+    total, n = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        if i >= batches:
+            break
+        x, y = x.to(dev), y.to(dev)
+        total += float(torch.nn.functional.cross_entropy(model(x).float(), y,
+                                                          reduction="sum"))
+        n += int(y.shape[0])
+    return total / max(n, 1)
+
+
