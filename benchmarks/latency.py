@@ -84,6 +84,22 @@ def main(argv: list[str] | None = None) -> int:
                              f"{factor:.2f}x", row["runtime"], threads, row["batch"],
                              f"{ms['base']:.1f}", f"{ms[name]:.1f}", f"{speed:.2f}x",
                              f"{speed / factor:.2f}"])
+    # the deployment form (gates and BNs folded, resprune.deploy) in eager PyTorch
+    from resprune import deploy
+
+    folded_body = []
+    torch.set_num_threads(1)
+    pairs = {}
+    for name, m in models.items():
+        pairs[name] = m
+        pairs[f"{name} (folded)"] = deploy(m, shape)
+    rows, _ = time_models(pairs, shape, batch_sizes=a.batch_sizes, runtimes=("eager",),
+                          devices=["cpu"], warmup=2, repeats=a.repeats)
+    for row in rows:
+        for name in models:
+            ms, fms = row["ms"][name], row["ms"][f"{name} (folded)"]
+            folded_body.append([name, row["batch"], f"{ms:.1f}", f"{fms:.1f}",
+                                f"{ms / fms:.2f}x"])
     cmdline = " ".join(["benchmarks/latency.py", *(argv if argv is not None else sys.argv[1:])])
     text = "\n".join([
         "# Measured CPU speed-up against the MACs factor\n",
@@ -96,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         "(by layer-normalised RMS, no training): latency depends on the architecture only.\n",
         md_table(["model", "params removed", "MACs factor", "runtime", "threads", "batch",
                   "base ms", "pruned ms", "speed-up", "speed-up / MACs factor"], body),
+        "## The deployment form in eager PyTorch (1 thread)\n",
+        "`resprune.deploy(model)` folds priority gates and BatchNorms into the convolutions "
+        "(same logits, checked); each model timed interleaved with its folded form.\n",
+        md_table(["model", "batch", "ms", "folded ms", "speed-up from folding"], folded_body),
     ]) + "\n"
     print(text)
     if a.out != "-":

@@ -13,6 +13,7 @@ from . import importing  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .compression import CompressConfig, CompressResult, compress  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .export import deploy  # noqa: E402
 from .implosion import ImplosionConfig, implode, run_implosion  # noqa: E402
 from .importing import from_state_dict  # noqa: E402
 from .models import build, create, list_models, spec_of  # noqa: E402
@@ -20,5 +21,5 @@ from .vacl import VaclConfig  # noqa: E402
 from .vacl import run_pipeline as run_vacl  # noqa: E402
 
 __all__ = ["CompressConfig", "CompressResult", "ImplosionConfig", "UserError", "VaclConfig",
-           "__version__", "build", "compress", "create", "from_state_dict", "implode",
+           "__version__", "build", "compress", "create", "deploy", "from_state_dict", "implode",
            "importing", "list_models", "load", "run_implosion", "run_vacl", "save", "spec_of"]

@@ -24,6 +24,10 @@ def add_parser(subs) -> None:
     p.add_argument("--preprocess", action="store_true",
                    help="bake the model's input normalisation (mean/std) into the graph: the "
                         "exported model takes RGB images scaled to [0, 1]")
+    p.add_argument("--fold", action="store_true",
+                   help="export the deployment form: priority gates and BatchNorms folded into "
+                        "the convolutions (parity-checked; the ONNX exporter folds BNs itself, "
+                        "so for ONNX this removes the gates' multiplies)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     options.add_config(p)
     p.set_defaults(func=run)
@@ -37,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     spec = load_spec(args.run)
     model = load(args.run)
     info = export(model, args.out, format=args.format, input_shape=input_shape_of(args.run, spec),
-                  opset=args.opset, atol=args.atol, preprocess=args.preprocess)
+                  opset=args.opset, atol=args.atol, preprocess=args.preprocess,
+                  fold=args.fold)
     info = {k: (str(v) if k == "path" else v) for k, v in info.items()}
     info["preprocess"] = model.preprocess if args.preprocess else None
     emit(args, info, f"wrote {info['path']} ({args.format}, {info['bytes'] / 1e6:.2f} MB, "

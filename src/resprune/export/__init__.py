@@ -9,5 +9,6 @@ See :func:`export` for the guarantees (atomic write, dynamic batch, parity check
 """
 
 from .api import FORMATS, export
+from .deploy import deploy
 
-__all__ = ["FORMATS", "export"]
+__all__ = ["FORMATS", "deploy", "export"]

@@ -64,7 +64,8 @@ def with_preprocess(model: nn.Module) -> Normalized:
 
 def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
            input_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
-           check: bool = True, atol: float = 1e-4, preprocess: bool = False) -> dict[str, Any]:
+           check: bool = True, atol: float = 1e-4, preprocess: bool = False,
+           fold: bool = False) -> dict[str, Any]:
     """Export ``model`` to ``path`` as ONNX or TorchScript and check it reproduces PyTorch.
 
     Args:
@@ -81,6 +82,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         atol: largest allowed max-abs difference between exported and PyTorch outputs.
         preprocess: bake the model's normalisation (``model.preprocess``) into the graph: the
             exported model then takes RGB images scaled to [0, 1] (NCHW, float32).
+        fold: export the deployment form (:func:`resprune.export.deploy`: priority gates and
+            BatchNorms folded into the convolutions; checked against the model first).
 
     Returns:
         ``{"path", "format", "bytes", "params", "max_abs_diff", "batch_sizes", "input_shape",
@@ -98,6 +101,10 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         raise UserError(f"can only export a torch.nn.Module, got {type(model).__name__}")
     target = _check_target(path)
     shape = _input_shape(model, input_shape)
+    if fold:
+        from .deploy import deploy
+
+        model = deploy(model, shape)  # a deep copy keeps model.preprocess
     if preprocess:
         model = with_preprocess(model)
     if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0 \
