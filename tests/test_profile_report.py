@@ -388,3 +388,27 @@ def test_onnx_parity_tolerance_follows_output_scale():
 def test_time_models_rejects_bad_arguments(kwargs, msg):
     with pytest.raises(resprune.UserError, match=re.escape(msg)):
         cmp.time_models({"m": create("resnet8", width=4)}, SHAPE, **kwargs)
+
+
+def test_profile_layers_splits_the_pass_by_kind(runs, capsys):
+    pytest.importorskip("onnxruntime")
+    code, out, err = run_cli(["profile", runs["pruned"], "--compare", runs["base"],
+                              "--layers", "4", "--warmup", "1", "--repeats", "2", "--json"],
+                             capsys)
+    assert code == 0, err
+    r = json.loads(out)
+    for name in ("base", "pruned"):
+        prof = r[name]
+        model = resprune.load(runs[name])
+        # the per-kind MACs add up to count_macs for the whole batch of 4
+        assert sum(prof["macs"].values()) == 4 * count_macs(model, SHAPE)
+        assert prof["batch"] == 4 and set(prof["runtimes"]) == {"eager", "onnxruntime"}
+        eager, ort = prof["runtimes"]["eager"], prof["runtimes"]["onnxruntime"]
+        assert {"conv", "bn", "relu", "add"} <= set(eager["by_kind_ms"])
+        assert all(v >= 0 for v in eager["by_kind_ms"].values())
+        assert eager["total_ms"] > 0 and ort["total_ms"] > 0
+        assert ort["by_kind_ms"]["conv"] > 0  # onnxruntime's conv kernels (fused or not)
+        assert "BatchNormalization" not in ort["by_op_ms"]  # folded by the exporter
+    code, out, err = run_cli(["profile", runs["base"], "--layers", "2", "--runtimes", "eager",
+                              "--repeats", "1", "--warmup", "0"], capsys)
+    assert code == 0 and "convolutions" in out and "whole pass" in out

@@ -52,6 +52,12 @@ def add_parser(subs) -> None:
     p.add_argument("--repeats", type=options.positive_int, default=10,
                    help="timed runs per model and batch size (10); lower it for large models "
                         "at batch 256")
+    p.add_argument("--layers", type=options.positive_int, nargs="?", const=64,
+                   metavar="BATCH",
+                   help="where the time goes instead: MACs and measured time per kind of "
+                        "layer (conv, BN, ReLU, add, pad, pool, fc; onnxruntime's layout "
+                        "reorders) in eager and onnxruntime at one batch size (default 64), "
+                        "for RUN and, with --compare, BASE_RUN side by side")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     options.add_config(p)
     p.set_defaults(func=run)
@@ -75,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        if args.layers is not None:
+            return _layers(args)
         if args.compare is not None:
             return _compare(args)
         return _single(args)
@@ -152,6 +160,54 @@ def _compare(args: argparse.Namespace) -> int:
     result["base"] = {"run": str(base_dir), "model": base_spec["arch"], **result["base"]}
     result["pruned"] = {"run": str(run_dir), "model": spec["arch"], **result["pruned"]}
     emit(args, result, compare_text(result))
+    return 0
+
+
+def _layers(args: argparse.Namespace) -> int:
+    from ..measure.layers import KINDS, layer_profile
+    from .common import emit
+
+    runs = {"run": _run_dir(args.run, "RUN")}
+    if args.compare is not None:
+        runs = {"base": _run_dir(args.compare, "--compare"), "pruned": runs["run"]}
+    result: dict[str, Any] = {}
+    for name, d in runs.items():
+        shape = tuple(input_shape_of(d, load_spec(d)))
+        prof = layer_profile(load(d), shape, batch=args.layers, warmup=args.warmup,
+                             repeats=args.repeats, runtimes=args.runtimes)
+        result[name] = {"run": str(d), "input_shape": list(shape), **prof}
+    headers, rows = ["kind"], []
+    for name, prof in result.items():
+        for rt in prof["runtimes"]:
+            headers.append(f"{name} {rt} ms")
+        headers.append(f"{name} MMACs")
+    for kind in KINDS:
+        row, any_value = [kind], False
+        for prof in result.values():
+            for rt in prof["runtimes"].values():
+                v = rt["by_kind_ms"].get(kind)
+                any_value |= v is not None
+                row.append("-" if v is None else f"{v:.2f}")
+            m = prof["macs"].get(kind)
+            row.append("-" if m is None else f"{m / 1e6:.1f}")
+        if any_value:
+            rows.append(row)
+    total = ["whole pass"]
+    for prof in result.values():
+        total += [f"{rt['total_ms']:.2f}" for rt in prof["runtimes"].values()]
+        total.append(f"{sum(prof['macs'].values()) / 1e6:.1f}")
+    rows.append(total)
+    lines = [f"time per batch of {args.layers}, by kind of layer (eager: hooks on every leaf "
+             "module, add = the rest of the pass; onnxruntime: its profiler's kernel times by "
+             "operator, after its own fusions)", text_table(headers, rows)]
+    for name, prof in result.items():
+        conv_macs = prof["macs"].get("conv", 0)
+        for rt_name, rt in prof["runtimes"].items():
+            ms = rt["by_kind_ms"].get("conv")
+            if ms and conv_macs:
+                lines.append(f"{name} {rt_name}: convolutions {conv_macs / ms / 1e6:.2f} GMAC/s")
+        lines += [f"skipped: {s}" for s in prof["skipped"]]
+    emit(args, result, "\n".join(lines))
     return 0
 
 
