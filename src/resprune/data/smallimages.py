@@ -15,6 +15,7 @@ Images whose size differs from ``S`` are resized (shorter side) and center-cropp
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,8 @@ from .imagefolder import Sample, center_crop, load_image, resize_shorter
 SMALL_MAX = 64  # images up to this many pixels on their longer side are decoded into memory
 CACHE_ENV = "RESPRUNE_CACHE_DIR"
 CACHE_FORMAT = "resprune-images-1"
+
+log = logging.getLogger("resprune.data")
 
 
 def default_cache_dir() -> Path:
@@ -150,8 +153,8 @@ class DecodedFolder:
             atomic_write_bytes(path, safetensors.torch.save(
                 {"images": images}, metadata={"format": CACHE_FORMAT, "key": key}))
         except OSError as e:  # a read-only cache is not fatal: the next run decodes again
-            print(f"resprune: cannot write image cache {path} ({e.strerror}); continuing "
-                  "without it", file=sys.stderr)
+            log.warning("cannot write image cache %s (%s); continuing without it", path,
+                        e.strerror)
         self.from_cache = False
         return images
 
