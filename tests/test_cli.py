@@ -149,6 +149,13 @@ def test_console_script_exit_status(tmp_path):
     r = subprocess.run([sys.executable, "-m", "resprune.cli.main", "--help"],
                        capture_output=True, text=True)
     assert r.returncode == 0 and "train" in r.stdout
+    # python -m resprune: the form torchrun's -m launches
+    r = subprocess.run([sys.executable, "-m", "resprune", "eval", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("resprune: error:")
+    r = subprocess.run([sys.executable, "-m", "resprune", "--version"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and r.stdout.startswith("resprune ")
 
 
 def test_export_cli(trained, tmp_path, capsys):
