@@ -21,7 +21,7 @@ def _gated(shortcut: str) -> nn.Module:
     model = randomize_bn(create("resnet20", shortcut=shortcut, width=8)).eval()
     add_gates(model)
     with torch.no_grad():
-        for i, (name, m) in enumerate(model.named_modules()):
+        for i, m in enumerate(model.modules()):
             if getattr(m, "gate", None) is not None:
                 m.gate.fill_(0.5 + 0.1 * (i % 5))
     erase_units(model, ["layer2.1"])
