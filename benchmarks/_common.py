@@ -325,3 +325,40 @@ def machine_info(n_jobs: int, packages: Sequence[str] = ()) -> str:
             f"torch {torch.__version__}{versions}; {n_jobs} worker "
             f"process{'' if n_jobs == 1 else 'es'} x 1 "
             f"torch thread; resprune commit {commit}")
+
+
+def measure_runs(run_dirs: Sequence[Path], timing: dict[int, tuple[int, int]]
+                 ) -> dict[Path, dict[str, Any]]:
+    """params / MACs / depth (``resprune.measure.sizes``) of each run's deployed net and its
+    CPU ms per batch size (``ms<batch>``).
+
+    ``timing`` maps batch size -> (warm-up, repeats). Latency is timed once per distinct
+    architecture (it does not depend on the weights), all of them interleaved in one
+    ``resprune.measure.compare.time_models`` call per batch size, eager, one thread.
+    """
+    import json
+
+    import torch
+
+    from resprune.measure import sizes
+    from resprune.measure.compare import time_models
+    from resprune.models import spec_of
+
+    torch.set_num_threads(1)
+    out, arch_of, nets, shapes = {}, {}, {}, set()
+    for d in run_dirs:
+        model, shape = deployed(d)
+        out[d] = sizes(model, shape)
+        arch_of[d] = json.dumps(spec_of(model), sort_keys=True)
+        nets.setdefault(arch_of[d], model)
+        shapes.add(shape)
+    if len(shapes) != 1:  # one dataset: only if runs were mixed by hand
+        raise SystemExit(f"expected runs of one input shape, got {sorted(shapes)}")
+    shape = shapes.pop()
+    for bs, (warmup, repeats) in timing.items():
+        rows, _ = time_models(nets, shape, batch_sizes=(bs,), runtimes=("eager",),
+                              devices=["cpu"], warmup=warmup, repeats=repeats)
+        for d in run_dirs:
+            out[d][f"ms{bs}"] = rows[0]["ms"][arch_of[d]]
+    return out
+

@@ -85,12 +85,12 @@ from _common import (
     RESULTS,
     Job,
     baselines_line,
-    deployed,
     find_base,
     has_files,
     machine_info,
     md_table,
     mean_std,
+    measure_runs,
     plural,
     read_summary,
     run_cli,
@@ -251,37 +251,10 @@ def job_call(job: Job, a: argparse.Namespace, jobs: dict[str, Job]):
 # -- measuring -------------------------------------------------------------------------------
 
 def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
-    """params / MACs / depth of each run's deployed net and its CPU ms at batch 1 and 64.
-
-    Timed once per distinct architecture (latency does not depend on the weight values), all
-    of them interleaved in one ``time_models`` call per batch size, one thread.
-    """
-    import torch
-
-    from resprune.measure import count_macs, count_params, depth
-    from resprune.measure.compare import time_models
-    from resprune.models import spec_of
-
-    torch.set_num_threads(1)
-    out, arch_of, nets, shapes = {}, {}, {}, set()
-    for d in run_dirs:
-        model, shape = deployed(d)
-        out[d] = {"params": count_params(model), "macs": count_macs(model, shape),
-                  "depth": depth(model)}
-        arch_of[d] = json.dumps(spec_of(model), sort_keys=True)
-        nets.setdefault(arch_of[d], model)
-        shapes.add(shape)
-    if len(shapes) != 1:
-        raise SystemExit(f"expected runs of one input shape, got {sorted(shapes)}")
-    shape = shapes.pop()
-    print(f"timing {len(nets)} distinct architectures at batch sizes {list(TIMING)} ...",
-          flush=True)
-    for bs, (warmup, repeats) in TIMING.items():
-        rows, _ = time_models(nets, shape, batch_sizes=(bs,), runtimes=("eager",),
-                              devices=["cpu"], warmup=warmup, repeats=repeats)
-        for d in run_dirs:
-            out[d][f"ms{bs}"] = rows[0]["ms"][arch_of[d]]
-    return out
+    """params / MACs / depth of each run's deployed net and its CPU ms at batch 1 and 64
+    (``benchmarks._common.measure_runs``: interleaved, once per distinct architecture)."""
+    print(f"timing the distinct architectures at batch sizes {list(TIMING)} ...", flush=True)
+    return measure_runs(run_dirs, TIMING)
 
 
 def collect(jobs: dict[str, Job], a: argparse.Namespace) -> dict[str, list[dict[str, Any]]]:

@@ -57,7 +57,6 @@ only, never into benchmarks/results.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import shutil
@@ -73,9 +72,9 @@ from _common import (
     RESULTS,
     Job,
     baselines_line,
-    deployed,
     machine_info,
     mean_std,
+    measure_runs,
     plural,
     read_summary,
     run_cli,
@@ -176,30 +175,11 @@ def schedule(jobs: dict[str, Job], a: argparse.Namespace, workdir: Path) -> None
 # -- measuring and reporting -----------------------------------------------------------------
 
 def measure(run_dirs: list[Path]) -> dict[Path, dict[str, Any]]:
-    """params / MACs / depth of each run's deployed net, and its CPU latency at batch 64.
-
-    Latency is timed once per distinct architecture (it does not depend on the weights), all
-    of them interleaved (``resprune.measure.compare.time_models``).
-    """
-    from resprune.measure import count_macs, count_params, depth
-    from resprune.measure.compare import time_models
-    from resprune.models import spec_of
-
-    out, arch_of, nets, shapes = {}, {}, {}, set()
-    for d in run_dirs:
-        model, shape = deployed(d)
-        out[d] = {"params": count_params(model), "macs": count_macs(model, shape),
-                  "depth": depth(model)}
-        arch_of[d] = json.dumps(spec_of(model), sort_keys=True)
-        nets.setdefault(arch_of[d], model)
-        shapes.add(shape)
-    if len(shapes) != 1:  # one dataset: only if runs were mixed by hand
-        raise SystemExit(f"expected runs of one input shape, got {sorted(shapes)}")
-    rows, _ = time_models(nets, shapes.pop(), batch_sizes=(LATENCY_BATCH,),
-                          runtimes=("eager",), devices=["cpu"], warmup=LATENCY_WARMUP,
-                          repeats=LATENCY_REPEATS)
-    for d in run_dirs:
-        out[d]["latency"] = round(rows[0]["ms"][arch_of[d]], 3)
+    """params / MACs / depth of each run's deployed net, and its CPU latency at batch 64
+    (``benchmarks._common.measure_runs``: interleaved, once per distinct architecture)."""
+    out = measure_runs(run_dirs, {LATENCY_BATCH: (LATENCY_WARMUP, LATENCY_REPEATS)})
+    for m in out.values():
+        m["latency"] = round(m.pop(f"ms{LATENCY_BATCH}"), 3)
     return out
 
 
