@@ -40,6 +40,20 @@ def _seed_and_threads(request):
     torch.set_num_threads(n)
 
 
+QUIET = ["--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A run of a tiny ResNet-8 trained one epoch on synthetic data (one per test module)."""
+    from resprune.cli.main import main
+
+    run = tmp_path_factory.mktemp("base") / "resnet8"
+    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
+                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
+    return run
+
+
 @pytest.fixture
 def cifar10_mini() -> Path:
     if not (CIFAR10_MINI / "cifar-10-batches-py").is_dir():

@@ -19,7 +19,7 @@ from resprune.models import create
 from resprune.train import Callback, Fade, Slice, TrainConfig, Trainer
 from resprune.train.fade import fade_factor
 
-from .conftest import randomize_bn
+from .conftest import QUIET, randomize_bn
 
 
 @pytest.fixture(scope="module")
@@ -119,15 +119,6 @@ def test_implode_fade_needs_retraining():
         ImplosionConfig(erase="snip").validate()
 
 
-QUIET = ["--batch-size", "32", "--no-progress"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("base") / "resnet8"
-    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
-                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
-    return run
 
 
 def test_vacl_fade_prunes_groups_that_are_already_zero(trained, tmp_path):

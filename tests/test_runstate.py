@@ -17,17 +17,10 @@ from resprune.train import Callback, TrainConfig
 from resprune.vacl import VaclConfig
 from resprune.vacl import pipeline as vacl_pipeline
 
-QUIET = ["--batch-size", "32", "--no-progress"]
+from .conftest import QUIET
+
 VACL = [*QUIET, "--sparse-epochs", "1", "--finetune-epochs", "1", "--lam", "1e-3",
         "--target-params-reduction", "0.4"]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("base") / "resnet8"
-    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
-                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
-    return run
 
 
 def test_state_file_round_trip_and_checks(tmp_path):

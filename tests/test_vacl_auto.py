@@ -17,10 +17,9 @@ from resprune.models import create
 from resprune.vacl import discover_groups, prune
 from resprune.vacl import select as select_mod
 from resprune.vacl.select import DEFAULT_CANDIDATES, choose_reduction
-from tests.conftest import randomize_bn
+from tests.conftest import QUIET, randomize_bn
 
 CIFAR = (3, 32, 32)
-QUIET = ["--batch-size", "32", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -113,14 +112,6 @@ def test_bad_arguments(net, loaders, kwargs, msg):
 
 
 # -- the command ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("base") / "resnet8"
-    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
-                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
-    return run
-
 
 def test_vacl_auto_tolerance_decides_on_val_and_records_it(trained, tmp_path, monkeypatch,
                                                            capsys):

@@ -18,8 +18,10 @@ from resprune.measure import count_macs, count_params, evaluate
 from resprune.train import Callback, TrainConfig, Trainer
 from resprune.vacl import pipeline as vacl_pipeline
 
+from .conftest import QUIET
+
 CIFAR = (3, 32, 32)
-QUIET = ["--batch-size", "32", "--no-progress"]
+
 # 2 + 2 epochs of 15 batches each: a kill inside an epoch resumes from a real checkpoint
 STAGES = ["--sparse-epochs", "2", "--finetune-epochs", "2", "--lam", "1e-3"]
 REFERENCE = [*QUIET, *STAGES, "--target-params-reduction", "0.4"]
@@ -41,14 +43,6 @@ def weights(run) -> dict[str, torch.Tensor]:
 
 def same_weights(a, b) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    run = tmp_path_factory.mktemp("base") / "resnet8"
-    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "synthetic",
-                 "--epochs", "1", *QUIET, "--out", str(run)]) == 0
-    return run
 
 
 @pytest.fixture(scope="module")

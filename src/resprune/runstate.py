@@ -19,6 +19,8 @@ next write moves the state into ``state.json``.
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +92,22 @@ def fingerprint(model: nn.Module) -> str:
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def config_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as JSON types (tuples become lists), as stored in a run state."""
+    return json.loads(json.dumps(config.to_dict(), default=str))
+
+
+def comparable(stored: dict[str, Any], defaults: dict[str, Any],
+               free: Iterable[str]) -> dict[str, Any]:
+    """A stored config as a resume compares it: options added after the run was started count
+    with their ``defaults``; the ``train`` options in ``free`` (how to run, not what to
+    compute) are left out."""
+    config = {**defaults, **stored}
+    train = config.get("train")
+    if isinstance(train, dict):
+        free = set(free)
+        train = {k: v for k, v in train.items() if k not in free}
+    return {**config, "train": train}
+

@@ -33,7 +33,14 @@ from torch import nn
 from ..errors import UserError
 from ..measure import evaluate, sizes
 from ..runstate import FORMAT as STATE_FORMAT
-from ..runstate import TRAIN_STATE_FILE, fingerprint, read_state, write_state
+from ..runstate import (
+    TRAIN_STATE_FILE,
+    comparable,
+    config_json,
+    fingerprint,
+    read_state,
+    write_state,
+)
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .candidates import screen, select
@@ -167,7 +174,7 @@ class _Run:
 def _check_resume(state: dict[str, Any], config: ImplosionConfig, start_fp: str,
                   run_dir: Path) -> None:
     stored = _comparable(state.get("config") or {})
-    current = _comparable(_jsonable(config.to_dict()))
+    current = _comparable(config_json(config))
     if stored != current:
         keys = sorted(k for k in set(stored) | set(current) if stored.get(k) != current.get(k))
         raise UserError(f"{run_dir} holds an implosion run with different options "
@@ -179,21 +186,7 @@ def _check_resume(state: dict[str, Any], config: ImplosionConfig, start_fp: str,
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A config without the training options that may change on resume (as for Trainer).
-
-    Options added after a run was started count with their defaults."""
-    config = {**_jsonable(ImplosionConfig().to_dict()), **config}
-    train = config.get("train")
-    if isinstance(train, dict):
-        train = {k: v for k, v in train.items() if k not in RESUME_FREE_OPTIONS}
-    return {**config, "train": train}
-
-
-def _jsonable(obj: Any) -> Any:
-    """Round-trip through JSON types (tuples become lists) so configs compare equal."""
-    import json
-
-    return json.loads(json.dumps(obj, default=str))
+    return comparable(config, config_json(ImplosionConfig()), RESUME_FREE_OPTIONS)
 
 
 def _restore(model: nn.Module, snapshot: nn.Module, names: list[str]) -> None:
@@ -273,7 +266,7 @@ def _start(run: _Run, start_fp: str) -> None:
     log.info("baseline: val top-1 %.2f %%, depth %d", 100 * baseline["val_top1"],
              baseline["depth"])
     run.state = {
-        "format": STATE_FORMAT, "kind": "implode", "config": _jsonable(cfg.to_dict()),
+        "format": STATE_FORMAT, "kind": "implode", "config": config_json(cfg),
         "start_fingerprint": start_fp, "gates_added": added, "adapt_epochs": epochs,
         "initial": initial, "baseline": baseline, "history": [], "erased": [],
         "accepted_step": 0, "phase": "steps", "stop_reason": None, "final": None,

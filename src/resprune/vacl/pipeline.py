@@ -54,7 +54,7 @@ from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
 from ..report.vacl import write_report
-from ..runstate import fingerprint, read_state, write_state
+from ..runstate import comparable, config_json, fingerprint, read_state, write_state
 from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import Fade, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
@@ -171,7 +171,7 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
     final_model = load(out, device=device)
     summary = {"kind": KIND, "model": spec_of(final_model)["arch"], "resprune": __version__,
                "input_shape": list(shape), "data": data_info,
-               "seconds": round(time.time() - started, 2), "config": _jsonable(config)}
+               "seconds": round(time.time() - started, 2), "config": config_json(config)}
     summary.update(summary_extra or {})
     summary.update(measures.measure_model(final_model, shape, evals, device=device,
                                           precision=precision))
@@ -199,7 +199,7 @@ def _open(out: Path, model: nn.Module, config: VaclConfig, resume: bool, shape, 
                                       precision=config.train.precision)
         state = {"format": STATE_FORMAT, "kind": KIND, "phase": "sparse",
                  "input": {"run": source, "fingerprint": fp},
-                 "config": _jsonable(config),
+                 "config": config_json(config),
                  "base": {"run": source, **{k: base.get(k) for k in BASE_KEYS}},
                  "groups": reg.groups.counts(),
                  "rms_before": _scores(model, reg, config.group_score)}
@@ -208,21 +208,14 @@ def _open(out: Path, model: nn.Module, config: VaclConfig, resume: bool, shape, 
     if state["input"]["fingerprint"] != fp:
         raise UserError(f"the input model changed since {out} was started; resume with the "
                         "same input, or start a new run")
-    if "config" in state and _comparable(state["config"]) != _comparable(_jsonable(config)):
+    if "config" in state and _comparable(state["config"]) != _comparable(config_json(config)):
         raise UserError(f"{out} holds a VACL run with different options; resume with the same "
                         "options or use a new run directory")
     return state
 
 
-def _jsonable(config: VaclConfig) -> dict[str, Any]:
-    return json.loads(json.dumps(config.to_dict(), default=str))
-
-
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    config = {**_jsonable(VaclConfig()), **config}
-    train = {k: v for k, v in (config.get("train") or {}).items()
-             if k not in RESUME_FREE_OPTIONS}
-    return {**config, "train": train}
+    return comparable(config, config_json(VaclConfig()), RESUME_FREE_OPTIONS)
 
 
 def _scores(model: nn.Module, reg: Regularizer, score: str) -> list[float]:
