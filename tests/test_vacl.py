@@ -445,6 +445,36 @@ def test_round_to_keeps_widths_multiples_and_reaches_the_target(shortcut, target
         assert torch.isfinite(model(torch.randn(2, *CIFAR))).all()
 
 
+@pytest.mark.parametrize("round_to", [None, 4])
+def test_max_layer_reduction_caps_every_layer_and_changes_the_allocation(round_to):
+    """max_layer_reduction=0.6: every conv keeps ceil(0.4 * width) output channels; without
+    the cap the same target takes some layer below that floor; the target is still reached
+    (other groups go instead); values outside (0, 1] are refused by message."""
+    torch.manual_seed(0)
+    model = create("resnet20", shortcut="A", width=10)
+    randomize_bn(model)
+    block = model.layer1[0]
+    with torch.no_grad():  # 9 of the 10 inner channels of one unit weakest: uncapped, they go
+        for t in (block.conv1.weight, block.bn1.weight, block.bn1.bias):
+            t[:9].mul_(0.01)
+    free = vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.6)
+    floor = {n: math.ceil(0.4 * w) for n, w in free["widths_before"].items()}
+    assert any(free["widths_after"][n] < floor[n] for n in floor)
+    report = vacl.prune(model, CIFAR, target_params_reduction=0.6, max_layer_reduction=0.6,
+                        round_to=round_to)
+    assert report["target_reached"] and report["params_reduction"] >= 0.6
+    assert report["max_layer_reduction"] == 0.6
+    for name, w in report["widths_after"].items():
+        assert w >= floor[name], (name, w, floor[name])
+    for m in model.modules():  # the model itself, not just the report
+        if isinstance(m, nn.BatchNorm2d):
+            assert m.num_features >= 4
+    for bad in (0, 1.5, -0.1, True):
+        with pytest.raises(UserError, match="max_layer_reduction must be a fraction in"):
+            vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.5,
+                       max_layer_reduction=bad)
+
+
 @pytest.mark.parametrize("how", [{"target_params_reduction": 0.99},
                                  {"target_macs_reduction": 0.99}, {"threshold": 1e9}])
 @pytest.mark.parametrize("arch", ["A", "resnext"])

@@ -66,7 +66,7 @@ def fraction_closed(text: str) -> float:
     return v
 
 
-def fade_end(text: str) -> float:
+def fraction_open(text: str) -> float:
     """A number in (0, 1]."""
     v = finite_float(text)
     if not 0 < v <= 1:
@@ -76,7 +76,7 @@ def fade_end(text: str) -> float:
 
 def add_fade_end(g) -> None:
     """``--fade-end``, shared by implode's ``--erase fade`` and vacl's ``--fade``."""
-    g.add_argument("--fade-end", type=fade_end, default=0.75, metavar="F",
+    g.add_argument("--fade-end", type=fraction_open, default=0.75, metavar="F",
                    help="with implode --erase fade / vacl --fade: the faded units or channel "
                         "groups reach exactly zero after this fraction of the training's steps "
                         "and stay zero for the rest (default 0.75)")

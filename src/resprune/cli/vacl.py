@@ -100,6 +100,10 @@ def add_parser(subs) -> None:
                    help="keep every pruned layer's width a multiple of N channels (e.g. 8: "
                         "onnxruntime computes convolutions in blocks of 8 or 16 channels, so "
                         "odd widths cost time without accuracy; default: exact widths)")
+    g.add_argument("--max-layer-reduction", type=options.fraction_open, metavar="F",
+                   help="remove at most the fraction F in (0, 1] of any layer's channels "
+                        "(every layer keeps ceil((1 - F) * width)), so no residual stream or "
+                        "inner width collapses to a few channels (default: no cap)")
     g = p.add_argument_group("fine-tuning")
     g.add_argument("--finetune-epochs", type=options.nonneg_int, default=20,
                    help="epochs of fine-tuning after pruning, no regularizer (default 20)")
@@ -119,7 +123,7 @@ def vacl_config(args: argparse.Namespace) -> VaclConfig:
     fields = {k: getattr(args, k) for k in (
         "lam", "beta", "form", "include_bn", "include_consumers", "reg_groups", "lam_schedule",
         "lam_growth", "lam_max", "near_zero", "lam_target_share", "fade", "fade_end",
-        "sparse_epochs", "sparse_lr", *RULES, "group_score", "round_to", "finetune_epochs",
+        "sparse_epochs", "sparse_lr", *RULES, "group_score", "round_to", "max_layer_reduction", "finetune_epochs",
         "finetune_lr", "epoch_size")}
     for rule in RULES:
         if fields[rule] is not None:

@@ -37,7 +37,8 @@ class VaclConfig:
     Pruning: exactly one of ``threshold``, ``target_params_reduction``,
     ``target_macs_reduction``, ``auto_tolerance`` (percentage points of val top-1);
     ``group_score`` ranks the groups; ``round_to=N`` keeps every pruned width a multiple of N
-    (runtimes such as onnxruntime compute in blocks of 8 or 16 channels).
+    (runtimes such as onnxruntime compute in blocks of 8 or 16 channels);
+    ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels.
     Data: ``epoch_size`` training images per epoch when the pipeline builds the loaders.
     ``train``: optimizer, schedule, batch size, precision, device and seed of both stages
     (their epochs and lr come from the fields above).
@@ -64,6 +65,7 @@ class VaclConfig:
     auto_tolerance: float | None = None
     group_score: str = "layer_rms"
     round_to: int | None = None
+    max_layer_reduction: float | None = None
     finetune_epochs: int = 20
     finetune_lr: float = 0.01
     epoch_size: int | None = None
@@ -109,6 +111,9 @@ class VaclConfig:
             _int(self.epoch_size, "epoch_size", 1)
         if self.round_to is not None:
             _int(self.round_to, "round_to", 1)
+        if self.max_layer_reduction is not None:
+            _number(self.max_layer_reduction, "max_layer_reduction", low=0.0, high=1.0,
+                    open_low=True)
         for name in ("include_bn", "include_consumers"):
             if not isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")

@@ -147,8 +147,7 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
         auto = _auto_target(out, shape, reg, loaders.val, target, config,
                             state["base"]["val_top1"], device)
         rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
-        state.update(_prune(out, shape, reg, rule, state["rms_after"], config.group_score,
-                            config.round_to))
+        state.update(_prune(out, shape, reg, rule, state["rms_after"], config))
         if auto is not None:
             state["prune"]["auto"] = auto
         pruned = load(stage_dir(out, "pruned"), device=device)
@@ -250,7 +249,8 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
     if need_dry and "dry_run_groups" not in state:
         dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
                     include_consumers=reg.include_consumers, score=config.group_score,
-                    round_to=config.round_to, **target)
+                    round_to=config.round_to,
+                    max_layer_reduction=config.max_layer_reduction, **target)
         state["dry_run_groups"] = dry["removed_groups"]
         state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
     if pruned_only:
@@ -269,11 +269,12 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
 
 
 def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
-           rms_after: list[float], score: str, round_to: int | None) -> dict[str, Any]:
+           rms_after: list[float], config: VaclConfig) -> dict[str, Any]:
     """Prune the sparse-trained weights; the result ends in ``stages/pruned``."""
     model = load(stage_dir(out, "sparse"))
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
-                   include_consumers=reg.include_consumers, score=score, round_to=round_to,
+                   include_consumers=reg.include_consumers, score=config.group_score,
+                   round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
                    **target)
     where = stage_dir(out, "pruned")
     save(model, where, metadata={"kind": "vacl-pruned"})
@@ -301,7 +302,9 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
                             target["auto_tolerance"], groups=reg.groups,
                             include_bn=reg.include_bn,
                             include_consumers=reg.include_consumers, score=config.group_score,
-                            reference=reference, precision=config.train.precision)
+                            reference=reference, precision=config.train.precision,
+                            round_to=config.round_to,
+                            max_layer_reduction=config.max_layer_reduction)
     log.info("auto: %d candidate(s) tried on the validation split; params target %.0f %% "
              "(stop: %s)", len(auto["candidates"]), 100 * auto["chosen"], auto["stop"])
     return auto

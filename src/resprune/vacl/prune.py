@@ -5,7 +5,8 @@ normalised per layer: see :func:`~resprune.vacl.regularizer.group_scores`), lowe
 two rules:
 
 * never empty a layer: every conv/BN/linear/shortcut keeps at least one channel (a grouped conv
-  at least one per cardinal group);
+  at least one per cardinal group), and with ``max_layer_reduction=F`` at least
+  ``ceil((1 - F) * width)`` channels;
 * ResNeXt grouped convs keep equal channel counts per cardinal group: channels of a grouped
   conv's input (or output) are removed in *bundles* of one channel per cardinal group, formed by
   rank (the k-th weakest channel of every cardinal group); a bundle scores as its strongest
@@ -83,15 +84,15 @@ def _check_options(threshold: Any, params_r: Any, macs_r: Any) -> tuple[str, flo
 
 # -- removal units (ResNeXt bundles) ------------------------------------------------------------
 def _rounded_selection(model, groups, units, chosen, mode, value, multiple, shape,
-                       params_before, macs_before) -> tuple[list[int], bool]:
+                       params_before, macs_before, cap: float) -> tuple[list[int], bool]:
     """Round the selection's widths; with a target, find by bisection the smallest selection
     goal whose rounded widths still reach it (rounding may keep channels back)."""
-    size, least = sizes_and_minimums(model, groups)
+    size, least = sizes_and_minimums(model, groups, cap)
 
     def rounded(goal: float) -> tuple[list[int], float]:
         picked = chosen if goal == value else select(
             model, groups, units, mode, goal, SizeModel(model, shape, params_before,
-                                                        macs_before))[0]
+                                                        macs_before), cap)[0]
         picked = round_widths(groups, units, picked, multiple, size, least)
         return picked, saved_fraction(model, groups, picked, mode, shape, params_before,
                                       macs_before)
@@ -193,7 +194,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           target_params_reduction: float | None = None,
           target_macs_reduction: float | None = None, *, groups: GroupSet | None = None,
           include_bn: bool = True, include_consumers: bool = False,
-          score: str = "layer_rms", round_to: int | None = None) -> dict[str, Any]:
+          score: str = "layer_rms", round_to: int | None = None,
+          max_layer_reduction: float | None = None) -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -204,6 +206,9 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     ``score`` is ``"rms"`` or ``"layer_rms"`` (see :func:`~resprune.vacl.group_scores`).
     ``round_to=N`` keeps every layer's width a multiple of N (:func:`round_widths`; with a
     target the selection is repeated with a raised goal until the rounded widths reach it).
+    ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels (every
+    layer keeps ``ceil((1 - F) * width)``; units that would go below are skipped), so no
+    residual stream or inner width collapses to a few channels; default: no cap.
 
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
@@ -211,6 +216,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
 
     mode, value = _check_options(threshold, target_params_reduction, target_macs_reduction)
     shape = check_input_shape(input_shape)
+    cap = 1.0 if max_layer_reduction is None else max_layer_reduction
+    if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1:
+        raise UserError(f"max_layer_reduction must be a fraction in (0, 1], got "
+                        f"{max_layer_reduction!r}")
     if groups is None:
         groups = discover_groups(model, shape)
     scores = group_scores(model, groups, include_bn, include_consumers, score)
@@ -218,13 +227,13 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     params_before, macs_before = count_params(model), count_macs(model, shape)
     widths_before = _widths(model)
     sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before)
-    chosen, stats = select(model, groups, units, mode, value, sizes)
+    chosen, stats = select(model, groups, units, mode, value, sizes, cap)
     if round_to is not None:
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
             raise UserError(f"round_to must be an integer >= 1 (channels), got {round_to!r}")
         chosen, stats["reached"] = _rounded_selection(
             model, groups, units, chosen, mode, value, round_to, shape, params_before,
-            macs_before)
+            macs_before, cap)
 
     remove_members(model, [m for gi in chosen for m in groups[gi].members])
     if isinstance(model, ResNet):
@@ -248,6 +257,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "include_consumers": include_consumers,
         "score": score,
         "round_to": round_to,
+        "max_layer_reduction": max_layer_reduction,
         "groups_total": len(groups),
         "groups_by_kind": groups.counts(),
         "groups_fixed": len(fixed),

@@ -162,8 +162,11 @@ class SizeModel:
 
 
 # -- selection ------------------------------------------------------------------------------------
-def sizes_and_minimums(model: nn.Module, groups: GroupSet
+def sizes_and_minimums(model: nn.Module, groups: GroupSet, max_layer_reduction: float = 1.0
                         ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Every (layer, side)'s width and the fewest channels it may keep: one (a grouped conv:
+    one per cardinal group), and with ``max_layer_reduction`` < 1 at least
+    ``ceil((1 - max_layer_reduction) * width)``."""
     mods = modules_by_name(model, {m.module for g in groups for m in g.members})
     size: dict[tuple[str, str], int] = {}
     least: dict[tuple[str, str], int] = {}
@@ -177,15 +180,20 @@ def sizes_and_minimums(model: nn.Module, groups: GroupSet
             size[(name, BN)] = m.num_features
         elif isinstance(m, PadShortcut):
             size[(name, PAD_OUT)], size[(name, PAD_IN)] = m.out_channels, m.in_channels
-    for k in size:
-        least.setdefault(k, 1)
+    for k, n in size.items():
+        floor = math.ceil((1 - max_layer_reduction) * n - 1e-9)
+        least[k] = max(least.get(k, 1), floor)
     return size, least
 
 
 def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, value: float,
-           sizes: SizeModel | None = None) -> tuple[list[int], dict[str, Any]]:
-    """Walk the units lowest score first; return the removed group indices and statistics."""
-    size, least = sizes_and_minimums(model, groups)
+           sizes: SizeModel | None = None, max_layer_reduction: float = 1.0
+           ) -> tuple[list[int], dict[str, Any]]:
+    """Walk the units lowest score first; return the removed group indices and statistics.
+
+    A unit that would take any layer below its minimum (:func:`sizes_and_minimums`) is
+    skipped."""
+    size, least = sizes_and_minimums(model, groups, max_layer_reduction)
     dec_of = [Counter((m.module, m.role) for m in g.members) for g in groups]
     chosen: list[int] = []
     stats = {"skipped_to_keep_layers": 0, "reached": mode == "threshold"}

@@ -50,7 +50,8 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
                      candidates: Sequence[float] = DEFAULT_CANDIDATES, metric: str = "params",
                      groups: GroupSet | None = None, include_bn: bool = True,
                      include_consumers: bool = False, score: str = "layer_rms",
-                     reference: float | None = None, precision: str = "fp32"
+                     reference: float | None = None, precision: str = "fp32",
+                     round_to: int | None = None, max_layer_reduction: float | None = None
                      ) -> dict[str, Any]:
     """The largest candidate reduction whose pruned copy keeps validation accuracy.
 
@@ -60,7 +61,8 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     sparsity training, so that a regularizer strong enough to wreck the sparse model cannot
     make heavy pruning look harmless. ``groups`` /
     ``include_bn`` / ``include_consumers`` are those of the regularizer (they define the RMS
-    scores :func:`~resprune.vacl.prune` ranks by) and ``score`` is prune's. Returns a
+    scores :func:`~resprune.vacl.prune` ranks by); ``score``, ``round_to`` and
+    ``max_layer_reduction`` are prune's. Returns a
     JSON-ready dict:
 
     - ``chosen``: the reduction to pass as ``target_{metric}_reduction`` (0.0 when even the
@@ -84,7 +86,8 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     for target in cands:
         pruned = copy.deepcopy(model)
         report = prune(pruned, shape, groups=groups, include_bn=include_bn,
-                       include_consumers=include_consumers, score=score,
+                       include_consumers=include_consumers, score=score, round_to=round_to,
+                       max_layer_reduction=max_layer_reduction,
                        **{f"target_{metric}_reduction": target})
         reduction = float(report[f"{metric}_reduction"])
         last = tried[-1] if tried else None
