@@ -67,8 +67,8 @@ def test_config_file_and_flags_win(tmp_path, capsys):
 
 @pytest.mark.parametrize("extra,msg", [
     (["--model", "resnet57"], "invalid choice: 'resnet57'"),
-    (["--epochs", "-3"], "must be >= 0"),
-    (["--lr", "nan"], "must be a finite number"),
+    (["--epochs", "-3"], "argument --epochs: must be an integer >= 0, got -3"),
+    (["--lr", "nan"], "argument --lr: must be a number > 0, got nan"),
     (["--val-fraction", "1.5"], "must be in [0, 1)"),
     (["--data", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
 ])

@@ -227,9 +227,9 @@ def test_yaml_config_gives_stages_as_a_list(tmp_path):
     (["--data", "synthetic"], "give either RUN (a trained run to compress) or --model NAME "
      "(train it first), got neither"),
     ([*MODEL, "--target-params-reduction", "1"],
-     "argument --target-params-reduction: must be in [0, 1), got 1.0"),
+     "argument --target-params-reduction: must be a number >= 0 and < 1, got 1"),
     ([*MODEL, "--target-macs-reduction", "-0.1"],
-     "argument --target-macs-reduction: must be in [0, 1), got -0.1"),
+     "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
     ([*MODEL, "--target-params-reduction", "0.5", "--target-macs-reduction", "0.5"],
      "give at most one of --target-params-reduction, --target-macs-reduction, --threshold, "
      "--auto-tolerance (got --target-params-reduction, --target-macs-reduction)"),

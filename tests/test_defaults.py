@@ -1,14 +1,20 @@
-"""Every option is defined once: the CLI's defaults are the config dataclasses' defaults."""
+"""Every option is defined once, in a config dataclass: the command line's options and YAML keys
+are generated from its fields (resprune.fields + resprune.cli.options.add_fields)."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+from dataclasses import dataclass
 
 import pytest
 
-from resprune import CompressConfig, ImplosionConfig, VaclConfig
-from resprune.cli.main import build_parser
-from resprune.train import TrainConfig
+from resprune import CompressConfig, ImplosionConfig, UserError, VaclConfig
+from resprune.cli.config import apply_config
+from resprune.cli.main import build_parser, main
+from resprune.cli.options import add_fields, field_values
+from resprune.fields import Choice, Flag, Float, Floats, Int, check_fields, opt, spec
+from resprune.train import DistillConfig, TrainConfig
 
 
 def _subparsers():
@@ -16,36 +22,153 @@ def _subparsers():
                 ).choices
 
 
-def _defaults(cls) -> dict:
-    out = {}
-    for f in dataclasses.fields(cls):
-        if f.default is not dataclasses.MISSING:
-            out[f.name] = f.default
-    return out
+def _cli_fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls) if spec(f) and spec(f)["cli"]}
 
 
-@pytest.mark.parametrize("command, cls", [("implode", ImplosionConfig), ("vacl", VaclConfig),
-                                          ("compress", CompressConfig)])
-def test_cli_defaults_equal_the_dataclass_defaults(command, cls):
-    parser = _subparsers()[command]
-    dests = {a.dest: a.default for a in parser._actions}
-    fields = _defaults(cls)
-    # the CLI names the seed and data options itself; stages is a CLI string
-    shared = sorted(set(fields) & set(dests) - {"seed", "stages", "epoch_size"})
-    assert len(shared) >= (10 if command == "implode" else 15)
-    for name in shared:
-        cli = dests[name]
-        assert cli == fields[name], (command, name, cli, fields[name])
+def _default(f: dataclasses.Field):
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()
 
 
-def test_training_option_defaults_equal_train_config():
-    parser = _subparsers()["train"]
-    dests = {a.dest: a.default for a in parser._actions}
-    fields = _defaults(TrainConfig)
-    shared = sorted(set(fields) & set(dests) - {"device"})
-    assert {"batch_size", "momentum", "weight_decay", "schedule", "label_smoothing"} <= set(
-        shared)
-    for name in shared:
-        cli = dests[name]
-        cli = tuple(cli) if isinstance(cli, list) else cli
-        assert cli == fields[name], (name, cli, fields[name])
+# the fields a command sets itself (input run's seed, epochs/lr of its own stages)
+OWN = {"implode": {"epochs", "lr", "seed"}, "vacl": {"epochs", "lr", "seed"},
+       "compress": {"seed"}, "train": set()}
+
+
+@pytest.mark.parametrize("command, classes", [
+    ("train", (TrainConfig, DistillConfig)),
+    ("implode", (ImplosionConfig, TrainConfig, DistillConfig)),
+    ("vacl", (VaclConfig, TrainConfig, DistillConfig)),
+    ("compress", (CompressConfig, TrainConfig, DistillConfig)),
+])
+def test_every_field_is_an_option_with_its_default_help_and_check(command, classes):
+    actions = {a.dest: a for a in _subparsers()[command]._actions}
+    n = 0
+    for cls in classes:
+        for name, f in _cli_fields(cls).items():
+            if name in OWN[command] or (command == "compress" and cls is CompressConfig
+                                        and name in {"seed"}):
+                continue
+            a = actions[name]  # the option exists, under the field's name
+            assert a.option_strings[0] == "--" + name.replace("_", "-")
+            want = _default(f)
+            got = tuple(a.default) if isinstance(want, tuple) else a.default
+            assert got == want, (command, name, got, want)
+            check = spec(f)["check"]
+            if isinstance(check, Choice):
+                assert tuple(a.choices) == check.choices
+            elif isinstance(check, Flag):
+                assert isinstance(a, argparse.BooleanOptionalAction)
+            n += 1
+    assert n >= {"train": 18, "implode": 30, "vacl": 40, "compress": 60}[command]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vacl", "RUN", "--out", "OUT", "--max-layer-reduction", "1.5"],
+     "argument --max-layer-reduction: must be a number > 0 and <= 1, got 1.5"),
+    (["implode", "RUN", "--out", "OUT", "--per-step", "0"],
+     "argument --per-step: must be an integer >= 1, got 0"),
+    (["train", "--model", "resnet8", "--data", "synthetic", "--out", "OUT", "--momentum", "1"],
+     "argument --momentum: must be a number >= 0 and < 1, got 1"),
+    (["compress", "RUN", "--out", "OUT", "--fade", "cubic"],
+     "argument --fade: invalid choice: 'cubic'"),
+])
+def test_a_bad_value_on_the_command_line_is_one_line_naming_the_option(argv, message, capsys,
+                                                                      tmp_path):
+    argv = [str(tmp_path / "o") if a == "OUT" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_yaml_value_or_key_is_one_error_naming_it(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    for text, message in [
+        ("max-layer-reduction: 0\n", "option 'max-layer-reduction': must be a number > 0 and "
+                                     "<= 1, got 0"),
+        ("sparse_epochs: 2.5\n", "option 'sparse_epochs': must be an integer >= 0, got 2.5"),
+        ("fade: cubic\n", "option 'fade' must be one of off, linear, got 'cubic'"),
+        ("include-bn: 1\n", "option 'include-bn' must be true or false, got 1"),
+        ("lamda: 0.1\n", "unknown option 'lamda' for 'resprune vacl'"),
+    ]:
+        cfg.write_text(text)
+        assert main(["vacl", str(tmp_path / "missing"), "--out", str(tmp_path / "o"),
+                     "--config", str(cfg)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+# -- the generator on a toy config ---------------------------------------------------------
+@dataclass
+class Toy:
+    rate: float = opt(0.5, "a rate", Float(0, 1, open_low=True))
+    steps: int = opt(3, "steps", Int(1))
+    cap: int | None = opt(None, "optional cap", Int(1, optional=True), metavar="N")
+    mode: str = opt("a", "mode", Choice(("a", "b"), label="toy mode"))
+    enabled: bool = opt(True, "switch", Flag())
+    marks: tuple[float, ...] = opt((0.5,), "marks", Floats(0, 1))
+    hidden: int = opt(7, "not on the command line", Int(0), cli=False)
+
+
+def _toy_parser(**kw) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="toy")
+    add_fields(p.add_argument_group("toy"), Toy, **kw)
+    return p
+
+
+def test_generated_options_parse_convert_and_round_trip_to_the_dataclass():
+    p = _toy_parser()
+    args = p.parse_args([])
+    assert Toy(**field_values(args, Toy)) == Toy()
+    args = p.parse_args(["--rate", "1", "--steps", "4", "--cap", "2", "--mode", "b",
+                         "--no-enabled", "--marks", "0.25", "0.75"])
+    toy = Toy(**field_values(args, Toy))
+    assert toy == Toy(rate=1.0, steps=4, cap=2, mode="b", enabled=False, marks=(0.25, 0.75))
+    assert not hasattr(args, "hidden")
+    check_fields(toy)
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["rate"] == "a rate (default 0.5)" and helps["cap"] == "optional cap"
+    p = _toy_parser(prefix="x-", defaults={"steps": 9}, helps={"steps": "how many"},
+                    skip=("marks",))
+    args = p.parse_args(["--x-rate", "0.1"])
+    assert args.x_rate == 0.1 and args.x_steps == 9 and not hasattr(args, "x_marks")
+
+
+@pytest.mark.parametrize("argv", [["--rate", "0"], ["--rate", "x"], ["--steps", "0"],
+                                  ["--steps", "1.5"], ["--mode", "c"], ["--cap", "0"]])
+def test_generated_options_refuse_out_of_range_values(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        _toy_parser().parse_args(argv)
+    assert e.value.code == 2
+    assert f"argument {argv[0]}" in capsys.readouterr().err
+
+
+def test_yaml_keys_are_the_generated_options(tmp_path):
+    p = argparse.ArgumentParser(prog="toy")
+    sub = p.add_subparsers().add_parser("t", prog="toy t")
+    add_fields(sub.add_argument_group("toy"), Toy)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("rate: 1\nsteps: 5\nenabled: false\nmarks: [0.2, 0.4]\n")
+    apply_config(sub, cfg)
+    args = p.parse_args(["t"])
+    assert Toy(**field_values(args, Toy)) == Toy(rate=1.0, steps=5, enabled=False, marks=(0.2, 0.4))
+    cfg.write_text("steps: 0\n")
+    with pytest.raises(UserError, match="option 'steps': must be an integer >= 1, got 0"):
+        apply_config(sub, cfg)
+    cfg.write_text("hidden: 3\n")
+    with pytest.raises(UserError, match="unknown option 'hidden'"):
+        apply_config(sub, cfg)
+
+
+def test_check_fields_names_the_field_and_allows_none_only_when_optional():
+    check_fields(Toy(cap=None))
+    for bad, message in [(dict(rate=0), "rate must be a number > 0 and <= 1, got 0"),
+                         (dict(steps=True), "steps must be an integer >= 1, got True"),
+                         (dict(mode="c"), "unknown toy mode 'c'; choose one of: a, b"),
+                         (dict(enabled=None), "enabled must be true or false, got None"),
+                         (dict(marks=(0.6, 0.2)), "marks must be increasing numbers"),
+                         (dict(hidden=-1), "hidden must be an integer >= 0, got -1")]:
+        with pytest.raises(UserError, match=message):
+            check_fields(Toy(**bad))

@@ -222,12 +222,12 @@ def test_resume_after_interrupt_matches_uninterrupted_run(trained, imploded, tmp
 # -- bad input --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--tolerance", "-1"], "argument --tolerance: must be >= 0, got -1.0"),
-    (["--per-step", "0"], "argument --per-step: must be >= 1, got 0"),
+    (["--tolerance", "-1"], "argument --tolerance: must be a number >= 0, got -1"),
+    (["--per-step", "0"], "argument --per-step: must be an integer >= 1, got 0"),
     (["--target-depth", "20"], "--target-depth 20 is above the depth of "),
     (["--score", "l2"], "argument --score: invalid choice: 'l2'"),
-    (["--retrain-lr", "0"], "argument --retrain-lr: must be > 0, got 0.0"),
-    (["--max-steps", "0"], "argument --max-steps: must be >= 1, got 0"),
+    (["--retrain-lr", "0"], "argument --retrain-lr: must be a number > 0, got 0"),
+    (["--max-steps", "0"], "argument --max-steps: must be an integer >= 1, got 0"),
     (["--warmup-epochs", "1"], "--warmup-epochs does not apply to implode"),
     (["--data", "digits"], "--data digits has 10 classes of 1-channel images but the model"),
     (["--val-fraction", "0"], "the validation split is empty (--val-fraction 0.0)"),

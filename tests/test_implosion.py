@@ -593,14 +593,15 @@ def test_resume_refuses_other_options_or_model(tmp_path):
 @pytest.mark.parametrize("opts,msg", [
     ({"tolerance": -0.5}, "tolerance must be a number >= 0"),
     ({"tolerance": float("nan")}, "tolerance must be a number >= 0"),
-    ({"per_step": 0}, r"per_step must be an integer >= 1 \(units erased per step\), got 0"),
+    ({"per_step": 0}, r"per_step must be an integer >= 1, got 0"),
     ({"score": "l2"}, "unknown priority score 'l2'; choose one of: gate, norm"),
     ({"max_steps": 0}, "max_steps must be an integer >= 1"),
     ({"target_depth": 0}, "target_depth must be an integer >= 1"),
-    ({"retrain_lr": 0}, "retrain_lr must be a learning rate > 0"),
+    ({"retrain_lr": 0}, "retrain_lr must be a number > 0, got 0"),
     ({"retrain_epochs": -1}, "retrain_epochs must be an integer >= 0"),
     ({"seed": True}, "seed must be an integer >= 0"),
-    ({"train": TrainConfig(momentum=2.0)}, "invalid training option momentum=2.0"),
+    ({"train": TrainConfig(momentum=2.0)}, "training option momentum must be a number >= 0 "
+                                           "and < 1, got 2.0"),
     ({"train": {"lr": 0.1}}, "train must be a resprune.train.TrainConfig, got dict"),
 ])
 def test_bad_options(opts, msg):

@@ -91,25 +91,27 @@ def test_lr_schedule_from_config_and_as_lambdalr():
 
 # -- config -------------------------------------------------------------------------------
 @pytest.mark.parametrize("kw, msg", [
-    (dict(epochs=-1), "epochs=-1: must be an integer >= 0"),
-    (dict(epochs=2.5), "epochs=2.5"),
-    (dict(lr=0), "lr=0: the learning rate must be a number > 0"),
-    (dict(lr=-0.1), "lr=-0.1"),
-    (dict(lr=float("nan")), "lr=nan"),
-    (dict(batch_size=0), "batch_size=0"),
-    (dict(momentum=1.0), "momentum=1.0: must be a number in [0, 1)"),
+    (dict(epochs=-1), "training option epochs must be an integer >= 0, got -1"),
+    (dict(epochs=2.5), "epochs must be an integer >= 0, got 2.5"),
+    (dict(lr=0), "training option lr must be a number > 0, got 0"),
+    (dict(lr=-0.1), "lr must be a number > 0, got -0.1"),
+    (dict(lr=float("nan")), "lr must be a number > 0, got nan"),
+    (dict(batch_size=0), "batch_size must be an integer >= 1, got 0"),
+    (dict(momentum=1.0), "momentum must be a number >= 0 and < 1, got 1.0"),
     (dict(momentum=0.0), "Nesterov momentum needs momentum > 0"),
-    (dict(weight_decay=-1e-4), "weight_decay=-0.0001"),
-    (dict(schedule="step"), "schedule='step': choose one of cosine, multistep, constant"),
-    (dict(milestones=(0.75, 0.5)), "milestones=(0.75, 0.5): must be increasing fractions"),
-    (dict(milestones=(0.5, 1.5)), "milestones"),
-    (dict(gamma=0), "gamma=0"),
-    (dict(warmup_epochs=-1), "warmup_epochs=-1: must be a number >= 0"),
-    (dict(warmup_epochs=3), "warmup_epochs=3: cannot exceed the number of epochs (2)"),
-    (dict(label_smoothing=1.0), "label_smoothing=1.0"),
-    (dict(precision="fp16"), "precision='fp16': choose one of fp32, bf16"),
-    (dict(device="tpu"), "device='tpu': choose one of auto, cpu, cuda"),
-    (dict(seed=-3), "seed=-3"),
+    (dict(weight_decay=-1e-4), "weight_decay must be a number >= 0, got -0.0001"),
+    (dict(schedule="step"), "unknown schedule 'step'; choose one of: cosine, multistep, "
+                            "constant"),
+    (dict(milestones=(0.75, 0.5)), "milestones must be increasing numbers in (0, 1]"),
+    (dict(milestones=(0.5, 1.5)), "milestones must be increasing numbers in (0, 1]"),
+    (dict(gamma=0), "gamma must be a number > 0, got 0"),
+    (dict(warmup_epochs=-1), "warmup_epochs must be a number >= 0, got -1"),
+    (dict(warmup_epochs=3), "warmup_epochs=3 cannot exceed the number of epochs (2)"),
+    (dict(label_smoothing=1.0), "label_smoothing must be a number >= 0 and < 1, got 1.0"),
+    (dict(precision="fp16"), "unknown precision 'fp16'; choose one of: fp32, bf16"),
+    (dict(device="tpu"), "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
+    (dict(seed=-3), "seed must be an integer >= 0, got -3"),
+    (dict(nesterov="yes"), "nesterov must be true or false, got 'yes'"),
 ])
 def test_config_validate_names_the_bad_value(kw, msg):
     with pytest.raises(UserError, match=re.escape(msg)):
@@ -130,7 +132,7 @@ def test_config_dict_round_trip_and_unknown_keys():
     assert TrainConfig.from_dict(d) == c
     with pytest.raises(UserError, match=r"unknown training option\(s\) 'learning_rate'"):
         TrainConfig.from_dict({"learning_rate": 0.1})
-    with pytest.raises(UserError, match=r"lr=0"):
+    with pytest.raises(UserError, match=r"lr must be a number > 0, got 0"):
         TrainConfig.from_dict({"lr": 0})
 
 
@@ -462,7 +464,7 @@ def test_distillation_loss_matches_the_formula():
     same = Distillation(teacher, alpha=1.0, temperature=4.0)
     assert float(same.loss(t, x, ce)) == pytest.approx(0.0, abs=1e-6)
     assert float(Distillation(teacher, alpha=0.0).loss(s, x, ce)) == float(ce)
-    with pytest.raises(UserError, match="alpha must be in"):
+    with pytest.raises(UserError, match=r"distill_alpha must be a number >= 0 and <= 1"):
         Distillation(teacher, alpha=1.5)
 
 

@@ -147,9 +147,9 @@ def test_vacl_auto_tolerance_decides_on_val_and_records_it(trained, tmp_path, mo
 
 @pytest.mark.parametrize("extra, msg", [
     (["--auto-tolerance", "1", "--threshold", "0.1"],
-     "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction and "
-     "--auto-tolerance (got --threshold, --auto-tolerance)"),
-    (["--auto-tolerance", "-1"], "argument --auto-tolerance: must be >= 0"),
+     "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction, "
+     "--target-latency-reduction and --auto-tolerance (got --threshold, --auto-tolerance)"),
+    (["--auto-tolerance", "-1"], "argument --auto-tolerance: must be a number >= 0, got -1"),
     (["--auto-tolerance", "1", "--val-fraction", "0"],
      "--auto-tolerance chooses on the validation split, which is empty"),
 ])

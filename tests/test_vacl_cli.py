@@ -283,22 +283,24 @@ def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, c
 # -- bad input --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--lam", "-1", "--threshold", "0.1"], "argument --lam: must be >= 0, got -1.0"),
-    (["--beta", "-2", "--threshold", "0.1"], "argument --beta: must be >= 0, got -2.0"),
+    (["--lam", "-1", "--threshold", "0.1"], "argument --lam: must be a number >= 0, got -1"),
+    (["--beta", "-2", "--threshold", "0.1"], "argument --beta: must be a number >= 0, got -2"),
     (["--target-params-reduction", "1"],
-     "argument --target-params-reduction: must be in [0, 1), got 1.0"),
+     "argument --target-params-reduction: must be a number >= 0 and < 1, got 1"),
     (["--target-macs-reduction", "-0.1"],
-     "argument --target-macs-reduction: must be in [0, 1), got -0.1"),
+     "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
     (["--threshold", "0.1", "--target-params-reduction", "0.5"],
-     "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction "
-     "and --auto-tolerance (got --threshold, --target-params-reduction)"),
+     "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction, "
+     "--target-latency-reduction and --auto-tolerance (got --threshold, "
+     "--target-params-reduction)"),
     ([], "give exactly one of --threshold, --target-params-reduction, "
-         "--target-macs-reduction and --auto-tolerance (got none)"),
-    (["--threshold", "-1"], "argument --threshold: must be >= 0, got -1.0"),
+         "--target-macs-reduction, --target-latency-reduction and --auto-tolerance (got none)"),
+    (["--threshold", "-1"], "argument --threshold: must be a number >= 0, got -1"),
     (["--form", "l1", "--threshold", "0.1"], "argument --form: invalid choice: 'l1'"),
-    (["--sparse-lr", "0", "--threshold", "0.1"], "argument --sparse-lr: must be > 0, got 0.0"),
+    (["--sparse-lr", "0", "--threshold", "0.1"],
+     "argument --sparse-lr: must be a number > 0, got 0"),
     (["--finetune-epochs", "-1", "--threshold", "0.1"],
-     "argument --finetune-epochs: must be >= 0, got -1"),
+     "argument --finetune-epochs: must be an integer >= 0, got -1"),
     (["--data", "digits", "--threshold", "0.1"],
      "--data digits has 10 classes of 1-channel images but the model"),
     (["--lr", "0.1", "--threshold", "0.1"], "unrecognized arguments: --lr 0.1"),

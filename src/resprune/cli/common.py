@@ -17,6 +17,7 @@ from .. import __version__
 from ..errors import UserError
 from ..io import atomic_write_json, read_json
 from ..report import fmt_acc, fmt_count, fmt_ms, text_table
+from . import options
 from .config import resolved
 
 __all__ = ["resolved"]
@@ -125,19 +126,10 @@ def train_config(args: argparse.Namespace, prefix: str = "", **overrides: Any):
     if warning and not getattr(args, "force_bf16", False):
         warn(f"resprune: {warning}; training in fp32 (pass --force-bf16 to insist)")
         args.precision = "fp32"
-    cfg = TrainConfig(
-        epochs=getattr(args, f"{p}epochs", getattr(args, "epochs", 0)),
-        batch_size=args.batch_size,
-        lr=getattr(args, f"{p}lr") if hasattr(args, f"{p}lr") else args.lr,
-        momentum=args.momentum, nesterov=args.nesterov, weight_decay=args.weight_decay,
-        schedule=args.schedule, milestones=tuple(args.milestones), gamma=args.gamma,
-        warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-        device=args.device, seed=args.seed)
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
-    cfg.validate()
-    return cfg
+    values = options.field_values(args, TrainConfig)
+    values["epochs"] = getattr(args, f"{p}epochs", getattr(args, "epochs", 0))
+    values["lr"] = getattr(args, f"{p}lr", getattr(args, "lr", TrainConfig.lr))
+    return TrainConfig(**{**values, **overrides}).validate()
 
 
 def distillation(args: argparse.Namespace, input_run: str | Path | None):

@@ -19,8 +19,10 @@ import torch
 
 from ..compression import CompressConfig, compress
 from ..errors import UserError
+from ..implosion import ImplosionConfig
 from ..report import fmt_acc, fmt_pct
 from ..runs import prepare_out
+from ..vacl import VaclConfig
 from . import common, options
 from .config import resolved
 from .evaluate import inherit_data_options
@@ -28,24 +30,10 @@ from .evaluate import inherit_data_options
 STAGES = ("implode", "vacl", "finetune")
 DEFAULT_STAGES = "implode,vacl,finetune"
 STAGES_DIR = "stages"
-# handled by compress itself (RUN is the pipeline's input; --init/--arch make no sense here)
-OWN_DESTS = {"help", "run", "init", "arch", "config"}
 MODEL_OPTIONS = ("shortcut", "width", "cardinality", "base_width")
 RULES = (("target_params_reduction", "--target-params-reduction"),
          ("target_macs_reduction", "--target-macs-reduction"),
          ("threshold", "--threshold"), ("auto_tolerance", "--auto-tolerance"))
-# where the stage commands' option groups go in compress --help
-GROUP_TITLES = {
-    "model": "base model (with --model: trained from scratch first)",
-    "data": "data",
-    "training": "training (every stage)",
-    "output": "output",
-    "implosion": "implode stage (Network Implosion)",
-    "sparsity training (VACL regularizer)": "vacl stage: sparsity training",
-    "pruning (exactly one of)": "budget (at most one of)",
-    "ranking": "vacl stage: ranking",
-    "fine-tuning": "vacl stage: fine-tuning",
-}
 
 
 def stage_list(value: Any) -> list[str]:
@@ -66,46 +54,11 @@ def stage_list(value: Any) -> list[str]:
 
 
 
-def _stage_parsers() -> dict[str, argparse.ArgumentParser]:
-    """Throwaway parsers of the stage commands, whose actions compress adopts."""
-    from . import implode, train, vacl
-
-    scratch = argparse.ArgumentParser(add_help=False)
-    subs = scratch.add_subparsers()
-    for mod in (train, implode, vacl):
-        mod.add_parser(subs)
-    return dict(subs.choices)
-
-
-def _adopt(p: argparse.ArgumentParser, groups: dict[str, Any]) -> None:
-    """Add every stage option compress does not define itself, once, to ``p``'s groups."""
-    have = {a.dest for a in p._actions} | OWN_DESTS
-    for name, sub in _stage_parsers().items():
-        for group in sub._action_groups:
-            for action in group._group_actions:
-                if action.dest in have:
-                    continue
-                title = GROUP_TITLES.get(group.title or "", f"{name}: {group.title}")
-                if title not in groups:
-                    groups[title] = p.add_argument_group(title)
-                groups[title]._add_action(action)
-                have.add(action.dest)
-    by_dest = {a.dest: a for a in p._actions}
-    by_dest["data"].required = False  # RUN brings its own data options
-    by_dest["seed"].default = None
-    by_dest["seed"].help = ("seed of the validation split and of every training (default: "
-                            "with --model 0, with RUN the run's seed)")
-    by_dest["epochs"].help = "epochs of the base training (--model only; default 30)"
-    by_dest["lr"].help = "peak learning rate of the base training (--model only; default 0.1)"
-    by_dest["warmup_epochs"].help = ("linear warm-up epochs of the base training (--model "
-                                     "only; 0); the stages that start from trained weights "
-                                     "never warm up")
-    by_dest["auto_tolerance"].help = (
-        "without a target: VACL prunes the largest share of params whose pruned copy keeps "
-        "val top-1 within T points of the vacl stage's input (default: --tolerance)")
-
-
 def add_parser(subs) -> None:
+    from .train import add_model_options
+    from .vacl import GROUPS as VACL_GROUPS
+    from .vacl import RULES_GROUP
+
     p = subs.add_parser(
         "compress", help="depth (implosion) and width (VACL) pruning in one resumable pipeline",
         description="Compress a trained run (or a zoo model trained first with --model): "
@@ -122,17 +75,26 @@ def add_parser(subs) -> None:
     g.add_argument("--stages", type=stage_list, default=DEFAULT_STAGES, metavar="LIST",
                    help=f"stages in order, comma-separated, each at most once (default "
                         f"{DEFAULT_STAGES}); with --model a train stage comes first")
-    g.add_argument("--finetune-final-epochs", type=options.nonneg_int, default=10,
-                   help="epochs of the finetune stage (default 10)")
-    g.add_argument("--finetune-final-lr", type=options.positive_float, default=0.01,
-                   help="peak learning rate of the finetune stage (default 0.01)")
-    b = p.add_argument_group("budget (at most one of)")
-    b.add_argument("--target-params-reduction", type=options.fraction, metavar="R",
-                   help="remove at least the fraction R in [0, 1) of the input's params in "
-                        "all: implosion goes by accuracy, VACL removes the rest")
-    b.add_argument("--target-macs-reduction", type=options.fraction, metavar="R",
-                   help="the same for MACs")
-    _adopt(p, {"pipeline": g, "budget (at most one of)": b})
+    options.add_fields(g, CompressConfig, ("finetune_final_epochs", "finetune_final_lr"))
+    options.add_fields(p.add_argument_group("budget (at most one of)"), CompressConfig,
+                       [k for k, _ in RULES])
+    add_model_options(p.add_argument_group(
+        "base model (with --model: trained from scratch first)"))
+    options.add_data(p, required=False)
+    options.add_train(p, title="training (every stage)", seed_of="every stage", helps={
+        "seed": "seed of the validation split and of every training (default: with --model "
+                "0, with RUN the run's seed)",
+        "epochs": "epochs of the base training (--model only; default 30)",
+        "lr": "peak learning rate of the base training (--model only; default 0.1)",
+        "warmup_epochs": "linear warm-up epochs of the base training (--model only; 0); the "
+                         "stages that start from trained weights never warm up"})
+    options.add_output(p)
+    seen = set(options.add_fields(p.add_argument_group("implode stage (Network Implosion)"),
+                                  ImplosionConfig))
+    for title, names in VACL_GROUPS.items():  # fields both stages share appear once
+        if title != RULES_GROUP:
+            options.add_fields(p.add_argument_group(f"vacl stage: {title}"), VaclConfig,
+                               names, skip=seen)
     options.add_config(p)
     p.set_defaults(func=run)
 

@@ -1,9 +1,19 @@
-"""Option groups shared by the subcommands (one definition per option)."""
+"""Option groups shared by the subcommands (one definition per option).
+
+The options of the library's configs are generated from their dataclass fields
+(:func:`add_fields`; type, range, default and help come from :mod:`resprune.fields`); the
+options here by hand are the command line's own (input, output, data loading).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
+from collections.abc import Iterable
+from typing import Any
+
+from ..fields import Check, Choice, Flag, Float, Floats, spec
 
 
 def positive_int(text: str) -> int:
@@ -58,30 +68,6 @@ def fraction(text: str) -> float:
     return v
 
 
-def fraction_closed(text: str) -> float:
-    """A number in [0, 1]."""
-    v = finite_float(text)
-    if not 0 <= v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {v}")
-    return v
-
-
-def fraction_open(text: str) -> float:
-    """A number in (0, 1]."""
-    v = finite_float(text)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {v}")
-    return v
-
-
-def add_fade_end(g) -> None:
-    """``--fade-end``, shared by implode's ``--erase fade`` and vacl's ``--fade``."""
-    g.add_argument("--fade-end", type=fraction_open, default=0.75, metavar="F",
-                   help="with implode --erase fade / vacl --fade: the faded units or channel "
-                        "groups reach exactly zero after this fraction of the training's steps "
-                        "and stay zero for the rest (default 0.75)")
-
-
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (keys = option names); command-line flags win")
@@ -126,66 +112,116 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
                         "$RESPRUNE_CACHE_DIR or ~/.cache/resprune)")
 
 
-def add_train(p: argparse.ArgumentParser, *, epochs: int | None = 30, lr: float | None = 0.1,
-              prefix: str = "", title: str = "training", seed_of: str | None = None) -> None:
-    """Optimisation options. ``prefix`` (e.g. "retrain-") namespaces a second schedule.
+def _converter(check: Check):
+    """argparse ``type`` of a field: text is parsed, YAML values (already typed) checked
+    (a list field's type converts one item)."""
+    if isinstance(check, Floats):
+        check = check.item()
 
-    ``seed_of`` (e.g. "every retraining"): the command starts from an input run, so ``--seed``
-    defaults to that run's seed (None here), which reproduces its validation split.
-    ``epochs=None`` / ``lr=None`` leave out ``--{prefix}epochs`` / ``--{prefix}lr`` (a command
-    whose schedules are all prefixed, such as ``implode``, has no plain ``--lr``).
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return check.parse(value)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        reason = check.check(value, "value")
+        if reason:
+            raise argparse.ArgumentTypeError(reason.removeprefix("value "))
+        return float(value) if isinstance(check, Float) else value
+    convert.__name__ = type(check).__name__.lower()
+    return convert
+
+
+def _shown(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return " ".join(_shown(x) for x in v)
+    return "on" if v is True else "off" if v is False else f"{v:g}" if isinstance(
+        v, float) else str(v)
+
+
+def add_fields(g, cls: type, names: Iterable[str] | None = None, *, prefix: str = "",
+               defaults: dict[str, Any] | None = None, helps: dict[str, str] | None = None,
+               skip: Iterable[str] = ()) -> list[str]:
+    """Add ``--<prefix><field-name>`` to ``g`` for every field of the config dataclass
+    ``cls`` declared with :func:`resprune.fields.opt` (or just ``names``, in that order).
+
+    Type, range, choices, default and help come from the field; ``defaults`` / ``helps``
+    override them for one command (e.g. ``--seed`` defaulting to the input run's). A flag
+    field becomes ``--name`` / ``--no-name``. Returns the destinations added.
     """
+    fields = {f.name: f for f in dataclasses.fields(cls)
+              if spec(f) is not None and spec(f)["cli"]}
+    order = list(fields) if names is None else list(names)
+    defaults, helps, skip = defaults or {}, helps or {}, set(skip)
+    added = []
+    for name in order:
+        if name in skip:
+            continue
+        f, s = fields[name], spec(fields[name])
+        check: Check = s["check"]
+        if name in defaults:
+            default = defaults[name]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            default = f.default_factory()
+        text = helps.get(name, s["help"])
+        if default is not None and "default" not in text:
+            text += f" (default {_shown(default)})"
+        dest = (prefix + name).replace("-", "_")
+        kw: dict[str, Any] = {"dest": dest, "default": default,
+                              "help": text.replace("%", "%%")}
+        if isinstance(check, Flag):
+            kw["action"] = argparse.BooleanOptionalAction
+        elif isinstance(check, Choice):
+            kw["choices"] = check.choices
+        else:
+            kw["type"] = _converter(check)
+            if isinstance(check, Floats):
+                kw["nargs"] = "+"
+                kw["default"] = list(default)
+            if s["metavar"]:
+                kw["metavar"] = s["metavar"]
+        g.add_argument("--" + (prefix + name).replace("_", "-"), **kw)
+        added.append(dest)
+    return added
+
+
+def field_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The values of ``cls``'s command-line fields in the parsed ``args`` (the keyword
+    arguments of ``cls``; milestone lists become tuples)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        s = spec(f)
+        if s is not None and s["cli"] and hasattr(args, f.name):
+            v = getattr(args, f.name)
+            out[f.name] = tuple(v) if isinstance(s["check"], Floats) else v
+    return out
+
+
+def add_train(p: argparse.ArgumentParser, *, epochs: bool = True, title: str = "training",
+              seed_of: str | None = None, helps: dict[str, str] | None = None) -> None:
+    """The training options (every :class:`~resprune.train.TrainConfig` field, generated),
+    ``--epoch-size``, ``--force-bf16`` and the distillation options.
+
+    ``epochs=False`` leaves out ``--epochs`` and ``--lr``: a command whose trainings are all
+    set by its own fields (``implode``'s ``--retrain-epochs``, vacl's ``--sparse-epochs``)
+    has no plain ones. ``seed_of`` (e.g. "every retraining"): the command starts from an
+    input run, so ``--seed`` defaults to that run's seed (None here), which reproduces its
+    validation split.
+    """
+    from ..train import DistillConfig, TrainConfig
+
     g = p.add_argument_group(title)
-    if epochs is not None:
-        g.add_argument(f"--{prefix}epochs", type=nonneg_int, default=epochs,
-                       help=f"epochs (default {epochs})")
-    if lr is not None:
-        g.add_argument(f"--{prefix}lr", type=finite_float, default=lr,
-                       help=f"peak learning rate (default {lr})")
-    if prefix:
-        return
-    g.add_argument("--batch-size", type=positive_int, default=128, help="batch size (128)")
+    seed = {} if seed_of is None else {"seed": None}
+    seed_help = {} if seed_of is None else {
+        "seed": f"seed of the validation split and of {seed_of} (default: the input run's seed)"}
+    add_fields(g, TrainConfig, skip=() if epochs else ("epochs", "lr"), defaults=seed,
+               helps={**seed_help, **(helps or {})})
     g.add_argument("--epoch-size", type=positive_int, default=None, metavar="N",
                    help="training images per epoch: each epoch trains on a fresh seeded random "
                         "N of the training split (budgets below one epoch; default: all)")
-    g.add_argument("--momentum", type=nonneg_float, default=0.9, help="SGD momentum (0.9)")
-    g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=True,
-                   help="Nesterov momentum (default on)")
-    g.add_argument("--weight-decay", type=nonneg_float, default=5e-4,
-                   help="weight decay (5e-4)")
-    g.add_argument("--schedule", choices=["cosine", "multistep", "constant"], default="cosine",
-                   help="learning-rate schedule (cosine)")
-    g.add_argument("--milestones", type=finite_float, nargs="+", default=[0.5, 0.75],
-                   help="multistep milestones as fractions of training (0.5 0.75)")
-    g.add_argument("--gamma", type=finite_float, default=0.1, help="multistep factor (0.1)")
-    g.add_argument("--warmup-epochs", type=nonneg_float, default=0.0,
-                   help="linear warm-up epochs (0)")
-    g.add_argument("--label-smoothing", type=nonneg_float, default=0.0,
-                   help="label smoothing (0)")
-    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                   help="fp32, or bf16 autocast on CPU and CUDA. On a CPU without native bf16 "
-                        "(no AVX-512 BF16 / AMX) bf16 is emulated, about 15x slower: resprune "
-                        "says so and trains in fp32 unless --force-bf16 is given")
     g.add_argument("--force-bf16", action="store_true",
                    help="keep --precision bf16 even on a CPU without native bf16")
-    g.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
-                   help="auto = cuda when available")
     g = p.add_argument_group("distillation (every training of the command)")
-    g.add_argument("--distill-from", metavar="RUN|input",
-                   help="distil from this run's model as teacher (frozen, eval mode, same "
-                        "batches); 'input' = the command's input model (train: --init); 'none' = "
-                        "off (default)")
-    g.add_argument("--distill-alpha", type=fraction_closed, default=0.7,
-                   help="weight of the teacher's soft targets; 1 - alpha goes to the labels "
-                        "(0.7)")
-    g.add_argument("--distill-temperature", type=positive_float, default=4.0,
-                   help="softmax temperature of the soft targets (4)")
-    if seed_of is None:
-        g.add_argument("--seed", type=nonneg_int, default=0,
-                       help="seed for weights, validation split, shuffling and augmentation (0)")
-    else:
-        g.add_argument("--seed", type=nonneg_int, default=None,
-                       help=f"seed of the validation split and of {seed_of} (default: the "
-                            "input run's seed)")
+    add_fields(g, DistillConfig)

@@ -24,15 +24,24 @@ def add_parser(subs) -> None:
                     "(model.safetensors, arch.json, metrics.jsonl, summary.json, report.md). "
                     "Validation accuracy is measured on a split carved from the training set; "
                     "the test set is only reported.")
-    g = p.add_argument_group("model")
-    g.add_argument("--model", choices=list_models(), metavar="NAME",
-                   help=f"zoo model to train from scratch: {', '.join(list_models())}")
+    g = add_model_options(p.add_argument_group("model"))
     g.add_argument("--init", metavar="RUN",
                    help="start from the model of this run instead (fine-tuning; e.g. a pruned "
                         "model); its architecture is kept")
     g.add_argument("--arch", metavar="FILE",
                    help="train this architecture spec (an arch.json, e.g. of a pruned run) "
                         "from a fresh initialisation")
+    options.add_data(p)
+    options.add_train(p)
+    options.add_output(p)
+    options.add_config(p)
+    p.set_defaults(func=run)
+
+
+def add_model_options(g):
+    """``--model NAME`` and the zoo's model options (shared with ``compress --model``)."""
+    g.add_argument("--model", choices=list_models(), metavar="NAME",
+                   help=f"zoo model to train from scratch: {', '.join(list_models())}")
     g.add_argument("--shortcut", choices=["A", "B"],
                    help="CIFAR ResNets: A = zero padding (default), B = 1x1 conv + BN")
     g.add_argument("--width", type=options.positive_int,
@@ -41,11 +50,7 @@ def add_parser(subs) -> None:
     g.add_argument("--base-width", type=options.positive_int, help="ResNeXt-29 base width (64)")
     g.add_argument("--priority-gates", action="store_true",
                    help="train with Network Implosion priority gates on every erasable unit")
-    options.add_data(p)
-    options.add_train(p)
-    options.add_output(p)
-    options.add_config(p)
-    p.set_defaults(func=run)
+    return g
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,15 +14,19 @@ from dataclasses import MISSING, field
 from typing import Any
 
 from ..errors import UserError
+from ..fields import LR, Float, Int, check_fields, opt
 from ..implosion import ImplosionConfig
 from ..train import TrainConfig
 from ..vacl import VaclConfig
-from ..vacl.config import RULES
+from ..vacl.config import REDUCTION, RULES
 
 STAGES = ("train", "implode", "vacl", "finetune")
 DEFAULT_STAGES = ("implode", "vacl", "finetune")
 # stage fields compress sets itself: the base training, the budget
 _OWN_STAGE_FIELDS = {"train", "seed", "epoch_size", *RULES}
+# compress's budget: the vacl rules but a latency target (the stages before vacl would need
+# their latency measured on the same table: not supported yet)
+BUDGET = tuple(k for k in RULES if k != "target_latency_reduction")
 
 
 class _Methods:
@@ -40,10 +44,10 @@ class _Methods:
                 raise UserError(f"stage {s!r} is listed twice; each stage runs at most once")
         if "train" in stages and stages[0] != "train":
             raise UserError("the train stage can only come first")
-        given = [k for k in RULES if getattr(self, k) is not None]
+        given = [k for k in BUDGET if getattr(self, k) is not None]
         if len(given) > 1:
             raise UserError("give at most one of " + ", ".join("--" + k.replace("_", "-")
-                                                               for k in RULES)
+                                                               for k in BUDGET)
                             + f" (got {', '.join('--' + k.replace('_', '-') for k in given)})")
         if given and "vacl" not in stages:
             raise UserError(f"--{given[0].replace('_', '-')} applies to the vacl stage, which "
@@ -51,10 +55,7 @@ class _Methods:
         if not isinstance(self.train, TrainConfig):
             raise UserError(f"train must be a resprune.train.TrainConfig, got "
                             f"{type(self.train).__name__}")
-        for name in ("finetune_final_epochs",):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise UserError(f"{name} must be an integer >= 0, got {v!r}")
+        check_fields(self)
         self.train.validate()
         self.stage_train("finetune").validate()
         if "implode" in stages:
@@ -118,21 +119,33 @@ def _stage_fields() -> list[tuple[str, Any, Any]]:
         for f in dataclasses.fields(cls):
             if f.name in _OWN_STAGE_FIELDS or f.name in out:
                 continue
-            default = (field(default=f.default) if f.default is not MISSING
-                       else field(default_factory=f.default_factory))
+            default = (field(default=f.default, metadata=f.metadata)
+                       if f.default is not MISSING
+                       else field(default_factory=f.default_factory, metadata=f.metadata))
             out[f.name] = (f.name, f.type, default)
     return list(out.values())
 
 
 _OWN_FIELDS = [
-    ("stages", "tuple[str, ...]", field(default=DEFAULT_STAGES)),
-    ("target_params_reduction", "float | None", field(default=None)),
-    ("target_macs_reduction", "float | None", field(default=None)),
-    ("threshold", "float | None", field(default=None)),
-    ("auto_tolerance", "float | None", field(default=None)),
-    ("finetune_final_epochs", "int", field(default=10)),
-    ("finetune_final_lr", "float", field(default=0.01)),
-    ("epoch_size", "int | None", field(default=None)),
+    ("stages", "tuple[str, ...]", opt(DEFAULT_STAGES, "stages in order, each at most once; "
+                                      "train (first only) trains the model passed in",
+                                      cli=False)),
+    ("target_params_reduction", "float | None", opt(
+        None, "remove at least the fraction R in [0, 1) of the input's params in all: "
+        "implosion goes by accuracy, VACL removes the rest", REDUCTION, metavar="R")),
+    ("target_macs_reduction", "float | None", opt(None, "the same for MACs", REDUCTION,
+                                                  metavar="R")),
+    ("threshold", "float | None", opt(
+        None, "no target: VACL removes every channel group scoring below T",
+        Float(0, optional=True), metavar="T")),
+    ("auto_tolerance", "float | None", opt(
+        None, "without a target: VACL prunes the largest share of params whose pruned copy "
+        "keeps val top-1 within T points of the vacl stage's input (default: --tolerance)",
+        Float(0, optional=True), metavar="T")),
+    ("finetune_final_epochs", "int", opt(10, "epochs of the finetune stage", Int(0))),
+    ("finetune_final_lr", "float", opt(0.01, "peak learning rate of the finetune stage", LR)),
+    ("epoch_size", "int | None", opt(None, "training images per epoch (default: all)",
+                                     Int(1, optional=True), cli=False)),
     ("train", "TrainConfig", field(default_factory=TrainConfig)),
 ]
 

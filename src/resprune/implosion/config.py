@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..fields import LR, LR_OR_NONE, Choice, Flag, Float, Int, check_fields, opt
 from ..train import TrainConfig
-from ..train.fade import check_end
+from ..train.fade import FADE_END, FADE_END_HELP
 from .scores import SCORE_METHODS
 
 ERASE_MODES = ("cut", "fade")
@@ -55,63 +55,53 @@ class ImplosionConfig:
         fields above.
     """
 
-    score: str = "gate"
-    per_step: int = 1
-    retrain_epochs: int = 10
-    retrain_lr: float = 0.01
-    tolerance: float = 0.0
-    patience: int = 1
-    screen: int = 0
-    screen_batches: int = 4
-    erase: str = "cut"
-    fade_end: float = 0.75
-    target_depth: int | None = None
-    max_steps: int | None = None
-    final_epochs: int = 0
-    final_lr: float | None = None
-    adapt_epochs: int = 5
-    adapt_lr: float | None = None
-    score_batches: int = 4
-    fold: bool = True
-    seed: int = 0
+    score: str = opt("gate", "priority term: gate = |w| (default), norm = mean ||w F(x)|| over "
+                     "training batches, gate_bn = |w| * ||gamma of the branch's last BN||, "
+                     "random = ablation baseline", Choice(SCORE_METHODS, label="priority score"))
+    per_step: int = opt(1, "units erased per step", Int(1))
+    retrain_epochs: int = opt(10, "retraining epochs after each erasure (0: no retraining)",
+                              Int(0))
+    retrain_lr: float = opt(0.01, "learning rate of every retraining, lowered from "
+                            "training's, no warm-up", LR)
+    tolerance: float = opt(0.0, "accept a step when val top-1 >= start net's val top-1 minus "
+                           "this many percentage points", Float(0))
+    patience: int = opt(1, "stop after this many rejected steps in a row; after a rejection "
+                        "the next-lowest priorities are tried (1: stop at the first)", Int(1))
+    screen: int = opt(0, "erase each of the N lowest-priority units alone, score the "
+                      "validation loss without training, and erase the --per-step cheapest "
+                      "(0: by priority alone)", Int(0), metavar="N")
+    screen_batches: int = opt(4, "validation batches each screened candidate is scored on",
+                              Int(1))
+    erase: str = opt("cut", "cut: replace a step's units by identities, then retrain; fade: "
+                     "retrain while their priority gates fall linearly to exactly zero, then "
+                     "replace them (no output changes), so the net adapts gradually",
+                     Choice(ERASE_MODES, label="erase mode"))
+    fade_end: float = opt(0.75, FADE_END_HELP, FADE_END, metavar="F")
+    target_depth: int | None = opt(None, "stop once the net has at most this many weight "
+                                   "layers (default: none)", Int(1, optional=True),
+                                   metavar="LAYERS")
+    max_steps: int | None = opt(None, "stop after this many steps (default: none)",
+                                Int(1, optional=True))
+    final_epochs: int = opt(0, "longer retraining of the final net", Int(0))
+    final_lr: float | None = opt(None, "learning rate of the final retraining (default: "
+                                 "--retrain-lr)", LR_OR_NONE)
+    adapt_epochs: int = opt(5, "when the input has no priority gates: they are added (w = 1, "
+                            "logits unchanged) and trained this many epochs before step 1",
+                            Int(0))
+    adapt_lr: float | None = opt(None, "learning rate of the gate adaptation (default: "
+                                 "--retrain-lr)", LR_OR_NONE)
+    score_batches: int = opt(4, "training batches the norm score reads", Int(1))
+    fold: bool = opt(True, "fold the surviving gates into their branch's last BN at the end",
+                     Flag(), cli=False)
+    seed: int = opt(0, "seeds every retraining (step k: seed + k)", Int(0), cli=False)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def validate(self) -> ImplosionConfig:
         """Check every option; raise :class:`UserError` naming the first bad one."""
-        if self.score not in SCORE_METHODS:
-            raise UserError(f"unknown priority score {self.score!r}; choose one of: "
-                            f"{', '.join(SCORE_METHODS)}")
-        _int(self.per_step, "per_step", 1, " (units erased per step)")
-        if self.erase not in ERASE_MODES:
-            raise UserError(f"unknown erase mode {self.erase!r}; choose one of: "
-                            f"{', '.join(ERASE_MODES)}")
-        check_end(self.fade_end)
+        check_fields(self)
         if self.erase == "fade" and self.retrain_epochs == 0:
             raise UserError("erase fade fades the units during the retraining: give "
                             "retrain_epochs >= 1")
-        _int(self.retrain_epochs, "retrain_epochs", 0)
-        _int(self.final_epochs, "final_epochs", 0)
-        _int(self.adapt_epochs, "adapt_epochs", 0)
-        _int(self.score_batches, "score_batches", 1)
-        _int(self.patience, "patience", 1, " (rejected steps in a row before stopping)")
-        _int(self.screen, "screen", 0, " (candidates screened by validation loss; 0 = off)")
-        _int(self.screen_batches, "screen_batches", 1)
-        _int(self.seed, "seed", 0)
-        if self.target_depth is not None:
-            _int(self.target_depth, "target_depth", 1, " (weight layers) or None")
-        if self.max_steps is not None:
-            _int(self.max_steps, "max_steps", 1, " or None")
-        _lr(self.retrain_lr, "retrain_lr")
-        for name in ("final_lr", "adapt_lr"):
-            if getattr(self, name) is not None:
-                _lr(getattr(self, name), name)
-        tol = self.tolerance
-        if (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol)
-                or tol < 0):
-            raise UserError(f"tolerance must be a number >= 0 (percentage points of validation "
-                            f"top-1 the net may lose), got {tol!r}")
-        if not isinstance(self.fold, bool):
-            raise UserError(f"fold must be true or false, got {self.fold!r}")
         if not isinstance(self.train, TrainConfig):
             raise UserError(f"train must be a resprune.train.TrainConfig, got "
                             f"{type(self.train).__name__}")
@@ -121,13 +111,3 @@ class ImplosionConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _int(v: Any, name: str, minimum: int, what: str = "") -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}{what}, got {v!r}")
-
-
-def _lr(v: Any, name: str) -> None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise UserError(f"{name} must be a learning rate > 0, got {v!r}")

@@ -163,12 +163,19 @@ def widths_table(summary: dict[str, Any]) -> str:
 def _rule(pr: dict[str, Any]) -> str:
     if pr["mode"] == "threshold":
         return f"every group with RMS below {pr['threshold']:g} removed"
-    what = "parameters" if pr["mode"] == "params" else "MACs"
+    what = {"params": "parameters", "macs": "MACs"}.get(
+        pr["mode"], "the latency predicted by the per-layer table")
     reached = "reached" if pr["target_reached"] else (
         "**not reached**: every remaining group was needed to keep at least one channel per "
         "layer")
-    return (f"lowest-RMS groups removed until {what} fell by at least "
-            f"{100 * pr['target_reduction']:.2f} % ({reached})")
+    order = ("groups removed by RMS per unit of latency saved (lowest first)"
+             if pr.get("cost") == "latency" else "lowest-RMS groups removed")
+    lat = pr.get("latency")
+    predicted = (f"; predicted {lat['runtime']} latency at batch {lat['batch']}: "
+                 f"{lat['predicted_before_ms']:.2f} -> {lat['predicted_after_ms']:.2f} ms"
+                 if lat else "")
+    return (f"{order} until {what} fell by at least "
+            f"{100 * pr['target_reduction']:.2f} % ({reached}){predicted}")
 
 
 def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:

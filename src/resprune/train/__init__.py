@@ -6,12 +6,12 @@
 
 from .callbacks import Callback
 from .config import TrainConfig
-from .distill import Distillation
+from .distill import Distillation, DistillConfig
 from .fade import FADES, Fade, Slice
 from .run import RunResult, train_run
 from .schedule import LRSchedule, lr_factor
 from .trainer import METRICS_FILE, STATE_FILE, Trainer
 
-__all__ = ["FADES", "METRICS_FILE", "STATE_FILE", "Callback", "Distillation", "Fade",
-           "LRSchedule", "RunResult", "Slice", "TrainConfig", "Trainer", "lr_factor",
+__all__ = ["FADES", "METRICS_FILE", "STATE_FILE", "Callback", "DistillConfig", "Distillation",
+           "Fade", "LRSchedule", "RunResult", "Slice", "TrainConfig", "Trainer", "lr_factor",
            "train_run"]

@@ -10,22 +10,39 @@ from __future__ import annotations
 
 import copy
 import time
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UserError
+from ..fields import Float, Text, check_fields, opt
+
+
+@dataclass
+class DistillConfig:
+    """The distillation options of every command that retrains (the command line's
+    ``--distill-*``; the library takes a :class:`Distillation` built from a teacher)."""
+
+    distill_from: str | None = opt(
+        None, "distil from this run's model as teacher (frozen, eval mode, same batches); "
+        "'input' = the command's input model (train: --init); 'none' = off (default)",
+        Text(optional=True), metavar="RUN|input")
+    distill_alpha: float = opt(0.7, "weight of the teacher's soft targets; 1 - alpha goes to "
+                               "the labels", Float(0, 1))
+    distill_temperature: float = opt(4.0, "softmax temperature of the soft targets",
+                                     Float(0, open_low=True))
+
+    def validate(self) -> DistillConfig:
+        check_fields(self)
+        return self
 
 
 class Distillation:
     """A frozen teacher plus the KD loss; ``alpha`` in [0, 1], ``temperature`` > 0."""
 
     def __init__(self, teacher: nn.Module, alpha: float = 0.7, temperature: float = 4.0):
-        if not 0 <= alpha <= 1:
-            raise UserError(f"distillation alpha must be in [0, 1], got {alpha}")
-        if not temperature > 0:
-            raise UserError(f"distillation temperature must be > 0, got {temperature}")
+        DistillConfig(distill_alpha=alpha, distill_temperature=temperature).validate()
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)

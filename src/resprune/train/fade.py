@@ -16,7 +16,6 @@ scale and shift of the channel groups pruning removes).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..fields import Float
 from .callbacks import Callback
 
 FADES = ("off", "linear")
@@ -38,9 +38,15 @@ class Slice:
     channels: tuple[int, ...] | None = None
 
 
+#: the ``fade_end`` field of implosion's and VACL's configs
+FADE_END = Float(0, 1, open_low=True)
+FADE_END_HELP = ("with implode --erase fade / vacl --fade: the faded units or channel groups "
+                 "reach exactly zero after this fraction of the training's steps and stay zero "
+                 "for the rest")
+
+
 def check_end(end: float) -> float:
-    if isinstance(end, bool) or not isinstance(end, (int, float)) or not (
-            math.isfinite(end) and 0 < end <= 1):
+    if FADE_END.check(end) is not None:
         raise UserError(f"fade end must be a fraction of the training in (0, 1], got {end!r}")
     return float(end)
 

@@ -7,19 +7,49 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError
+from ..fields import LR, Check, Choice, Flag, Float, Int, check_fields, opt
+from ..measure.latency_table import RUNTIMES
 from ..train import FADES, TrainConfig
-from ..train.fade import check_end
+from ..train.fade import FADE_END, FADE_END_HELP
+from .prune import COSTS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES
 
 #: the pruning rules, exactly one of which a run gives
-RULES = ("threshold", "target_params_reduction", "target_macs_reduction", "auto_tolerance")
+RULES = ("threshold", "target_params_reduction", "target_macs_reduction",
+         "target_latency_reduction", "auto_tolerance")
 REG_GROUPS = ("all", "pruned")
+
+
+class RoundTo(Check):
+    """``round_to``: an integer >= 1, or ``auto``."""
+
+    def parse(self, text: str):
+        if text == "auto":
+            return text
+        try:
+            v = int(text)
+        except ValueError:
+            raise ValueError(f"must be an integer >= 1 or auto, got {text!r}") from None
+        if v < 1:
+            raise ValueError(f"must be an integer >= 1 or auto, got {text}")
+        return v
+
+    def describe(self) -> str:
+        return "an integer >= 1 or auto"
+
+    def check(self, value, name: str = "value"):
+        ok = value == "auto" or (isinstance(value, int) and not isinstance(value, bool)
+                                 and value >= 1)
+        return None if ok else f"{name} must be {self.describe()}, got {value!r}"
+
+
+#: a target reduction: a fraction of the model in [0, 1)
+REDUCTION = Float(0, 1, open_high=True, optional=True)
 
 
 @dataclass
@@ -44,31 +74,86 @@ class VaclConfig:
     (their epochs and lr come from the fields above).
     """
 
-    lam: float = 1e-4
-    beta: float = 4.0
-    form: str = "moments"
-    include_bn: bool = True
-    include_consumers: bool = False
-    reg_groups: str = "all"
-    lam_schedule: str = "constant"
-    lam_growth: float = 2.0
-    lam_max: float | None = None
-    near_zero: float = 0.05
-    lam_target_share: float | None = None
-    fade: str = "off"
-    fade_end: float = 0.75
-    sparse_epochs: int = 20
-    sparse_lr: float = 0.01
-    threshold: float | None = None
-    target_params_reduction: float | None = None
-    target_macs_reduction: float | None = None
-    auto_tolerance: float | None = None
-    group_score: str = "layer_rms"
-    round_to: int | None = None
-    max_layer_reduction: float | None = None
-    finetune_epochs: int = 20
-    finetune_lr: float = 0.01
-    epoch_size: int | None = None
+    lam: float = opt(1e-4, "regularizer strength lambda: loss = CE + lam * R", Float(0))
+    beta: float = opt(4.0, "weight of the within-group variance term (with --form moments, 1 "
+                      "is plain cross-layer group lasso)", Float(0))
+    form: str = opt("moments", "regularizer form for cross-layer groups: moments, additive or "
+                    "mean_std (see docs/vacl.md)", Choice(FORMS, label="form"))
+    include_bn: bool = opt(True, "put each producer's BN gamma/beta into its group", Flag())
+    include_consumers: bool = opt(False, "also put the consumers' input slices into the "
+                                  "groups", Flag())
+    reg_groups: str = opt("all", "which channel groups the regularizer acts on: all, or pruned "
+                          "= only those the pruning target removes (chosen once, by a dry run "
+                          "of the target on the input model), so that exactly they are driven "
+                          "to zero; needs a params or MACs target",
+                          Choice(REG_GROUPS, label="reg_groups"))
+    lam_schedule: str = opt("constant", "constant, or raise: multiply lambda by --lam-growth "
+                            "after every sparsity epoch in which fewer groups are near zero "
+                            "than pruning will remove, so pruning removes groups already near "
+                            "zero", Choice(LAM_SCHEDULES, label="lam_schedule"))
+    lam_growth: float = opt(2.0, "factor of the raise schedule", Float(1, open_low=True))
+    lam_max: float | None = opt(None, "raise schedule: never raise lambda above this "
+                                "(default: no cap)", Float(0, open_low=True, optional=True))
+    near_zero: float = opt(0.05, "a group is near zero when its RMS is below this fraction of "
+                           "its RMS before sparsity training",
+                           Float(0, 1, open_low=True, open_high=True))
+    lam_target_share: float | None = opt(
+        None, "raise schedule: the share of groups to drive near zero (default: measured by a "
+        "dry run of the pruning target on the input model)",
+        Float(0, 1, open_low=True, optional=True), metavar="S")
+    fade: str = opt("off", "off, or linear: fade the channel groups the params or MACs target "
+                    "removes (chosen once, by a dry run of the target on the input model) "
+                    "linearly to exactly zero during sparsity training, so that pruning them "
+                    "changes no output; the regularizer still acts (lam may be 0)",
+                    Choice(FADES, label="fade"))
+    fade_end: float = opt(0.75, FADE_END_HELP, FADE_END, metavar="F")
+    sparse_epochs: int = opt(20, "epochs of sparsity training (0: prune the input as is)",
+                             Int(0))
+    sparse_lr: float = opt(0.01, "peak learning rate of sparsity training", LR)
+    threshold: float | None = opt(None, "remove every channel group scoring below T (the "
+                                  "score of --group-score)", Float(0, optional=True),
+                                  metavar="T")
+    target_params_reduction: float | None = opt(
+        None, "remove the lowest-scoring groups until params fall by at least the fraction R "
+        "in [0, 1)", REDUCTION, metavar="R")
+    target_macs_reduction: float | None = opt(
+        None, "remove the lowest-scoring groups until MACs fall by at least the fraction R in "
+        "[0, 1)", REDUCTION, metavar="R")
+    target_latency_reduction: float | None = opt(
+        None, "remove the lowest-ranked groups until the latency the table of --latency-runtime "
+        "predicts falls by at least the fraction R in [0, 1) (measured per conv layer on this "
+        "machine at --latency-batch, cached)", REDUCTION, metavar="R")
+    auto_tolerance: float | None = opt(
+        None, "choose the params reduction on the validation split: the largest of 5 %, "
+        "10 %, ..., 95 % whose pruned copy of the sparse model (not fine-tuned) keeps val "
+        "top-1 within T percentage points of the input run's (the scan stops at the first "
+        "that does not)", Float(0, optional=True), metavar="T")
+    group_score: str = opt("layer_rms", "what ranks the channel groups: layer_rms (each "
+                           "layer's slice divided by that layer's mean channel RMS first, so "
+                           "layers of different weight scale compare fairly) or rms (raw RMS "
+                           "norm)", Choice(SCORES, label="group score"))
+    round_to: int | str | None = opt(
+        None, "keep every pruned layer's width a multiple of N channels (e.g. 8: onnxruntime "
+        "computes convolutions in blocks of 8 or 16 channels, so odd widths cost time without "
+        "accuracy), or auto: the step the latency table of --latency-runtime shows (default: "
+        "exact widths)", RoundTo(optional=True), metavar="N|auto")
+    cost: str = opt("none", "none: remove the lowest-scoring groups first; latency: rank groups "
+                    "by score per unit of latency they save (the latency table of "
+                    "--latency-runtime; HALP's rule), for a params, MACs or latency target",
+                    Choice(COSTS, label="ranking cost"))
+    latency_runtime: str = opt("eager", "where the per-layer latency table is measured: eager "
+                               "(PyTorch, CPU) or onnxruntime (CPU); with the current thread "
+                               "count", Choice(RUNTIMES, label="latency runtime"))
+    latency_batch: int = opt(64, "batch size of the latency table", Int(1))
+    max_layer_reduction: float | None = opt(
+        None, "remove at most the fraction F in (0, 1] of any layer's channels (every layer "
+        "keeps ceil((1 - F) * width)), so no residual stream or inner width collapses to a few "
+        "channels (default: no cap)", Float(0, 1, open_low=True, optional=True), metavar="F")
+    finetune_epochs: int = opt(20, "epochs of fine-tuning after pruning, no regularizer",
+                               Int(0))
+    finetune_lr: float = opt(0.01, "peak learning rate of fine-tuning", LR)
+    epoch_size: int | None = opt(None, "training images per epoch (default: all)",
+                                 Int(1, optional=True), cli=False)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def rule(self) -> dict[str, float]:
@@ -78,7 +163,8 @@ class VaclConfig:
         if len(given) != 1:
             names = ", ".join("--" + k.replace("_", "-") for k in given) or "none"
             raise UserError("give exactly one of --threshold, --target-params-reduction, "
-                            f"--target-macs-reduction and --auto-tolerance (got {names})")
+                            "--target-macs-reduction, --target-latency-reduction and "
+                            f"--auto-tolerance (got {names})")
         return given
 
     def stage(self, name: str) -> TrainConfig:
@@ -88,41 +174,11 @@ class VaclConfig:
 
     def validate(self) -> VaclConfig:
         """Check every option; raise :class:`UserError` naming the first bad one."""
-        _choice(self.form, "form", FORMS)
-        _choice(self.lam_schedule, "lam_schedule", LAM_SCHEDULES)
-        _choice(self.reg_groups, "reg_groups", REG_GROUPS)
-        _choice(self.fade, "fade", FADES)
-        _choice(self.group_score, "group_score", SCORES)
-        for name in ("lam", "beta"):
-            _number(getattr(self, name), name, low=0.0)
-        _number(self.lam_growth, "lam_growth", low=1.0, open_low=True)
-        if self.lam_max is not None:
-            _number(self.lam_max, "lam_max", low=0.0, open_low=True)
-        _number(self.near_zero, "near_zero", low=0.0, high=1.0, open_low=True, open_high=True)
-        if self.lam_target_share is not None:
-            _number(self.lam_target_share, "lam_target_share", low=0.0, high=1.0,
-                    open_low=True)
-        check_end(self.fade_end)
-        for name in ("sparse_epochs", "finetune_epochs"):
-            _int(getattr(self, name), name, 0)
-        for name in ("sparse_lr", "finetune_lr"):
-            _number(getattr(self, name), name, low=0.0, open_low=True)
-        if self.epoch_size is not None:
-            _int(self.epoch_size, "epoch_size", 1)
-        if self.round_to is not None:
-            _int(self.round_to, "round_to", 1)
-        if self.max_layer_reduction is not None:
-            _number(self.max_layer_reduction, "max_layer_reduction", low=0.0, high=1.0,
-                    open_low=True)
-        for name in ("include_bn", "include_consumers"):
-            if not isinstance(getattr(self, name), bool):
-                raise UserError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        rule = self.rule()
-        (key, value), = rule.items()
-        if key.startswith("target_"):
-            _number(value, key, low=0.0, high=1.0, open_high=True)
-        else:
-            _number(value, key, low=0.0)
+        check_fields(self)
+        (key,) = self.rule()
+        if self.cost == "latency" and not key.startswith("target_"):
+            raise UserError("--cost latency ranks for a params, MACs or latency target; "
+                            "--threshold and --auto-tolerance remove by score alone")
         needs_target = {"fade": self.fade != "off", "reg_groups": self.reg_groups == "pruned"}
         if not key.startswith("target_"):
             if needs_target["fade"]:
@@ -143,27 +199,3 @@ class VaclConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _choice(v: Any, name: str, choices: tuple[str, ...]) -> None:
-    if v not in choices:
-        raise UserError(f"unknown {name} {v!r}; choose one of: {', '.join(choices)}")
-
-
-def _int(v: Any, name: str, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UserError(f"{name} must be an integer >= {minimum}, got {v!r}")
-
-
-def _number(v: Any, name: str, *, low: float | None = None, high: float | None = None,
-            open_low: bool = False, open_high: bool = False) -> None:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    if ok and low is not None:
-        ok = v > low if open_low else v >= low
-    if ok and high is not None:
-        ok = v < high if open_high else v <= high
-    if not ok:
-        lo = "" if low is None else f"{'>' if open_low else '>='} {low:g}"
-        hi = "" if high is None else f"{'<' if open_high else '<='} {high:g}"
-        raise UserError(f"{name} must be a number {' and '.join(x for x in (lo, hi) if x)}, "
-                        f"got {v!r}")

@@ -49,7 +49,7 @@ from .. import __version__
 from ..checkpoint import load, save
 from ..data import resolve_loaders
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, read_json
 from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
@@ -71,6 +71,7 @@ KIND = "vacl"
 STATE_FORMAT = 1
 STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
+LATENCY_TABLE = "latency_table.json"
 
 
 @dataclass
@@ -123,9 +124,10 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
     precision = config.train.precision
     state = _open(out, model, config, resume, shape, evals, reg, device,
                   None if source is None else str(source))
+    table = _latency_table(out, model, shape, config)
 
     if state["phase"] == "sparse":
-        callbacks = _sparse_callbacks(config, reg, model, shape, target, state)
+        callbacks = _sparse_callbacks(config, reg, model, shape, target, state, table)
         write_state(out, state)
         log.info("sparsity training, %d epoch(s) at lr %g (%r)", config.sparse_epochs,
                  config.sparse_lr, reg)
@@ -147,7 +149,7 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
         auto = _auto_target(out, shape, reg, loaders.val, target, config,
                             state["base"]["val_top1"], device)
         rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
-        state.update(_prune(out, shape, reg, rule, state["rms_after"], config))
+        state.update(_prune(out, shape, reg, rule, state["rms_after"], config, table))
         if auto is not None:
             state["prune"]["auto"] = auto
         pruned = load(stage_dir(out, "pruned"), device=device)
@@ -233,8 +235,27 @@ def _fit(model: nn.Module, loaders: dict[str, Any], cfg, run_dir: Path, progress
     return trainer.fit(resume=(run_dir / TRAIN_STATE_FILE).is_file())
 
 
+def _latency_table(out: Path, model: nn.Module, shape, config: VaclConfig):
+    """The latency table the options need (else None): measured once per run (the resprune
+    cache reuses tables across runs) and kept in ``OUT/latency_table.json``, so a resumed run
+    decides with the same numbers."""
+    if not (config.cost == "latency" or config.round_to == "auto"
+            or config.target_latency_reduction is not None):
+        return None
+    from ..measure.latency_table import LatencyTable, measure_table
+
+    path = out / LATENCY_TABLE
+    if path.is_file():
+        return LatencyTable.from_dict(read_json(path))
+    log.info("measuring the %s latency table (batch %d, %d thread(s))", config.latency_runtime,
+             config.latency_batch, torch.get_num_threads())
+    table = measure_table(model, shape, config.latency_runtime, batch=config.latency_batch)
+    atomic_write_json(path, table.to_dict())
+    return table
+
+
 def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, shape,
-                      target: dict[str, float], state: dict[str, Any]) -> list[Any]:
+                      target: dict[str, float], state: dict[str, Any], table) -> list[Any]:
     """The lambda schedule (and, with ``fade``, the fade) of the sparsity stage.
 
     The groups a dry run of the target removes, and their share, are kept in ``state`` so a
@@ -249,8 +270,8 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
     if need_dry and "dry_run_groups" not in state:
         dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
                     include_consumers=reg.include_consumers, score=config.group_score,
-                    round_to=config.round_to,
-                    max_layer_reduction=config.max_layer_reduction, **target)
+                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
+                    latency_table=table, cost=config.cost, **target)
         state["dry_run_groups"] = dry["removed_groups"]
         state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
     if pruned_only:
@@ -269,13 +290,13 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
 
 
 def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
-           rms_after: list[float], config: VaclConfig) -> dict[str, Any]:
+           rms_after: list[float], config: VaclConfig, table) -> dict[str, Any]:
     """Prune the sparse-trained weights; the result ends in ``stages/pruned``."""
     model = load(stage_dir(out, "sparse"))
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
-                   **target)
+                   latency_table=table, cost=config.cost, **target)
     where = stage_dir(out, "pruned")
     save(model, where, metadata={"kind": "vacl-pruned"})
     atomic_write_json(where / PRUNE_REPORT, report)
@@ -312,7 +333,8 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
 
 def _warn_target(pr: dict[str, Any]) -> None:
     if not pr["target_reached"]:
-        what = "params" if pr["mode"] == "params" else "MACs"
+        what = {"params": "params", "macs": "MACs"}.get(pr["mode"], "predicted latency")
         log.warning("warning: the target %s reduction %g was not reached (%.2f %% removed): "
-                    "every remaining channel group is needed to keep at least one channel "
-                    "per layer", what, pr["target_reduction"], 100 * pr[pr["mode"] + "_reduction"])
+                    "every remaining channel group is needed to keep the channels each layer "
+                    "must keep", what, pr["target_reduction"],
+                    100 * (pr.get(pr["mode"] + "_reduction") or 0.0))

@@ -50,6 +50,8 @@ from .groups import (
 )
 from .ranking import (
     SizeModel,
+    latency_costs,
+    rank_by_latency,
     removal_units,
     round_widths,
     saved_fraction,
@@ -58,17 +60,21 @@ from .ranking import (
 )
 from .regularizer import group_scores
 
+COSTS = ("none", "latency")
 _CONV = nn.modules.conv._ConvNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
 # -- options ----------------------------------------------------------------------------------
-def _check_options(threshold: Any, params_r: Any, macs_r: Any) -> tuple[str, float]:
+def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = None
+                   ) -> tuple[str, float]:
     given = [(k, v) for k, v in (("threshold", threshold), ("target_params_reduction", params_r),
-                                 ("target_macs_reduction", macs_r)) if v is not None]
+                                 ("target_macs_reduction", macs_r),
+                                 ("target_latency_reduction", latency_r)) if v is not None]
     if len(given) != 1:
         raise UserError("give exactly one of threshold, target_params_reduction and "
-                        f"target_macs_reduction (got {', '.join(k for k, _ in given) or 'none'})")
+                        "target_macs_reduction (or target_latency_reduction) (got "
+                        f"{', '.join(k for k, _ in given) or 'none'})")
     key, value = given[0]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise UserError(f"{key} must be a number, got {value!r}")
@@ -79,12 +85,13 @@ def _check_options(threshold: Any, params_r: Any, macs_r: Any) -> tuple[str, flo
     if not 0 <= value < 1:
         raise UserError(f"{key} must be in [0, 1) (a fraction of the model to remove), "
                         f"got {value!r}")
-    return ("params" if key == "target_params_reduction" else "macs"), float(value)
+    return key.split("_")[1], float(value)
 
 
 # -- removal units (ResNeXt bundles) ------------------------------------------------------------
 def _rounded_selection(model, groups, units, chosen, mode, value, multiple, shape,
-                       params_before, macs_before, cap: float) -> tuple[list[int], bool]:
+                       params_before, macs_before, cap: float, table
+                       ) -> tuple[list[int], bool]:
     """Round the selection's widths; with a target, find by bisection the smallest selection
     goal whose rounded widths still reach it (rounding may keep channels back)."""
     size, least = sizes_and_minimums(model, groups, cap)
@@ -92,10 +99,10 @@ def _rounded_selection(model, groups, units, chosen, mode, value, multiple, shap
     def rounded(goal: float) -> tuple[list[int], float]:
         picked = chosen if goal == value else select(
             model, groups, units, mode, goal, SizeModel(model, shape, params_before,
-                                                        macs_before), cap)[0]
+                                                        macs_before, table), cap)[0]
         picked = round_widths(groups, units, picked, multiple, size, least)
         return picked, saved_fraction(model, groups, picked, mode, shape, params_before,
-                                      macs_before)
+                                      macs_before, table)
 
     if mode == "threshold":
         return round_widths(groups, units, chosen, multiple, size, least), True
@@ -194,8 +201,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           target_params_reduction: float | None = None,
           target_macs_reduction: float | None = None, *, groups: GroupSet | None = None,
           include_bn: bool = True, include_consumers: bool = False,
-          score: str = "layer_rms", round_to: int | None = None,
-          max_layer_reduction: float | None = None) -> dict[str, Any]:
+          score: str = "layer_rms", round_to: int | str | None = None,
+          max_layer_reduction: float | None = None,
+          target_latency_reduction: float | None = None, latency_table: Any = None,
+          cost: str = "none") -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -210,11 +219,31 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     layer keeps ``ceil((1 - F) * width)``; units that would go below are skipped), so no
     residual stream or inner width collapses to a few channels; default: no cap.
 
+    Latency (``latency_table``: a :class:`resprune.measure.latency_table.LatencyTable` of
+    this model): ``target_latency_reduction=R`` removes units until the table's predicted
+    latency fell by R; ``cost="latency"`` ranks units by score per unit of latency saved
+    instead of by score; ``round_to="auto"`` takes the channel step the table shows
+    (:func:`~resprune.measure.latency_table.auto_multiple`).
+
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
     from ..measure import count_macs, count_params
 
-    mode, value = _check_options(threshold, target_params_reduction, target_macs_reduction)
+    mode, value = _check_options(threshold, target_params_reduction, target_macs_reduction,
+                                 target_latency_reduction)
+    if cost not in COSTS:
+        raise UserError(f"unknown ranking cost {cost!r}; choose one of: {', '.join(COSTS)}")
+    needs_table = mode == "latency" or cost == "latency" or round_to == "auto"
+    if needs_table and latency_table is None:
+        raise UserError("target_latency_reduction, cost='latency' and round_to='auto' need a "
+                        "latency table (resprune.measure.latency_table.measure_table)")
+    if cost == "latency" and mode == "threshold":
+        raise UserError("cost='latency' ranks for a params, MACs or latency target; a "
+                        "threshold removes by score alone")
+    if round_to == "auto":
+        from ..measure.latency_table import auto_multiple
+
+        round_to = auto_multiple(latency_table)
     shape = check_input_shape(input_shape)
     cap = 1.0 if max_layer_reduction is None else max_layer_reduction
     if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1:
@@ -226,15 +255,28 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     units, fixed = removal_units(model, groups, scores)
     params_before, macs_before = count_params(model), count_macs(model, shape)
     widths_before = _widths(model)
-    sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before)
+    sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before,
+                                                       latency_table)
+    if cost == "latency":
+        units = rank_by_latency(units, latency_costs(sizes, groups, units))
+    latency_before = sizes.total("latency") if sizes is not None and latency_table else None
     chosen, stats = select(model, groups, units, mode, value, sizes, cap)
     if round_to is not None:
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise UserError(f"round_to must be an integer >= 1 (channels), got {round_to!r}")
+            raise UserError(f"round_to must be an integer >= 1 (channels) or 'auto', got "
+                            f"{round_to!r}")
         chosen, stats["reached"] = _rounded_selection(
             model, groups, units, chosen, mode, value, round_to, shape, params_before,
-            macs_before, cap)
+            macs_before, cap, latency_table)
 
+    latency = None
+    if latency_before is not None:
+        share = saved_fraction(model, groups, chosen, "latency", shape, params_before,
+                               macs_before, latency_table)
+        latency = {"runtime": latency_table.runtime, "batch": latency_table.batch,
+                   "threads": latency_table.threads, "predicted_before_ms": latency_before,
+                   "predicted_after_ms": latency_before * (1 - share),
+                   "predicted_reduction": share}
     remove_members(model, [m for gi in chosen for m in groups[gi].members])
     if isinstance(model, ResNet):
         validate_spec(model.spec())
@@ -258,6 +300,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "score": score,
         "round_to": round_to,
         "max_layer_reduction": max_layer_reduction,
+        "cost": cost,
+        "latency": latency,
         "groups_total": len(groups),
         "groups_by_kind": groups.counts(),
         "groups_fixed": len(fixed),
@@ -274,4 +318,5 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "macs_before": macs_before,
         "macs_after": macs_after,
         "macs_reduction": 1 - macs_after / macs_before if macs_before else 0.0,
+        "latency_reduction": None if latency is None else latency["predicted_reduction"],
     }

@@ -83,7 +83,7 @@ class SizeModel:
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...],
-                 params_total: int, macs_total: int):
+                 params_total: int, macs_total: int, table: Any = None):
         self.mods: dict[str, nn.Module] = {}
         self.kept: dict[tuple[str, str], int] = {}
         self.positions: dict[str, int] = {}
@@ -101,6 +101,44 @@ class SizeModel:
         self.macs0 = sum(self.macs(n) for n in self.mods)
         self.param_offset = params_total - self.params0
         self.mac_offset = macs_total - self.macs0
+        # latency (ms per batch of the table): convs from the table, the rest a constant
+        self.table = table
+        self.shapes: dict[str, Any] = {}
+        self.latency0 = self.latency_offset = 0.0
+        if table is not None:
+            from ..measure.latency_table import conv_shapes
+
+            self.shapes = conv_shapes(model, input_shape)
+            self.latency0 = sum(self.latency(n) for n in self.shapes)
+            self.latency_offset = max(0.0, table.model_ms - self.latency0)
+
+    def total(self, mode: str) -> float:
+        """The whole model's params, MACs or latency (ms) at full width."""
+        if mode == "params":
+            return self.params0 + self.param_offset
+        if mode == "macs":
+            return self.macs0 + self.mac_offset
+        return self.latency0 + self.latency_offset
+
+    def latency(self, name: str) -> float:
+        """Predicted time of conv ``name`` at its kept widths (0 for other layers)."""
+        if name not in self.shapes:
+            return 0.0
+        return self.table.conv_ms(self.shapes[name], self.kept[(name, IN)],
+                                  self.kept[(name, OUT)])
+
+    def channel_latency(self, name: str, role: str) -> float:
+        """Average time one channel of ``name``'s ``role`` side (OUT or IN) costs at full
+        width: the slope of the table's curve from 1 channel to all (ms per channel)."""
+        if name not in self.shapes or role not in (OUT, IN):
+            return 0.0
+        s = self.shapes[name]
+        n = s.out_channels if role == OUT else s.in_channels
+        if n <= 1:
+            return 0.0
+        one = (self.table.conv_ms(s, s.in_channels, 1) if role == OUT
+               else self.table.conv_ms(s, 1, s.out_channels))
+        return max(0.0, self.table.conv_ms(s, s.in_channels, s.out_channels) - one) / (n - 1)
 
     def _record_positions(self, model: nn.Module, shape: tuple[int, ...]) -> None:
         """Output positions per image of every conv/linear layer (H*W, or tokens)."""
@@ -141,19 +179,23 @@ class SizeModel:
             return 0
         return self._conv_like(name)[0] * self.positions.get(name, 0)
 
-    def delta(self, dec: Counter) -> tuple[int, int]:
-        """(params, MACs) saved by removing ``dec[(module, role)]`` channels per layer side."""
+    def _sizes(self, names) -> tuple[int, int, float]:
+        return (sum(self.params(n) for n in names), sum(self.macs(n) for n in names),
+                sum(self.latency(n) for n in names))
+
+    def delta(self, dec: Counter) -> tuple[int, int, float]:
+        """(params, MACs, latency) saved by removing ``dec[(module, role)]`` channels per
+        layer side (latency 0 without a table)."""
         touched = {n for n, _ in dec if n in self.mods}
-        before = [(self.params(n), self.macs(n)) for n in touched]
+        before = self._sizes(touched)
         for k, v in dec.items():
             if k in self.kept:
                 self.kept[k] -= v
-        after = [(self.params(n), self.macs(n)) for n in touched]
+        after = self._sizes(touched)
         for k, v in dec.items():
             if k in self.kept:
                 self.kept[k] += v
-        return (sum(b[0] for b in before) - sum(a[0] for a in after),
-                sum(b[1] for b in before) - sum(a[1] for a in after))
+        return before[0] - after[0], before[1] - after[1], before[2] - after[2]
 
     def apply(self, dec: Counter) -> None:
         for k, v in dec.items():
@@ -201,8 +243,7 @@ def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, val
     saved = 0
     if mode != "threshold":
         assert sizes is not None
-        total = (sizes.params0 + sizes.param_offset) if mode == "params" else (
-            sizes.macs0 + sizes.mac_offset)
+        total = sizes.total(mode)
     for unit in units:
         if mode == "threshold" and unit.score >= value:
             break
@@ -218,9 +259,9 @@ def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, val
         for k, v in dec.items():
             size[k] -= v
         if sizes is not None:
-            dp, dm = sizes.delta(dec)
+            dp, dm, dl = sizes.delta(dec)
             sizes.apply(dec)
-            saved += dp if mode == "params" else dm
+            saved += {"params": dp, "macs": dm, "latency": dl}.get(mode, 0)
         chosen.extend(unit.groups)
     else:
         if total is not None and saved >= value * total:
@@ -301,14 +342,32 @@ def round_widths(groups: GroupSet, units: list[Unit], chosen: list[int], multipl
 
 
 def saved_fraction(model: nn.Module, groups: GroupSet, chosen: list[int], mode: str,
-           shape: tuple[int, ...], params_before: int, macs_before: int) -> float:
-    """Fraction of params / MACs that removing ``chosen`` saves (analytical size model)."""
-    sizes = SizeModel(model, shape, params_before, macs_before)
+                   shape: tuple[int, ...], params_before: int, macs_before: int,
+                   table: Any = None) -> float:
+    """Fraction of params / MACs / latency that removing ``chosen`` saves (analytical size
+    model; latency predicted from ``table``)."""
+    sizes = SizeModel(model, shape, params_before, macs_before, table)
     dec: Counter = Counter()
     for gi in chosen:
         dec.update(Counter((m.module, m.role) for m in groups[gi].members))
-    dp, dm = sizes.delta(dec)
-    total = params_before if mode == "params" else macs_before
-    return (dp if mode == "params" else dm) / total if total else 0.0
+    saved = dict(zip(("params", "macs", "latency"), sizes.delta(dec)))[mode]
+    total = sizes.total(mode)
+    return saved / total if total else 0.0
+
+
+def latency_costs(sizes: SizeModel, groups: GroupSet, units: list[Unit]) -> list[float]:
+    """Each unit's latency cost: the summed :meth:`SizeModel.channel_latency` of every conv
+    side its groups touch (ms per batch), for ranking by score per latency saved."""
+    return [sum(sizes.channel_latency(m.module, m.role) for gi in u.groups
+                for m in groups[gi].members) for u in units]
+
+
+def rank_by_latency(units: list[Unit], costs: list[float]) -> list[Unit]:
+    """Units ordered by score per unit of latency saved (lowest first; a unit that saves no
+    time goes last), as HALP ranks channels by importance per latency."""
+    floor = max(min((c for c in costs if c > 0), default=1.0) * 1e-3, 1e-12)
+    order = sorted(range(len(units)), key=lambda i: (units[i].score / max(costs[i], floor),
+                                                     min(units[i].groups)))
+    return [units[i] for i in order]
 
 

@@ -1,0 +1,193 @@
+"""Latency-aware vs MACs-based VACL ranking at equal measured latency (issue #12, item 3).
+
+From a converged base run B:
+
+1. **plan** (no training): measure B's per-layer latency table on the target runtime (one
+   thread); prune a copy of B with ``target_latency_reduction=L, cost="latency"`` (row
+   *latency*); then find by bisection the ``target_macs_reduction`` whose plain (score-ranked)
+   pruning of B runs as fast as the latency row, measured interleaved in the same runtime
+   (row *MACs*). Both use exact widths, so only the ranking differs.
+2. **run**: the two rows as ordinary ``resprune vacl`` runs from B with no sparsity training
+   (the groups B's weights rank lowest go) and the same fine-tuning budget and distillation.
+3. **report**: params, MACs, latency measured interleaved (eager and onnxruntime, batch 1 and
+   64, one thread), test top-1 and its paired difference between the rows (± standard error)
+   on cifar10-jpeg ``test/``.
+
+    .venv/bin/python benchmarks/latency_aware.py /work/runs/r56-B --runs /work/runs/la \\
+        --runtime onnxruntime --reduction 0.5 --finetune-epochs 2 --epoch-size 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, machine_info, md_table, run_command  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
+
+
+def _ms(models: dict, shape, runtime: str, batch: int, repeats: int) -> dict[str, float]:
+    from resprune.measure.compare import time_models
+
+    rows, _ = time_models(models, shape, batch_sizes=(batch,), runtimes=(runtime,),
+                          devices=["cpu"], warmup=2, repeats=repeats)
+    return rows[0]["ms"]
+
+
+def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int
+         ) -> dict:
+    import resprune
+    from resprune.measure.latency_table import measure_table
+    from resprune.vacl import prune
+
+    base = resprune.load(base_dir).eval()
+    shape = tuple(resprune.runs.input_shape_of(base_dir, resprune.spec_of(base)))
+    table = measure_table(base, shape, runtime, batch=batch)
+    aware = copy.deepcopy(base)
+    r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
+                    cost="latency")
+
+    def macs_model(t: float):
+        m = copy.deepcopy(base)
+        prune(m, shape, target_macs_reduction=t)
+        return m.eval()
+
+    lo, hi, tried = 0.0, 0.98, []
+    goal = _ms({"aware": aware}, shape, runtime, batch, repeats)["aware"]
+    best = None
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        ms = _ms({"aware": aware, "macs": macs_model(mid)}, shape, runtime, batch, repeats)
+        ratio = ms["macs"] / ms["aware"]
+        tried.append({"target_macs_reduction": round(mid, 4), "ms": ms, "ratio": ratio})
+        if best is None or abs(ratio - 1) < abs(best[1] - 1):
+            best = (mid, ratio)
+        if ratio > 1:
+            lo = mid
+        else:
+            hi = mid
+    return {"runtime": runtime, "batch": batch, "reduction": reduction,
+            "aware_ms_alone": goal, "aware_prune": {k: r_aware[k] for k in (
+                "params_reduction", "macs_reduction", "latency")},
+            "macs_target": round(best[0], 4), "bisection": tried,
+            "threads": torch.get_num_threads()}
+
+
+def commands(base: Path, p: dict, epochs: int, epoch_size: int) -> dict[str, list[str]]:
+    common = ["resprune", "vacl", str(base), "--sparse-epochs", "0", "--finetune-epochs",
+              str(epochs), "--finetune-lr", "0.01", "--epoch-size", str(epoch_size),
+              "--distill-from", "input", "--device", "cpu", "--no-progress"]
+    return {
+        "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
+                             "latency", "--latency-runtime", p["runtime"], "--latency-batch",
+                             str(p["batch"])],
+        "macs": common + ["--target-macs-reduction", str(p["macs_target"])],
+    }
+
+
+def correct(model, loader) -> torch.Tensor:
+    model.eval()
+    hits = []
+    with torch.inference_mode():
+        for x, y in loader:
+            hits.append((model(x).argmax(1) == y).double())
+    return torch.cat(hits)
+
+
+def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
+    import resprune
+    from resprune.data import load_dataset, make_loader
+
+    names = {"B": base_dir, "latency": runs / "latency", "macs": runs / "macs"}
+    models = {k: resprune.deploy(resprune.load(v)).eval() for k, v in names.items()}
+    summaries = {k: json.loads((v / "summary.json").read_text()) for k, v in names.items()}
+    shape = tuple(resprune.runs.input_shape_of(base_dir, resprune.spec_of(models["B"])))
+    bundle = load_dataset("imagefolder", DATA, preprocess=models["B"].preprocess,
+                          progress=False)
+    test = make_loader(bundle, "test", 500, train=False)
+    hits = {k: correct(m, test) for k, m in models.items()}
+    ms = {(rt, bs): _ms(models, shape, rt, bs, repeats) for rt in ("eager", "onnxruntime")
+          for bs in (1, 64)}
+    body = []
+    for k in ("B", "latency", "macs"):
+        s = summaries[k]
+        d = hits[k] - hits["macs"]
+        se = float(d.std(unbiased=True)) / math.sqrt(d.numel())
+        body.append([
+            k, f"{s['params'] / 1e3:.1f} k", f"{s['macs'] / 1e6:.2f} M",
+            *[f"{ms[(rt, bs)][k]:.2f}" for rt in ("eager", "onnxruntime") for bs in (1, 64)],
+            f"{100 * float(hits[k].mean()):.2f}",
+            "-" if k == "macs" else f"{100 * float(d.mean()):+.2f} ± {100 * se:.2f}"])
+    steps = ", ".join(f"{t['target_macs_reduction']:g} -> {t['ratio']:.3f}"
+                      for t in p["bisection"])
+    head = ["row", "params", "MACs", "eager b1 ms", "eager b64 ms", "ORT b1 ms", "ORT b64 ms",
+            "test top-1 %", "paired diff to MACs row ± SE"]
+    lines = [
+        "# Latency-aware vs MACs-based ranking at equal measured latency\n",
+        f"Machine: {machine_info(1, ['onnxruntime'])}.\n",
+        f"Plan (`benchmarks/latency_aware.py`): the {p['runtime']} table of B at batch "
+        f"{p['batch']} ({p['threads']} thread); latency row: "
+        f"`target_latency_reduction={p['reduction']}`, `cost=latency` "
+        f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
+        f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
+        f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row: the "
+        f"`target_macs_reduction` ({p['macs_target']}) whose measured {p['runtime']} latency "
+        f"at batch {p['batch']} is closest to the latency row's (bisection: MACs target -> "
+        f"its time / the latency row's: {steps}).\n",
+        md_table(head, body),
+        "Latencies: one thread, all three models timed interleaved in one process, deployment "
+        "form (`resprune.deploy`); onnxruntime runs the exported, parity-checked graph.\n",
+        "## Commands\n",
+    ]
+    for k in ("latency", "macs"):
+        lines.append(f"- {k}: `{run_command(names[k])}`")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("base", type=Path)
+    ap.add_argument("--runs", type=Path, required=True)
+    ap.add_argument("--runtime", default="onnxruntime", choices=["eager", "onnxruntime"])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reduction", type=float, default=0.5)
+    ap.add_argument("--finetune-epochs", type=int, default=2)
+    ap.add_argument("--epoch-size", type=int, default=10000)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
+    ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
+    a = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    a.runs.mkdir(parents=True, exist_ok=True)
+    plan_file = a.runs / "plan.json"
+    if a.step in ("plan", "all") and not plan_file.is_file():
+        plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
+                                             a.repeats), indent=1))
+    p = json.loads(plan_file.read_text())
+    if a.step in ("run", "all"):
+        from resprune.cli.main import main as cli
+
+        for name, argv_ in commands(a.base, p, a.finetune_epochs, a.epoch_size).items():
+            out = a.runs / name
+            if (out / "summary.json").is_file():
+                continue
+            resume = ["--resume"] if out.exists() else []
+            if cli([*argv_[1:], "--out", str(out), *resume]) != 0:
+                return 1
+    if a.step in ("report", "all"):
+        a.out.write_text(report(a.base, a.runs, p, a.repeats))
+        print(a.out.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""Per-layer latency tables and latency-aware VACL pruning (targets, ranking, round_to auto)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from resprune import UserError, vacl
+from resprune.cli.main import main
+from resprune.measure import latency_table as lt
+from resprune.measure.latency_table import (
+    LatencyTable,
+    auto_multiple,
+    conv_shapes,
+    grid,
+    measure_table,
+)
+from resprune.models import create
+
+from .conftest import QUIET
+
+CIFAR = (3, 32, 32)
+
+
+def synthetic_table(model, per_channel=None, step: int = 1, model_ms: float = 0.0
+                    ) -> LatencyTable:
+    """A table whose conv time is ``k * ceil_step(cout) * ceil_step(cin)`` (``k`` per layer
+    shape from ``per_channel(shape)``, default 1e-3): exact arithmetic to check against."""
+    curves = {}
+    every = conv_shapes(model, CIFAR)
+    for s in {s.key(): s for s in every.values()}.values():
+        k = 1e-3 if per_channel is None else per_channel(s)
+
+        def up(c: int) -> int:
+            return -(-c // step) * step
+        outs, ins = grid(s.out_channels), grid(s.in_channels)
+        full = k * s.out_channels * s.in_channels
+        curves[s.key()] = {"shape": {}, "full_ms": full, "out_points": outs,
+                           "out_ms": [k * min(up(c), s.out_channels) * s.in_channels
+                                      for c in outs],
+                           "in_points": ins,
+                           "in_ms": [k * s.out_channels * min(up(c), s.in_channels)
+                                     for c in ins]}
+    convs = sum(curves[s.key()]["full_ms"] for s in every.values())
+    return LatencyTable("eager", 8, 1, curves, {"cpu": "test"}, max(model_ms, convs))
+
+
+def test_grid_and_monotone_and_shapes():
+    assert grid(5) == [1, 2, 3, 4, 5]
+    assert grid(80) == list(range(1, 65)) + [72, 80]
+    assert grid(1024)[-3:] == [960, 992, 1024]
+    assert lt._monotone([1.0, 3.0, 2.0, 4.0]) == [1.0, 2.0, 2.0, 4.0]
+    shapes = conv_shapes(create("resnet20", width=16), CIFAR)
+    assert len(shapes) == 1 + 9 * 2  # stem + 2 per unit; option A shortcuts hold no conv
+    assert (shapes["conv1"].in_channels, shapes["conv1"].height) == (3, 32)
+    assert (shapes["layer2.0.conv1"].stride, shapes["layer2.0.conv1"].height) == ((2, 2), 32)
+    assert (shapes["layer2.0.conv2"].height, shapes["layer3.2.conv2"].height) == (16, 8)
+    # stem, 16->16 @32, 16->32 s2 @32, 32->32 @16, 32->64 s2 @16, 64->64 @8
+    assert len({v.key() for v in shapes.values()}) == 6
+
+
+def test_prediction_is_separable_and_interpolated():
+    model = create("resnet20", width=16)
+    table = synthetic_table(model)
+    s = conv_shapes(model, CIFAR)["layer3.1.conv1"]  # 64 -> 64
+    assert table.conv_ms(s, 64, 64) == pytest.approx(1e-3 * 64 * 64)
+    assert table.conv_ms(s, 10, 30) == pytest.approx(1e-3 * 10 * 30)
+    assert table.conv_ms(s, 0, 30) == 0.0
+    stair = synthetic_table(model, step=8)
+    assert stair.conv_ms(s, 64, 9) == pytest.approx(1e-3 * 16 * 64)
+    assert stair.conv_ms(s, 3, 16) == pytest.approx(1e-3 * 16 * 8)
+    d = json.loads(json.dumps(stair.to_dict()))
+    assert LatencyTable.from_dict(d).conv_ms(s, 3, 16) == stair.conv_ms(s, 3, 16)
+
+
+def test_auto_multiple_reads_the_staircase():
+    model = create("resnet20", width=16)
+    assert auto_multiple(synthetic_table(model, step=8)) == 8
+    assert auto_multiple(synthetic_table(model, step=4)) == 4
+    assert auto_multiple(synthetic_table(model, step=1)) == 1
+
+
+def _bn(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data = torch.rand(m.num_features, generator=g) + 0.2
+    return model
+
+
+def test_latency_target_reaches_the_predicted_reduction_and_reports_it():
+    model = _bn(create("resnet20", width=16))
+    table = synthetic_table(model, model_ms=0.0)
+    report = vacl.prune(copy.deepcopy(model), CIFAR, target_latency_reduction=0.4,
+                        latency_table=table)
+    lat = report["latency"]
+    assert report["mode"] == "latency" and report["target_reached"]
+    assert lat["predicted_reduction"] >= 0.4 and report["latency_reduction"] >= 0.4
+    assert lat["predicted_before_ms"] == pytest.approx(table.model_ms)
+    assert lat["predicted_after_ms"] == pytest.approx(
+        lat["predicted_before_ms"] * (1 - lat["predicted_reduction"]))
+    # the prediction of the pruned widths, layer by layer, equals the reported one
+    pruned = copy.deepcopy(model)
+    vacl.prune(pruned, CIFAR, target_latency_reduction=0.4, latency_table=table)
+    before = conv_shapes(model, CIFAR)
+    after = conv_shapes(pruned, CIFAR)
+    predicted = sum(table.conv_ms(before[n], a.in_channels, a.out_channels)
+                    for n, a in after.items())
+    assert predicted == pytest.approx(lat["predicted_after_ms"])
+
+
+def test_latency_cost_ranking_removes_expensive_channels_first():
+    """With stage 1 (32x32) 50x more costly per channel than the rest, ranking by score per
+    latency saved takes more stage-1 channels than ranking by score for the same target."""
+    model = _bn(create("resnet20", width=16))
+    table = synthetic_table(model, per_channel=lambda s: 5e-2 if s.height == 32 else 1e-3)
+
+    def stage1_kept(cost):
+        r = vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.3,
+                       latency_table=table, cost=cost)
+        assert r["cost"] == cost and r["target_reached"]
+        return sum(w for n, w in r["widths_after"].items() if n.startswith("layer1")), r
+
+    plain, r_plain = stage1_kept("none")
+    aware, r_aware = stage1_kept("latency")
+    assert aware < plain
+    assert r_aware["latency"]["predicted_reduction"] > r_plain["latency"]["predicted_reduction"]
+
+
+def test_round_to_auto_takes_the_table_step():
+    model = _bn(create("resnet20", width=16))
+    table = synthetic_table(model, step=8)
+    r = vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.5,
+                   latency_table=table, round_to="auto")
+    assert r["round_to"] == 8
+    for name, w in r["widths_after"].items():
+        assert w % 8 == 0 or w == r["widths_before"][name], (name, w)
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(target_latency_reduction=0.3), "need a latency table"),
+    (dict(target_params_reduction=0.3, cost="latency"), "need a latency table"),
+    (dict(target_params_reduction=0.3, round_to="auto"), "need a latency table"),
+    (dict(threshold=0.1, cost="latency", latency_table=True), "cost='latency' ranks for a"),
+    (dict(target_params_reduction=0.3, cost="time"), "unknown ranking cost 'time'"),
+])
+def test_bad_latency_options(kw, message):
+    model = create("resnet8", width=4)
+    if kw.get("latency_table") is True:
+        kw["latency_table"] = synthetic_table(model)
+    with pytest.raises(UserError, match=message):
+        vacl.prune(model, CIFAR, **kw)
+
+
+@pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
+def test_measure_table_times_every_shape_once_and_caches(runtime, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime") if runtime == "onnxruntime" else None
+    model = create("resnet8", width=4)
+    table = measure_table(model, CIFAR, runtime, batch=2, repeats=1, cache_dir=tmp_path)
+    shapes = {s.key(): s for s in conv_shapes(model, CIFAR).values()}
+    assert set(table.curves) == set(shapes) and table.model_ms > 0
+    for key, c in table.curves.items():
+        assert c["out_points"] == grid(shapes[key].out_channels)
+        assert c["out_ms"] == sorted(c["out_ms"]) and c["out_ms"][-1] == c["full_ms"] > 0
+    files = list((tmp_path / "latency").glob(f"{runtime}-b2-*.json"))
+    assert len(files) == 1
+
+    def no_timing(*a, **k):
+        raise AssertionError("a cached table was timed again")
+    monkeypatch.setattr(lt, "_eager_timer", no_timing)
+    monkeypatch.setattr(lt, "_ort_timer", no_timing)
+    again = measure_table(model, CIFAR, runtime, batch=2, repeats=1, cache_dir=tmp_path)
+    assert again.to_dict() == table.to_dict()
+    with pytest.raises(UserError, match="unknown latency runtime 'tvm'"):
+        measure_table(model, CIFAR, "tvm", cache_dir=tmp_path)
+
+
+def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, capsys,
+                                                            monkeypatch):
+    """The pipeline measures the table once, keeps it in the run and decides with it (the
+    table is synthetic here: at batch 2 a tiny net's time is mostly not convolutions)."""
+    calls = []
+
+    def fake_measure(model, shape, runtime, batch):
+        calls.append((runtime, batch))
+        t = synthetic_table(model)
+        t.batch = batch
+        return t
+    monkeypatch.setattr(lt, "measure_table", fake_measure)
+    out = tmp_path / "v"
+    args = ["vacl", str(trained), *QUIET, "--out", str(out), "--target-latency-reduction",
+            "0.3", "--cost", "latency", "--latency-batch", "2", "--sparse-epochs", "0",
+            "--finetune-epochs", "0", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
+    pr = summary["prune"]
+    assert pr["mode"] == "latency" and pr["cost"] == "latency" and pr["target_reached"]
+    assert pr["latency"]["predicted_reduction"] >= 0.3
+    assert pr["latency"]["runtime"] == "eager" and pr["latency"]["batch"] == 2
+    kept = json.loads((out / "latency_table.json").read_text())
+    assert kept["model_ms"] == pytest.approx(pr["latency"]["predicted_before_ms"])
+    assert "predicted eager latency at batch 2" in (out / "report.md").read_text()
+    assert calls == [("eager", 2)]
