@@ -14,6 +14,7 @@ their command lines, the tables) stays in the scripts; what is the same lives he
 - :func:`run_command`, :func:`baselines_line`: the command line that made a run (from its
   ``command.json``), and the baselines' provenance for a results file;
 - :func:`deployed`: a run's model as deployed (priority gates folded into the BN);
+- :func:`correct`: per-image hits, for paired accuracy differences;
 - :func:`mean_std`, :func:`md_table`, :func:`machine_info`: report formatting.
 
 Workers are spawned (not forked): they import this module again, found through ``sys.path``
@@ -277,6 +278,19 @@ def deployed(run_dir: Path):
     model = resprune.load(run_dir)
     fold_gates(model)
     return model, tuple(read_summary(run_dir)["input_shape"])
+
+
+def correct(model, loader) -> Any:
+    """Per-image hits (1.0 / 0.0, float64) of ``model`` on ``loader``, in order: the paired
+    differences between two models are the difference of their hits."""
+    import torch
+
+    model.eval()
+    hits = []
+    with torch.inference_mode():
+        for x, y in loader:
+            hits.append((model(x).argmax(1) == y).double())
+    return torch.cat(hits)
 
 
 def mean_std(xs: Iterable[float | None], scale: float = 1.0, digits: int = 2) -> str:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, RESULTS, deployed, machine_info, md_table  # noqa: E402
+from _common import REPO, RESULTS, correct, deployed, machine_info, md_table  # noqa: E402
 
 AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
 DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
@@ -132,17 +132,6 @@ def after_pruning(name: str, run: Path, s: dict[str, Any]) -> float | None:
     for stage in sorted((run / "stages").glob("*-vacl")):  # compress
         return json.loads((stage / "summary.json").read_text()).get("top1_before_finetune")
     return None
-
-
-def correct(model, loader) -> Any:
-    import torch
-
-    model.eval()
-    hits = []
-    with torch.inference_mode():
-        for x, y in loader:
-            hits.append((model(x).argmax(1) == y).double())
-    return torch.cat(hits)
 
 
 def report(runs: Path, out: Path, repeats: int) -> str:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_info, md_table, run_command  # noqa: E402
+from _common import RESULTS, correct, machine_info, md_table, run_command  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "cifar10-jpeg"
@@ -92,15 +92,6 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int) -> dict[str, lis
                              str(p["batch"])],
         "macs": common + ["--target-macs-reduction", str(p["macs_target"])],
     }
-
-
-def correct(model, loader) -> torch.Tensor:
-    model.eval()
-    hits = []
-    with torch.inference_mode():
-        for x, y in loader:
-            hits.append((model(x).argmax(1) == y).double())
-    return torch.cat(hits)
 
 
 def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:

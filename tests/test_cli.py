@@ -69,7 +69,7 @@ def test_config_file_and_flags_win(tmp_path, capsys):
     (["--model", "resnet57"], "invalid choice: 'resnet57'"),
     (["--epochs", "-3"], "argument --epochs: must be an integer >= 0, got -3"),
     (["--lr", "nan"], "argument --lr: must be a number > 0, got nan"),
-    (["--val-fraction", "1.5"], "must be in [0, 1)"),
+    (["--val-fraction", "1.5"], "argument --val-fraction: must be a number >= 0 and < 1, got 1.5"),
     (["--data", "cifar10", "--data-dir", "/nonexistent/dir"], "/nonexistent/dir"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, capsys, extra, msg):

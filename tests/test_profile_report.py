@@ -228,7 +228,7 @@ def test_profile_round_to_without_compare(runs, capsys):
 
 
 @pytest.mark.parametrize("extra,msg", [
-    (["--round-to", "0"], "--round-to: must be >= 1, got 0"),
+    (["--round-to", "0"], "--round-to: must be an integer >= 1, got 0"),
     (["--compare", "/nonexistent/base"], "--compare /nonexistent/base is not a directory"),
     (["--runtimes", "tensorrt"], "invalid choice: 'tensorrt'"),
 ])

@@ -38,8 +38,19 @@ class Check:
 
     optional: bool = dataclasses.field(default=False, kw_only=True)  # None allowed
 
-    def parse(self, text: str) -> Any:
+    def convert(self, text: str) -> Any:
+        """``text`` as the field's type (ValueError when it is not one)."""
         return text
+
+    def parse(self, text: str) -> Any:
+        """Command-line text to a checked value; ValueError with the reason."""
+        try:
+            v = self.convert(text)
+        except ValueError:
+            raise ValueError(f"must be {self.describe()}, got {text!r}") from None
+        if self.check(v) is not None:
+            raise ValueError(f"must be {self.describe()}, got {text}")
+        return v
 
     def check(self, value: Any, name: str = "value") -> str | None:
         """Why ``value`` (of the field ``name``) is bad, as one sentence; None when fine."""
@@ -62,14 +73,8 @@ class Float(Check):
     open_low: bool = False
     open_high: bool = False
 
-    def parse(self, text: str) -> float:
-        try:
-            v = float(text)
-        except ValueError:
-            raise ValueError(f"must be a number, got {text!r}") from None
-        if self.check(v) is not None:
-            raise ValueError(f"must be {self.describe()}, got {text}")
-        return v
+    def convert(self, text: str) -> float:
+        return float(text)
 
     def describe(self) -> str:
         parts = []
@@ -94,14 +99,8 @@ class Int(Check):
 
     low: int = 0
 
-    def parse(self, text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise ValueError(f"must be an integer, got {text!r}") from None
-        if self.check(v) is not None:
-            raise ValueError(f"must be {self.describe()}, got {text}")
-        return v
+    def convert(self, text: str) -> int:
+        return int(text)
 
     def describe(self) -> str:
         return f"an integer >= {self.low}"
@@ -118,11 +117,6 @@ class Choice(Check):
 
     choices: tuple[str, ...] = ()
     label: str | None = None
-
-    def parse(self, text: str) -> str:
-        if text not in self.choices:
-            raise ValueError(f"must be one of {', '.join(self.choices)}, got {text!r}")
-        return text
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.choices)

@@ -9,63 +9,39 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 from collections.abc import Iterable
 from typing import Any
 
-from ..fields import Check, Choice, Flag, Float, Floats, spec
+from ..fields import Check, Choice, Flag, Float, Floats, Int, spec
 
 
-def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid positive integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+def _converter(check: Check):
+    """argparse ``type`` of a field: text is parsed, YAML values (already typed) checked
+    (a list field's type converts one item)."""
+    if isinstance(check, Floats):
+        check = check.item()
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return check.parse(value)
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+        reason = check.check(value, "value")
+        if reason:
+            raise argparse.ArgumentTypeError(reason.removeprefix("value "))
+        return float(value) if isinstance(check, Float) else value
+    convert.__name__ = type(check).__name__.lower()
+    return convert
 
 
-def nonneg_int(text: str) -> int:
-    try:
-        v = int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def finite_float(text: str) -> float:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return v
-
-
-def positive_float(text: str) -> float:
-    v = finite_float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def nonneg_float(text: str) -> float:
-    v = finite_float(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    v = finite_float(text)
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {v}")
-    return v
+# the argparse types of the command line's own options
+positive_int = _converter(Int(1))
+nonneg_int = _converter(Int(0))
+finite_float = _converter(Float())
+positive_float = _converter(Float(0, open_low=True))
+nonneg_float = _converter(Float(0))
+fraction = _converter(Float(0, 1, open_high=True))
 
 
 def add_config(p: argparse.ArgumentParser) -> None:
@@ -110,26 +86,6 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
     g.add_argument("--cache-dir", metavar="DIR",
                    help="where decoded small-image folders are cached (default "
                         "$RESPRUNE_CACHE_DIR or ~/.cache/resprune)")
-
-
-def _converter(check: Check):
-    """argparse ``type`` of a field: text is parsed, YAML values (already typed) checked
-    (a list field's type converts one item)."""
-    if isinstance(check, Floats):
-        check = check.item()
-
-    def convert(value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                return check.parse(value)
-            except ValueError as e:
-                raise argparse.ArgumentTypeError(str(e)) from None
-        reason = check.check(value, "value")
-        if reason:
-            raise argparse.ArgumentTypeError(reason.removeprefix("value "))
-        return float(value) if isinstance(check, Float) else value
-    convert.__name__ = type(check).__name__.lower()
-    return convert
 
 
 def _shown(v: Any) -> str:

@@ -28,16 +28,8 @@ REG_GROUPS = ("all", "pruned")
 class RoundTo(Check):
     """``round_to``: an integer >= 1, or ``auto``."""
 
-    def parse(self, text: str):
-        if text == "auto":
-            return text
-        try:
-            v = int(text)
-        except ValueError:
-            raise ValueError(f"must be an integer >= 1 or auto, got {text!r}") from None
-        if v < 1:
-            raise ValueError(f"must be an integer >= 1 or auto, got {text}")
-        return v
+    def convert(self, text: str):
+        return text if text == "auto" else int(text)
 
     def describe(self) -> str:
         return "an integer >= 1 or auto"
