@@ -112,6 +112,20 @@ def test_latency_target_reaches_the_predicted_reduction_and_reports_it():
     assert predicted == pytest.approx(lat["predicted_after_ms"])
 
 
+def test_absolute_latency_target_is_a_reduction_of_the_prediction():
+    model = _bn(create("resnet20", width=16))
+    table = synthetic_table(model)
+    total = table.model_ms
+    r = vacl.prune(copy.deepcopy(model), CIFAR, target_latency=0.6 * total, latency_table=table)
+    assert r["mode"] == "latency" and r["target_latency_ms"] == 0.6 * total
+    assert r["target_reduction"] == pytest.approx(0.4) and r["target_reached"]
+    assert r["latency"]["predicted_after_ms"] <= 0.6 * total + 1e-9
+    r = vacl.prune(copy.deepcopy(model), CIFAR, target_latency=2 * total, latency_table=table)
+    assert r["groups_removed"] == 0 and r["target_reduction"] == 0.0
+    with pytest.raises(UserError, match="target_latency must be > 0 ms, got 0"):
+        vacl.prune(copy.deepcopy(model), CIFAR, target_latency=0, latency_table=table)
+
+
 def test_latency_cost_ranking_removes_expensive_channels_first():
     """With stage 1 (32x32) 50x more costly per channel than the rest, ranking by score per
     latency saved takes more stage-1 channels than ranking by score for the same target."""
@@ -142,6 +156,7 @@ def test_round_to_auto_takes_the_table_step():
 
 @pytest.mark.parametrize("kw, message", [
     (dict(target_latency_reduction=0.3), "need a latency table"),
+    (dict(target_latency=5.0), "need a latency table"),
     (dict(target_params_reduction=0.3, cost="latency"), "need a latency table"),
     (dict(target_params_reduction=0.3, round_to="auto"), "need a latency table"),
     (dict(threshold=0.1, cost="latency", latency_table=True), "cost='latency' ranks for a"),

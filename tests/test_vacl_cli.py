@@ -291,10 +291,11 @@ def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, c
      "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
     (["--threshold", "0.1", "--target-params-reduction", "0.5"],
      "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction, "
-     "--target-latency-reduction and --auto-tolerance (got --threshold, "
+     "--target-latency-reduction, --target-latency and --auto-tolerance (got --threshold, "
      "--target-params-reduction)"),
     ([], "give exactly one of --threshold, --target-params-reduction, "
-         "--target-macs-reduction, --target-latency-reduction and --auto-tolerance (got none)"),
+         "--target-macs-reduction, --target-latency-reduction, --target-latency and "
+         "--auto-tolerance (got none)"),
     (["--threshold", "-1"], "argument --threshold: must be a number >= 0, got -1"),
     (["--form", "l1", "--threshold", "0.1"], "argument --form: invalid choice: 'l1'"),
     (["--sparse-lr", "0", "--threshold", "0.1"],

@@ -42,7 +42,8 @@ def add_parser(subs) -> None:
                     "MACs), then fine-tune without the regularizer. Data options default to "
                     "the input run's, so its validation split is reproduced; the test set is "
                     "only reported. Give exactly one of --threshold, --target-params-reduction, "
-                    "--target-macs-reduction, --target-latency-reduction and --auto-tolerance.")
+                    "--target-macs-reduction, --target-latency-reduction, --target-latency "
+                    "and --auto-tolerance.")
     p.add_argument("run", metavar="RUN", help="input run directory (model.safetensors + "
                    "arch.json, e.g. written by 'resprune train')")
     for title, names in GROUPS.items():

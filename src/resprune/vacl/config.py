@@ -21,7 +21,7 @@ from .schedule import LAM_SCHEDULES
 
 #: the pruning rules, exactly one of which a run gives
 RULES = ("threshold", "target_params_reduction", "target_macs_reduction",
-         "target_latency_reduction", "auto_tolerance")
+         "target_latency_reduction", "target_latency", "auto_tolerance")
 REG_GROUPS = ("all", "pruned")
 
 
@@ -115,6 +115,10 @@ class VaclConfig:
         None, "remove the lowest-ranked groups until the latency the table of --latency-runtime "
         "predicts falls by at least the fraction R in [0, 1) (measured per conv layer on this "
         "machine at --latency-batch, cached)", REDUCTION, metavar="R")
+    target_latency: float | None = opt(
+        None, "remove the lowest-ranked groups until the predicted latency (as for "
+        "--target-latency-reduction) is at most MS milliseconds per batch of --latency-batch",
+        Float(0, open_low=True, optional=True), metavar="MS")
     auto_tolerance: float | None = opt(
         None, "choose the params reduction on the validation split: the largest of 5 %, "
         "10 %, ..., 95 % whose pruned copy of the sparse model (not fine-tuned) keeps val "
@@ -155,8 +159,8 @@ class VaclConfig:
         if len(given) != 1:
             names = ", ".join("--" + k.replace("_", "-") for k in given) or "none"
             raise UserError("give exactly one of --threshold, --target-params-reduction, "
-                            "--target-macs-reduction, --target-latency-reduction and "
-                            f"--auto-tolerance (got {names})")
+                            "--target-macs-reduction, --target-latency-reduction, "
+                            f"--target-latency and --auto-tolerance (got {names})")
         return given
 
     def stage(self, name: str) -> TrainConfig:

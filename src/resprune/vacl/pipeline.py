@@ -240,7 +240,8 @@ def _latency_table(out: Path, model: nn.Module, shape, config: VaclConfig):
     cache reuses tables across runs) and kept in ``OUT/latency_table.json``, so a resumed run
     decides with the same numbers."""
     if not (config.cost == "latency" or config.round_to == "auto"
-            or config.target_latency_reduction is not None):
+            or config.target_latency_reduction is not None
+            or config.target_latency is not None):
         return None
     from ..measure.latency_table import LatencyTable, measure_table
 

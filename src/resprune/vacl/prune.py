@@ -66,15 +66,16 @@ _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 
 # -- options ----------------------------------------------------------------------------------
-def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = None
-                   ) -> tuple[str, float]:
+def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = None,
+                   latency_ms: Any = None) -> tuple[str, float]:
     given = [(k, v) for k, v in (("threshold", threshold), ("target_params_reduction", params_r),
                                  ("target_macs_reduction", macs_r),
-                                 ("target_latency_reduction", latency_r)) if v is not None]
+                                 ("target_latency_reduction", latency_r),
+                                 ("target_latency", latency_ms)) if v is not None]
     if len(given) != 1:
         raise UserError("give exactly one of threshold, target_params_reduction and "
-                        "target_macs_reduction (or target_latency_reduction) (got "
-                        f"{', '.join(k for k, _ in given) or 'none'})")
+                        "target_macs_reduction (or target_latency_reduction, target_latency) "
+                        f"(got {', '.join(k for k, _ in given) or 'none'})")
     key, value = given[0]
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise UserError(f"{key} must be a number, got {value!r}")
@@ -82,6 +83,10 @@ def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = 
         if value < 0:
             raise UserError(f"threshold must be >= 0, got {value!r}")
         return "threshold", float(value)
+    if key == "target_latency":
+        if value <= 0:
+            raise UserError(f"target_latency must be > 0 ms, got {value!r}")
+        return "latency_ms", float(value)
     if not 0 <= value < 1:
         raise UserError(f"{key} must be in [0, 1) (a fraction of the model to remove), "
                         f"got {value!r}")
@@ -204,7 +209,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           score: str = "layer_rms", round_to: int | str | None = None,
           max_layer_reduction: float | None = None,
           target_latency_reduction: float | None = None, latency_table: Any = None,
-          cost: str = "none") -> dict[str, Any]:
+          cost: str = "none", target_latency: float | None = None) -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -221,22 +226,25 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
 
     Latency (``latency_table``: a :class:`resprune.measure.latency_table.LatencyTable` of
     this model): ``target_latency_reduction=R`` removes units until the table's predicted
-    latency fell by R; ``cost="latency"`` ranks units by score per unit of latency saved
-    instead of by score; ``round_to="auto"`` takes the channel step the table shows
-    (:func:`~resprune.measure.latency_table.auto_multiple`).
+    latency fell by R; ``target_latency=MS`` until it is at most MS (ms per batch of the
+    table; nothing goes when the model is already as fast); ``cost="latency"`` ranks units
+    by score per unit of latency saved instead of by score; ``round_to="auto"`` takes the
+    channel step the table shows (:func:`~resprune.measure.latency_table.auto_multiple`).
 
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
     from ..measure import count_macs, count_params
 
     mode, value = _check_options(threshold, target_params_reduction, target_macs_reduction,
-                                 target_latency_reduction)
+                                 target_latency_reduction, target_latency)
+    latency_ms = value if mode == "latency_ms" else None
     if cost not in COSTS:
         raise UserError(f"unknown ranking cost {cost!r}; choose one of: {', '.join(COSTS)}")
-    needs_table = mode == "latency" or cost == "latency" or round_to == "auto"
+    needs_table = mode in ("latency", "latency_ms") or cost == "latency" or round_to == "auto"
     if needs_table and latency_table is None:
-        raise UserError("target_latency_reduction, cost='latency' and round_to='auto' need a "
-                        "latency table (resprune.measure.latency_table.measure_table)")
+        raise UserError("target_latency_reduction, target_latency, cost='latency' and "
+                        "round_to='auto' need a latency table "
+                        "(resprune.measure.latency_table.measure_table)")
     if cost == "latency" and mode == "threshold":
         raise UserError("cost='latency' ranks for a params, MACs or latency target; a "
                         "threshold removes by score alone")
@@ -260,6 +268,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     if cost == "latency":
         units = rank_by_latency(units, latency_costs(sizes, groups, units))
     latency_before = sizes.total("latency") if sizes is not None and latency_table else None
+    if latency_ms is not None:  # an absolute target is a reduction of the predicted total
+        mode, value = "latency", max(0.0, 1 - latency_ms / latency_before)
     chosen, stats = select(model, groups, units, mode, value, sizes, cap)
     if round_to is not None:
         if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
@@ -302,6 +312,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         "max_layer_reduction": max_layer_reduction,
         "cost": cost,
         "latency": latency,
+        "target_latency_ms": latency_ms,
         "groups_total": len(groups),
         "groups_by_kind": groups.counts(),
         "groups_fixed": len(fixed),
