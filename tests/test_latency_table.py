@@ -193,6 +193,18 @@ def test_measure_table_times_every_shape_once_and_caches(runtime, tmp_path, monk
         measure_table(model, CIFAR, "tvm", cache_dir=tmp_path)
 
 
+def test_a_model_with_fewer_layers_of_the_same_shapes_gets_its_own_table(tmp_path):
+    """The table holds the whole model's time, so a net with a unit erased (the same conv
+    shapes, fewer of them) must not reuse the full net's cached table."""
+    from resprune.implosion.erase import set_submodule
+
+    model = create("resnet14", width=4)
+    measure_table(model, CIFAR, "eager", batch=2, repeats=1, cache_dir=tmp_path)
+    set_submodule(model, "layer1.1", torch.nn.Identity())
+    measure_table(model, CIFAR, "eager", batch=2, repeats=1, cache_dir=tmp_path)
+    assert len(list((tmp_path / "latency").glob("eager-b2-*.json"))) == 2
+
+
 def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, capsys,
                                                             monkeypatch):
     """The pipeline measures the table once, keeps it in the run and decides with it (the

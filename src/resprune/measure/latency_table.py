@@ -18,7 +18,8 @@ what :func:`auto_multiple` reads for ``round_to="auto"``.
 
 Tables are cached as JSON under the cache directory (``$RESPRUNE_CACHE_DIR`` or
 ``~/.cache/resprune``), keyed by runtime, batch, threads, the CPU, the torch (and onnxruntime)
-version and the shapes; a cached table is reused without timing anything.
+version, the input shape and every conv (name and shape: the whole model's time depends on
+all of them); a cached table is reused without timing anything.
 """
 
 from __future__ import annotations
@@ -247,10 +248,13 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
         if not onnx_available():
             raise UserError("the onnxruntime latency table needs onnxruntime: pip install "
                             "'resprune[onnx]' (or use the eager table)")
-    shapes = sorted({s.key(): s for s in conv_shapes(model, input_shape).values()}.items())
+    every = conv_shapes(model, input_shape)
+    shapes = sorted({s.key(): s for s in every.values()}.items())
     machine = _machine(runtime)
-    key = hashlib.sha256(json.dumps([runtime, batch, machine, [k for k, _ in shapes]],
-                                    sort_keys=True).encode()).hexdigest()[:16]
+    # the whole model's time is part of the table: the key holds every conv, not just shapes
+    layers = sorted((n, s.key()) for n, s in every.items())
+    key = hashlib.sha256(json.dumps([runtime, batch, machine, layers, input_shape and list(
+        input_shape)], sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is None:
         from ..data.smallimages import default_cache_dir
 
