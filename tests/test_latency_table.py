@@ -25,12 +25,12 @@ from .conftest import QUIET
 CIFAR = (3, 32, 32)
 
 
-def synthetic_table(model, per_channel=None, step: int = 1, model_ms: float = 0.0
-                    ) -> LatencyTable:
+def synthetic_table(model, per_channel=None, step: int = 1, model_ms: float = 0.0,
+                    shape=CIFAR) -> LatencyTable:
     """A table whose conv time is ``k * ceil_step(cout) * ceil_step(cin)`` (``k`` per layer
     shape from ``per_channel(shape)``, default 1e-3): exact arithmetic to check against."""
     curves = {}
-    every = conv_shapes(model, CIFAR)
+    every = conv_shapes(model, shape)
     for s in {s.key(): s for s in every.values()}.values():
         k = 1e-3 if per_channel is None else per_channel(s)
 
@@ -231,3 +231,25 @@ def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, c
     assert kept["model_ms"] == pytest.approx(pr["latency"]["predicted_before_ms"])
     assert "predicted eager latency at batch 2" in (out / "report.md").read_text()
     assert calls == [("eager", 2)]
+
+
+@pytest.mark.parametrize("cost, first", [("none", "layer1.0"), ("latency", "layer3.1")])
+def test_implosion_latency_cost_erases_the_slowest_unit_of_equal_priority(
+        cost, first, tmp_path, monkeypatch):
+    """All gates at 1 (equal priorities): by priority alone ties go in module order; per ms
+    of a table where the last (16-channel) stage is 100x slower per channel, its unit goes
+    first. The table is kept in the run."""
+    from resprune.implosion import implode
+
+    from .test_implosion import ScriptedEval, SGDTrainer, cfg, make_data, tiny
+
+    monkeypatch.setattr(lt, "measure_table", lambda model, shape, runtime, batch:
+                        synthetic_table(model, shape=shape, per_channel=lambda s: 0.1 if
+                                        s.out_channels == 16 else 1e-3))
+    model = tiny("resnet14")
+    train, val = make_data()
+    res = implode(model, train, val, cfg(cost=cost, adapt_epochs=0, retrain_epochs=0,
+                                         max_steps=1, fold=False), tmp_path,
+                  trainer_factory=SGDTrainer, evaluate_fn=ScriptedEval([0.5]), progress=False)
+    assert res.erased == [first]
+    assert (tmp_path / "latency_table.json").is_file() == (cost == "latency")

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import UserError
 from ..fields import LR, LR_OR_NONE, Choice, Flag, Float, Int, check_fields, opt
+from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
 from .scores import SCORE_METHODS
@@ -70,6 +71,12 @@ class ImplosionConfig:
     screen: int = opt(0, "erase each of the N lowest-priority units alone, score the "
                       "validation loss without training, and erase the --per-step cheapest "
                       "(0: by priority alone)", Int(0), metavar="N")
+    cost: str = opt("none", "none: erase the lowest priorities; latency: the lowest priority "
+                    "per unit of latency the unit's convolutions take (the latency table of "
+                    "--latency-runtime), so slow units go first",
+                    Choice(COSTS, label="ranking cost"))
+    latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
+    latency_batch: int = opt(64, BATCH_HELP, Int(1))
     screen_batches: int = opt(4, "validation batches each screened candidate is scored on",
                               Int(1))
     erase: str = opt("cut", "cut: replace a step's units by identities, then retrain; fade: "

@@ -124,6 +124,7 @@ class _Run:
         self.input_shape = input_shape
         self.state: dict[str, Any] = {}
         self.resume = False
+        self.unit_ms: dict[str, float] | None = None  # cost="latency": each unit's time
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
@@ -240,6 +241,14 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
     if not erasable_items(model) and state is None:
         raise UserError(f"{type(model).__name__} has no erasable residual unit (a "
                         "resprune.models.ResidualUnit with an identity shortcut)")
+    if config.cost == "latency":  # measured on the start model, before any erasure
+        from ..measure import latency_table
+
+        run_dir.mkdir(parents=True, exist_ok=True)
+        table = latency_table.run_table(run_dir, model, input_shape, config.latency_runtime,
+                                        config.latency_batch)
+        run.unit_ms = latency_table.unit_latency(table, model, input_shape,
+                                                 [n for n, _ in erasable_items(model)])
     if state is None:
         _start(run, start_fp)
     else:
@@ -328,6 +337,9 @@ def _steps(run: _Run) -> None:
         scores = score_units(run.model, cfg.score, loader=run.train_loader,
                              num_batches=cfg.score_batches, seed=cfg.seed + k)
         candidates = {n: v for n, v in scores.items() if n not in rejected}
+        if run.unit_ms is not None:  # priority per ms: slow units of equal priority go first
+            candidates = {n: v / max(run.unit_ms.get(n, 0.0), 1e-9)
+                          for n, v in candidates.items()}
         if not candidates:
             state["phase"], state["stop_reason"] = "stopped", "no_candidates"
             run.commit()

@@ -40,6 +40,10 @@ from ..errors import UserError
 from ..io import atomic_write_json, read_json
 
 RUNTIMES = ("eager", "onnxruntime")
+COSTS = ("none", "latency")
+RUNTIME_HELP = ("where the per-layer latency table is measured: eager (PyTorch, CPU) or "
+                "onnxruntime (CPU); with the current thread count")
+BATCH_HELP = "batch size of the latency table"
 TABLE_FORMAT = 1
 FINE = 64  # every channel count up to this is timed
 
@@ -283,6 +287,33 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
                          _model_ms(model, input_shape, runtime, batch, repeats))
     atomic_write_json(path, table.to_dict())
     return LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))  # as when cached
+
+
+RUN_TABLE = "latency_table.json"
+
+
+def run_table(run_dir: str | Path, model: nn.Module, input_shape: Sequence[int], runtime: str,
+              batch: int) -> LatencyTable:
+    """The table a run decides with: ``RUN_DIR/latency_table.json`` when the run has one
+    (a resumed run keeps its numbers), else measured (or read from the cache) and kept there."""
+    import logging
+
+    path = Path(run_dir) / RUN_TABLE
+    if path.is_file():
+        return LatencyTable.from_dict(read_json(path))
+    logging.getLogger("resprune").info("measuring the %s latency table (batch %d, %d "
+                                       "thread(s))", runtime, batch, torch.get_num_threads())
+    table = measure_table(model, input_shape, runtime, batch=batch)
+    atomic_write_json(path, table.to_dict())
+    return table
+
+
+def unit_latency(table: LatencyTable, model: nn.Module, input_shape: Sequence[int],
+                 units: Sequence[str]) -> dict[str, float]:
+    """Predicted time of each unit's convolutions at their full widths (ms per batch)."""
+    shapes = conv_shapes(model, input_shape)
+    return {u: sum(table.conv_ms(s, s.in_channels, s.out_channels) for n, s in shapes.items()
+                   if n.startswith(u + ".")) for u in units}
 
 
 def auto_multiple(table: LatencyTable, candidates: Sequence[int] = (16, 8, 4, 2),

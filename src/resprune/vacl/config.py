@@ -12,10 +12,9 @@ from typing import Any
 
 from ..errors import UserError
 from ..fields import LR, Check, Choice, Flag, Float, Int, check_fields, opt
-from ..measure.latency_table import RUNTIMES
+from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import FADES, TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
-from .prune import COSTS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES
 
@@ -137,10 +136,8 @@ class VaclConfig:
                     "by score per unit of latency they save (the latency table of "
                     "--latency-runtime; HALP's rule), for a params, MACs or latency target",
                     Choice(COSTS, label="ranking cost"))
-    latency_runtime: str = opt("eager", "where the per-layer latency table is measured: eager "
-                               "(PyTorch, CPU) or onnxruntime (CPU); with the current thread "
-                               "count", Choice(RUNTIMES, label="latency runtime"))
-    latency_batch: int = opt(64, "batch size of the latency table", Int(1))
+    latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
+    latency_batch: int = opt(64, BATCH_HELP, Int(1))
     max_layer_reduction: float | None = opt(
         None, "remove at most the fraction F in (0, 1] of any layer's channels (every layer "
         "keeps ceil((1 - F) * width)), so no residual stream or inner width collapses to a few "

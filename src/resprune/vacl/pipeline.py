@@ -49,7 +49,7 @@ from .. import __version__
 from ..checkpoint import load, save
 from ..data import resolve_loaders
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text, read_json
+from ..io import atomic_write_json, atomic_write_text
 from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
@@ -71,7 +71,6 @@ KIND = "vacl"
 STATE_FORMAT = 1
 STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
-LATENCY_TABLE = "latency_table.json"
 
 
 @dataclass
@@ -236,23 +235,16 @@ def _fit(model: nn.Module, loaders: dict[str, Any], cfg, run_dir: Path, progress
 
 
 def _latency_table(out: Path, model: nn.Module, shape, config: VaclConfig):
-    """The latency table the options need (else None): measured once per run (the resprune
-    cache reuses tables across runs) and kept in ``OUT/latency_table.json``, so a resumed run
-    decides with the same numbers."""
+    """The latency table the options need (else None), kept in the run
+    (:func:`resprune.measure.latency_table.run_table`)."""
     if not (config.cost == "latency" or config.round_to == "auto"
             or config.target_latency_reduction is not None
             or config.target_latency is not None):
         return None
-    from ..measure.latency_table import LatencyTable, measure_table
+    from ..measure import latency_table
 
-    path = out / LATENCY_TABLE
-    if path.is_file():
-        return LatencyTable.from_dict(read_json(path))
-    log.info("measuring the %s latency table (batch %d, %d thread(s))", config.latency_runtime,
-             config.latency_batch, torch.get_num_threads())
-    table = measure_table(model, shape, config.latency_runtime, batch=config.latency_batch)
-    atomic_write_json(path, table.to_dict())
-    return table
+    return latency_table.run_table(out, model, shape, config.latency_runtime,
+                                   config.latency_batch)
 
 
 def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, shape,

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from ..measure.latency_table import COSTS
 from ..models import PadShortcut, ResNet, validate_spec
 from .groups import (
     BN,
@@ -60,7 +61,6 @@ from .ranking import (
 )
 from .regularizer import group_scores
 
-COSTS = ("none", "latency")
 _CONV = nn.modules.conv._ConvNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
