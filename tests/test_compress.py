@@ -231,8 +231,9 @@ def test_yaml_config_gives_stages_as_a_list(tmp_path):
     ([*MODEL, "--target-macs-reduction", "-0.1"],
      "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
     ([*MODEL, "--target-params-reduction", "0.5", "--target-macs-reduction", "0.5"],
-     "give at most one of --target-params-reduction, --target-macs-reduction, --threshold, "
-     "--auto-tolerance (got --target-params-reduction, --target-macs-reduction)"),
+     "give at most one of --target-params-reduction, --target-macs-reduction, "
+     "--target-latency-reduction, --target-latency, --threshold, --auto-tolerance (got "
+     "--target-params-reduction, --target-macs-reduction)"),
     ([*MODEL, "--stages", "implode,finetune", "--target-params-reduction", "0.5"],
      "--target-params-reduction applies to the vacl stage, which --stages implode,finetune "
      "leaves out"),

@@ -253,3 +253,40 @@ def test_implosion_latency_cost_erases_the_slowest_unit_of_equal_priority(
                   trainer_factory=SGDTrainer, evaluate_fn=ScriptedEval([0.5]), progress=False)
     assert res.erased == [first]
     assert (tmp_path / "latency_table.json").is_file() == (cost == "latency")
+
+
+def test_compress_latency_budget_is_the_whole_pipelines(tmp_path, monkeypatch):
+    """compress with target_latency_reduction: the input's table time is the base, the vacl
+    stage removes the share still missing after implosion (vacl_share on the tables' model
+    times), and the budget is judged on the vacl stage's prediction."""
+    import resprune
+    from resprune.compression import CompressConfig, vacl_share
+    from resprune.data import load_dataset, make_loaders
+    from resprune.train import TrainConfig
+
+    tables = []
+
+    def fake_measure(model, shape, runtime, batch):
+        tables.append(synthetic_table(model, shape=shape))
+        return tables[-1]
+    monkeypatch.setattr(lt, "measure_table", fake_measure)
+    data = load_dataset("synthetic", val_fraction=0.1, seed=0)
+    loaders = make_loaders(data, 32, seed=0)
+    config = CompressConfig(target_latency_reduction=0.4, latency_batch=2, tolerance=100.0,
+                            adapt_epochs=0, retrain_epochs=0, max_steps=1, sparse_epochs=0,
+                            finetune_epochs=0, finetune_final_epochs=0,
+                            train=TrainConfig(batch_size=32, device="cpu", seed=0))
+    torch.manual_seed(0)
+    model = _bn(create("resnet14", width=4))
+    result = resprune.compress(model, loaders, config, out=tmp_path / "c", progress=False)
+    b = result.summary["budget"]
+    assert len(tables) == 2  # the input's (kept in the run) and the vacl stage input's
+    base_ms, stage_ms = tables[0].model_ms, tables[1].model_ms
+    assert stage_ms < base_ms  # implosion erased a unit first
+    assert b["mode"] == "latency" and b["base_ms"] == pytest.approx(base_ms) and b["reached"]
+    assert b["predicted_ms"] <= 0.6 * base_ms + 1e-9
+    vacl_summary = json.loads((tmp_path / "c/stages/2-vacl/summary.json").read_text())
+    assert vacl_summary["prune"]["target_reduction"] == pytest.approx(
+        vacl_share(0.4, base_ms, stage_ms))
+    assert (tmp_path / "c/latency_table.json").is_file()
+    assert (tmp_path / "c/stages/2-vacl/latency_table.json").is_file()

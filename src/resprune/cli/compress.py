@@ -33,6 +33,8 @@ STAGES_DIR = "stages"
 MODEL_OPTIONS = ("shortcut", "width", "cardinality", "base_width")
 RULES = (("target_params_reduction", "--target-params-reduction"),
          ("target_macs_reduction", "--target-macs-reduction"),
+         ("target_latency_reduction", "--target-latency-reduction"),
+         ("target_latency", "--target-latency"),
          ("threshold", "--threshold"), ("auto_tolerance", "--auto-tolerance"))
 
 
@@ -89,8 +91,11 @@ def add_parser(subs) -> None:
         "warmup_epochs": "linear warm-up epochs of the base training (--model only; 0); the "
                          "stages that start from trained weights never warm up"})
     options.add_output(p)
-    seen = set(options.add_fields(p.add_argument_group("implode stage (Network Implosion)"),
-                                  ImplosionConfig))
+    seen = set(options.add_fields(
+        p.add_argument_group("implode stage (Network Implosion)"), ImplosionConfig, helps={
+            "cost": "none: rank by priority (implode) and score (vacl); latency: by priority "
+                    "or score per unit of latency saved, from per-layer latency tables of "
+                    "each stage's input (--latency-runtime, --latency-batch)"}))
     for title, names in VACL_GROUPS.items():  # fields both stages share appear once
         if title != RULES_GROUP:
             options.add_fields(p.add_argument_group(f"vacl stage: {title}"), VaclConfig,

@@ -24,9 +24,8 @@ STAGES = ("train", "implode", "vacl", "finetune")
 DEFAULT_STAGES = ("implode", "vacl", "finetune")
 # stage fields compress sets itself: the base training, the budget
 _OWN_STAGE_FIELDS = {"train", "seed", "epoch_size", *RULES}
-# compress's budget: the vacl rules but a latency target (the stages before vacl would need
-# their latency measured on the same table: not supported yet)
-BUDGET = tuple(k for k in RULES if not k.startswith("target_latency"))
+# compress's budget: the vacl rules, a latency goal meaning the whole pipeline's
+BUDGET = RULES
 
 
 class _Methods:
@@ -90,10 +89,12 @@ class _Methods:
     def budget(self) -> dict[str, Any]:
         """How much the pipeline is asked to remove: ``mode`` params / macs / threshold /
         auto / none, with ``target_reduction``, ``threshold`` or ``auto_tolerance``."""
-        for metric in ("params", "macs"):
+        for metric in ("params", "macs", "latency"):
             r = getattr(self, f"target_{metric}_reduction")
             if r is not None:
                 return {"mode": metric, "target_reduction": float(r)}
+        if self.target_latency is not None:
+            return {"mode": "latency", "target_ms": float(self.target_latency)}
         if "vacl" not in self.stages:
             return {"mode": "none"}
         if self.threshold is not None:
@@ -103,8 +104,8 @@ class _Methods:
 
     def vacl_rule_example(self) -> dict[str, float]:
         b = self.budget()
-        if b["mode"] in ("params", "macs"):
-            return {f"target_{b['mode']}_reduction": b["target_reduction"]}
+        if b["mode"] in ("params", "macs", "latency"):
+            return {f"target_{b['mode']}_reduction": b.get("target_reduction", 0.5)}
         return {k: v for k, v in b.items() if k != "mode"}
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +136,14 @@ _OWN_FIELDS = [
         "implosion goes by accuracy, VACL removes the rest", REDUCTION, metavar="R")),
     ("target_macs_reduction", "float | None", opt(None, "the same for MACs", REDUCTION,
                                                   metavar="R")),
+    ("target_latency_reduction", "float | None", opt(
+        None, "remove at least the fraction R in [0, 1) of the input's latency as measured in "
+        "--latency-runtime at --latency-batch: implosion goes by accuracy, VACL removes the "
+        "rest, judged by per-layer latency tables of the input and of its own input",
+        REDUCTION, metavar="R")),
+    ("target_latency", "float | None", opt(
+        None, "the same with an absolute goal: at most MS milliseconds per batch of "
+        "--latency-batch", Float(0, open_low=True, optional=True), metavar="MS")),
     ("threshold", "float | None", opt(
         None, "no target: VACL removes every channel group scoring below T",
         Float(0, optional=True), metavar="T")),

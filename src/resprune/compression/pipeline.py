@@ -104,7 +104,7 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
 
     current: nn.Module | None = model
     prev_dir: Path | None = None if source is None else Path(source)
-    base_sizes = None if stages[0] == "train" else sizes(model, shape)
+    base_sizes = None if stages[0] == "train" else _base_sizes(config, model, shape, out)
     if stages[0] == "finetune" and "base" not in state:  # no stage measures the input
         m = measure_model(model, shape, {"val": loaders.val, "test": loaders.test},
                           device=resolve_device(t.device), precision=t.precision)
@@ -127,13 +127,14 @@ def compress(model: nn.Module, data: Any, config: CompressConfig | None = None, 
         done.append((name, where, read_summary(where)))
         current, prev_dir = None, where
         if name == "train":
-            base_sizes = sizes(load(where), shape)
+            base_sizes = _base_sizes(config, load(where), shape, out)
 
     final = load(prev_dir)
     save(final, out, metadata={"kind": KIND})
     base = _base(done, source, state)
     summary = compress_summary(out, done, base, config.budget(),
-                               extra.get("config") or config.to_dict())
+                               extra.get("config") or config.to_dict(),
+                               (base_sizes or {}).get("latency"))
     if "data" in extra and summary.get("data") is None:
         summary["data"] = extra["data"]
     atomic_write_json(out / "summary.json", summary)
@@ -180,18 +181,41 @@ def _run_stage(name: str, config, model: nn.Module, loaders, where: Path, resumi
                       source=prev_dir, **common)
     else:
         run_pipeline(model, loaders, config.vacl_config(_vacl_rule(config, base_sizes, model,
-                                                                   shape)),
+                                                                   shape, where)),
                      source=prev_dir, **common)
 
 
-def _vacl_rule(config, base_sizes: dict[str, int] | None, model: nn.Module,
-               shape) -> dict[str, float]:
-    """The vacl stage's one pruning rule, from the pipeline's budget."""
+def _base_sizes(config, model: nn.Module, shape, out: Path) -> dict[str, float]:
+    """Params and MACs of the pipeline's input; with a latency budget also its latency in
+    the budget's runtime (the model time of its latency table, kept in ``out``)."""
+    got: dict[str, float] = dict(sizes(model, shape))
+    if config.budget()["mode"] == "latency":
+        from ..measure import latency_table
+
+        got["latency"] = latency_table.run_table(out, model, shape, config.latency_runtime,
+                                                 config.latency_batch).model_ms
+    return got
+
+
+def _vacl_rule(config, base_sizes: dict[str, float] | None, model: nn.Module,
+               shape, where: Path) -> dict[str, float]:
+    """The vacl stage's one pruning rule, from the pipeline's budget. A latency budget is
+    turned into a reduction of the stage input's latency, as its own table (measured into
+    the stage directory, where the stage finds it) has it."""
     b = config.budget()
-    if b["mode"] in ("params", "macs"):
+    if b["mode"] in ("params", "macs", "latency"):
         assert base_sizes is not None
-        now = sizes(model, shape)
-        share = vacl_share(b["target_reduction"], base_sizes[b["mode"]], now[b["mode"]])
+        if b["mode"] == "latency":
+            from ..measure import latency_table
+
+            now = {"latency": latency_table.run_table(
+                where, model, shape, config.latency_runtime, config.latency_batch).model_ms}
+            target = b.get("target_reduction")
+            if target is None:  # an absolute goal: the reduction of the base it means
+                target = max(0.0, 1 - b["target_ms"] / base_sizes["latency"])
+        else:
+            now, target = sizes(model, shape), b["target_reduction"]
+        share = vacl_share(target, base_sizes[b["mode"]], now[b["mode"]])
         return {f"target_{b['mode']}_reduction": share}
     return {k: v for k, v in b.items() if k != "mode"}
 

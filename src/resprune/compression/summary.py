@@ -13,7 +13,9 @@ and ``seconds`` summed over the stages:
 - ``params_removed_pct``, ``macs_removed_pct``, ``layers_removed_pct``: the final model vs
   ``base``;
 - ``budget``: how much the pipeline was asked to remove (``mode``: ``params`` / ``macs`` /
-  ``threshold`` / ``auto`` / ``none``; ``target_reduction`` and ``reached`` for a target).
+  ``latency`` / ``threshold`` / ``auto`` / ``none``; ``target_reduction`` (or ``target_ms``)
+  and ``reached`` for a target; a latency budget also has ``base_ms``, the input's time in
+  its latency table, and ``predicted_ms``, the vacl stage's prediction of the result).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ def stage_record(name: str, where: Path, out: Path, s: dict[str, Any],
 
 def compress_summary(out: Path, done: list[tuple[str, Path, dict[str, Any]]],
                      base: dict[str, Any], budget: dict[str, Any],
-                     config: dict[str, Any]) -> dict[str, Any]:
+                     config: dict[str, Any], base_latency_ms: float | None = None
+                     ) -> dict[str, Any]:
     records, prev = [], base
     for name, where, s in done:
         records.append(stage_record(name, where, out, s, prev))
@@ -60,6 +63,13 @@ def compress_summary(out: Path, done: list[tuple[str, Path, dict[str, Any]]],
     if b["mode"] in ("params", "macs"):
         b["reached"] = pct_removed(base[b["mode"]], last[b["mode"]]) >= (
             100 * b["target_reduction"] - 1e-9)
+    if b["mode"] == "latency" and base_latency_ms is not None:
+        vacl = next((s for name, _, s in done if name == "vacl"), {})
+        lat = (vacl.get("prune") or {}).get("latency") or {}
+        b["base_ms"] = base_latency_ms
+        b["predicted_ms"] = lat.get("predicted_after_ms")
+        goal = b.get("target_ms", (1 - b.get("target_reduction", 0.0)) * base_latency_ms)
+        b["reached"] = b["predicted_ms"] is not None and b["predicted_ms"] <= goal * (1 + 1e-9)
     return {"kind": "compress", "model": done[0][2].get("model"), "resprune": __version__,
             "input_shape": last.get("input_shape"), "data": last.get("data"),
             **{k: last.get(k) for k in BASE_KEYS},

@@ -105,6 +105,15 @@ def _budget_text(summary: dict[str, Any]) -> str:
         return (f"Budget: remove at least {100 * b['target_reduction']:.2f} % of the base's "
                 f"{what} ({reached}). {depth} (where it ran); VACL removed what was still "
                 "missing.")
+    if b["mode"] == "latency":
+        reached = "reached" if b.get("reached") else "**not reached**"
+        goal = (f"at most {b['target_ms']:g} ms" if "target_ms" in b else
+                f"at least {100 * b['target_reduction']:.2f} % less")
+        pred = (f" (input {b['base_ms']:.2f} ms, predicted {b['predicted_ms']:.2f} ms)"
+                if b.get("predicted_ms") is not None else "")
+        return (f"Budget: latency {goal} per batch in the per-layer latency table's runtime"
+                f"{pred}, {reached}. {depth} (where it ran); VACL removed what was still "
+                "missing.")
     if b["mode"] == "threshold":
         return f"{depth}; VACL removed every channel group with RMS below {b['threshold']:g}."
     if b["mode"] == "auto":
