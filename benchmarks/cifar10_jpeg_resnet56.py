@@ -8,6 +8,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-implode-fade``: Network Implosion alone (``resnet56-implode.yaml``: units faded out);
 - ``r56-vacl-fade``: VACL to 79.5 % fewer params (``resnet56-vacl.yaml``: groups faded out);
 - ``r56-vacl50-fade``: the same recipe to 50 % fewer params, on a smaller budget;
+- ``r56-vacl-cap60``: row 2 with ``--max-layer-reduction 0.6`` (no layer loses more than
+  60 % of its channels; uncapped, the stage-1 residual stream kept 2 of 16);
 - ``r56-compress-fade``: implode -> VACL -> fine-tune to 85 % fewer params
   (``resnet56-compress.yaml``);
 - ``r56-implode``, ``r56-vacl``, ``r56-compress``: the first attempt (units cut, a lambda
@@ -63,6 +65,8 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-vacl50-fade": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
                             "--target-params-reduction", "0.5", "--sparse-epochs", "4",
                             "--finetune-epochs", "5"],
+        "r56-vacl-cap60": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                           "--max-layer-reduction", "0.6"],
         "r56-compress-fade": ["resprune", "compress", b, "--config",
                               f"{CFG}/resnet56-compress.yaml"],
         "r56-implode": ["resprune", "implode", b, "--config",
@@ -87,6 +91,7 @@ TITLES = {
     "r56-implode-fade": "1. implosion (fade)",
     "r56-vacl-fade": "2. VACL, 79.5 % params (fade)",
     "r56-vacl50-fade": "2b. VACL, 50 % params (fade)",
+    "r56-vacl-cap60": "2c. VACL, 79.5 % params (fade, layer cap 60 %)",
     "r56-compress-fade": "3. compress, depth + width (fade)",
     "r56-implode": "1'. implosion, first attempt (cut)",
     "r56-vacl": "2'. VACL 79.5 %, first attempt (lambda raise)",
