@@ -191,6 +191,9 @@ def test_measure_table_times_every_shape_once_and_caches(runtime, tmp_path, monk
     assert again.to_dict() == table.to_dict()
     with pytest.raises(UserError, match="unknown latency runtime 'tvm'"):
         measure_table(model, CIFAR, "tvm", cache_dir=tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="the cuda latency table needs a CUDA device"):
+            measure_table(model, CIFAR, "cuda", cache_dir=tmp_path)
 
 
 def test_a_model_with_fewer_layers_of_the_same_shapes_gets_its_own_table(tmp_path):

@@ -10,6 +10,9 @@ the two; BN is folded into the convolution for deployment):
 - ``out[c]``: ``c`` output channels, all input channels;
 - ``in[c]``: all output channels, ``c`` input channels;
 
+in eager PyTorch on the CPU (``eager``), in onnxruntime's CPU provider (``onnxruntime``) or in
+PyTorch on a CUDA device (``cuda``, synchronised around each run);
+
 for every ``c`` up to 64 and on a coarser grid above (linear in between), and predicts a
 pruned convolution as ``full * (out[c_out] / full) * (in[c_in] / full)`` (separable). Curves
 are made non-decreasing (timing noise only lowers a point to the next one's time). The
@@ -39,10 +42,10 @@ from torch import nn
 from ..errors import UserError
 from ..io import atomic_write_json, read_json
 
-RUNTIMES = ("eager", "onnxruntime")
+RUNTIMES = ("eager", "onnxruntime", "cuda")
 COSTS = ("none", "latency")
-RUNTIME_HELP = ("where the per-layer latency table is measured: eager (PyTorch, CPU) or "
-                "onnxruntime (CPU); with the current thread count")
+RUNTIME_HELP = ("where the per-layer latency table is measured: eager (PyTorch, CPU), "
+                "onnxruntime (CPU) or cuda (PyTorch on the GPU); with the current thread count")
 BATCH_HELP = "batch size of the latency table"
 TABLE_FORMAT = 1
 FINE = 64  # every channel count up to this is timed
@@ -97,19 +100,25 @@ def grid(n: int) -> list[int]:
     return sorted(set(range(1, min(n, FINE) + 1)) | set(range(FINE, n + 1, step)) | {n})
 
 
-def _eager_timer(batch: int, warmup: int, repeats: int):
+def _eager_timer(batch: int, warmup: int, repeats: int, device: str = "cpu"):
+    from ._device import synchronize
+
+    dev = torch.device(device)
+
     def time_conv(s: ConvShape, cin: int, cout: int) -> float:
         groups = s.groups if cin % s.groups == 0 and cout % s.groups == 0 else 1
         net = nn.Sequential(nn.Conv2d(cin, cout, s.kernel, s.stride, s.padding, groups=groups),
-                            nn.ReLU()).eval()
-        x = torch.randn(batch, cin, s.height, s.width)
+                            nn.ReLU()).eval().to(dev)
+        x = torch.randn(batch, cin, s.height, s.width, device=dev)
         with torch.inference_mode():
             for _ in range(warmup):
                 net(x)
             times = []
             for _ in range(repeats):
+                synchronize(dev)
                 t0 = time.perf_counter()
                 net(x)
+                synchronize(dev)
                 times.append(time.perf_counter() - t0)
         return 1e3 * min(times)
     return time_conv
@@ -163,7 +172,8 @@ def _model_ms(model: nn.Module, input_shape: Sequence[int], runtime: str, batch:
 
     net = copy.deepcopy(model).to("cpu").eval()
     rows, _ = time_models({"m": net}, input_shape, batch_sizes=(batch,), warmup=1,
-                          repeats=repeats, runtimes=(runtime,), devices=["cpu"])
+                          repeats=repeats, runtimes=("eager" if runtime == "cuda" else runtime,),
+                          devices=["cuda" if runtime == "cuda" else "cpu"])
     return float(rows[0]["ms"]["m"])
 
 
@@ -246,6 +256,9 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
                         f"{', '.join(RUNTIMES)}")
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UserError(f"latency batch must be an integer >= 1, got {batch!r}")
+    if runtime == "cuda" and not torch.cuda.is_available():
+        raise UserError("the cuda latency table needs a CUDA device; none is available here "
+                        "(use eager or onnxruntime)")
     if runtime == "onnxruntime":
         from .compare import onnx_available
 
@@ -271,7 +284,8 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
                 return LatencyTable.from_dict(d)
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is measured again
-    timer = (_eager_timer if runtime == "eager" else _ort_timer)(batch, warmup, repeats)
+    timer = (_ort_timer(batch, warmup, repeats) if runtime == "onnxruntime" else
+             _eager_timer(batch, warmup, repeats, "cuda" if runtime == "cuda" else "cpu"))
     curves = {}
     for i, (k, s) in enumerate(shapes):
         outs, ins = grid(s.out_channels), grid(s.in_channels)
