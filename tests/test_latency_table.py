@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from resprune import UserError, vacl
+from resprune.cli import vacl as vacl_cli
 from resprune.cli.main import main
 from resprune.measure import latency_table as lt
 from resprune.measure.latency_table import (
@@ -226,6 +227,7 @@ def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, c
             "--finetune-epochs", "0", "--json"]
     assert main(args) == 0, capsys.readouterr().err
     summary = json.loads(capsys.readouterr().out)
+    assert "target predicted latency reduction 30.00 %" in vacl_cli.terminal_text(summary, out)
     pr = summary["prune"]
     assert pr["mode"] == "latency" and pr["cost"] == "latency" and pr["target_reached"]
     assert pr["latency"]["predicted_reduction"] >= 0.3

@@ -20,6 +20,7 @@ from ..vacl.config import RULES
 from . import common, options
 
 RULES_GROUP = "pruning (exactly one of)"
+METRIC = {"params": "params", "macs": "MACs"}
 # the command's option groups of VaclConfig fields (compress shows them as its vacl stage's)
 GROUPS = {
     "sparsity training (VACL regularizer)": (
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
     pr = summary["prune"]
     rule = (f"RMS < {pr['threshold']:g}" if pr["mode"] == "threshold" else
-            f"target {'params' if pr['mode'] == 'params' else 'MACs'} reduction "
+            f"target {METRIC.get(pr['mode'], 'predicted latency')} reduction "
             f"{100 * pr['target_reduction']:.2f} %"
             + ("" if pr["target_reached"] else " (not reached)")
             + (f", chosen on val with --auto-tolerance {pr['auto']['tolerance']:g}"
