@@ -43,8 +43,8 @@ def _ms(models: dict, shape, runtime: str, batch: int, repeats: int) -> dict[str
     return rows[0]["ms"]
 
 
-def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int
-         ) -> dict:
+def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
+         cap: float | None = None) -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -54,11 +54,11 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     table = measure_table(base, shape, runtime, batch=batch)
     aware = copy.deepcopy(base)
     r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
-                    cost="latency")
+                    cost="latency", max_layer_reduction=cap)
 
     def macs_model(t: float):
         m = copy.deepcopy(base)
-        prune(m, shape, target_macs_reduction=t)
+        prune(m, shape, target_macs_reduction=t, max_layer_reduction=cap)
         return m.eval()
 
     lo, hi, tried = 0.0, 0.98, []
@@ -78,14 +78,15 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     return {"runtime": runtime, "batch": batch, "reduction": reduction,
             "aware_ms_alone": goal, "aware_prune": {k: r_aware[k] for k in (
                 "params_reduction", "macs_reduction", "latency")},
-            "macs_target": round(best[0], 4), "bisection": tried,
+            "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
             "threads": torch.get_num_threads()}
 
 
 def commands(base: Path, p: dict, epochs: int, epoch_size: int) -> dict[str, list[str]]:
     common = ["resprune", "vacl", str(base), "--sparse-epochs", "0", "--finetune-epochs",
               str(epochs), "--finetune-lr", "0.01", "--epoch-size", str(epoch_size),
-              "--distill-from", "input", "--device", "cpu", "--no-progress"]
+              "--distill-from", "input", "--device", "cpu", "--no-progress",
+              *([] if p.get("cap") is None else ["--max-layer-reduction", str(p["cap"])])]
     return {
         "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
                              "latency", "--latency-runtime", p["runtime"], "--latency-batch",
@@ -118,6 +119,8 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
             *[f"{ms[(rt, bs)][k]:.2f}" for rt in ("eager", "onnxruntime") for bs in (1, 64)],
             f"{100 * float(hits[k].mean()):.2f}",
             "-" if k == "macs" else f"{100 * float(d.mean()):+.2f} ± {100 * se:.2f}"])
+    capped = ("uncapped" if p.get("cap") is None
+              else f"capped at `max_layer_reduction={p['cap']}`")
     steps = ", ".join(f"{t['target_macs_reduction']:g} -> {t['ratio']:.3f}"
                       for t in p["bisection"])
     head = ["row", "params", "MACs", "eager b1 ms", "eager b64 ms", "ORT b1 ms", "ORT b64 ms",
@@ -126,7 +129,7 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         "# Latency-aware vs MACs-based ranking at equal measured latency\n",
         f"Machine: {machine_info(1, ['onnxruntime'])}.\n",
         f"Plan (`benchmarks/latency_aware.py`): the {p['runtime']} table of B at batch "
-        f"{p['batch']} ({p['threads']} thread); latency row: "
+        f"{p['batch']} ({p['threads']} thread); both rows {capped}; latency row: "
         f"`target_latency_reduction={p['reduction']}`, `cost=latency` "
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finetune-epochs", type=int, default=2)
     ap.add_argument("--epoch-size", type=int, default=10000)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--max-layer-reduction", type=float, default=None,
+                    help="cap every layer's pruned share in both rows (vacl's option)")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     plan_file = a.runs / "plan.json"
     if a.step in ("plan", "all") and not plan_file.is_file():
         plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
-                                             a.repeats), indent=1))
+                                             a.repeats, a.max_layer_reduction), indent=1))
     p = json.loads(plan_file.read_text())
     if a.step in ("run", "all"):
         from resprune.cli.main import main as cli
