@@ -1,9 +1,11 @@
-"""Which units a step erases: the k lowest priorities, optionally screened by validation loss."""
+"""Which units a step erases: the k lowest priorities (or priorities per ms, with
+``cost="latency"``), optionally screened by validation loss."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -70,3 +72,22 @@ def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
     return total / max(n, 1)
 
 
+
+
+def unit_costs(run_dir: Path, model: nn.Module, input_shape: tuple[int, ...], config: Any
+               ) -> dict[str, float]:
+    """``cost="latency"``: each erasable unit's predicted time (ms per batch of the run's
+    latency table, measured on ``model`` and kept in ``run_dir``)."""
+    from ..measure import latency_table
+    from .gates import erasable_items
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    table = latency_table.run_table(run_dir, model, input_shape, config.latency_runtime,
+                                    config.latency_batch)
+    return latency_table.unit_latency(table, model, input_shape,
+                                      [n for n, _ in erasable_items(model)])
+
+
+def per_ms(priorities: dict[str, float], unit_ms: dict[str, float]) -> dict[str, float]:
+    """Priority per millisecond: of two units with equal priority the slower goes first."""
+    return {n: v / max(unit_ms.get(n, 0.0), 1e-9) for n, v in priorities.items()}

@@ -43,7 +43,7 @@ from ..runstate import (
 )
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
-from .candidates import screen, select
+from .candidates import per_ms, screen, select, unit_costs
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -242,13 +242,7 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
         raise UserError(f"{type(model).__name__} has no erasable residual unit (a "
                         "resprune.models.ResidualUnit with an identity shortcut)")
     if config.cost == "latency":  # measured on the start model, before any erasure
-        from ..measure import latency_table
-
-        run_dir.mkdir(parents=True, exist_ok=True)
-        table = latency_table.run_table(run_dir, model, input_shape, config.latency_runtime,
-                                        config.latency_batch)
-        run.unit_ms = latency_table.unit_latency(table, model, input_shape,
-                                                 [n for n, _ in erasable_items(model)])
+        run.unit_ms = unit_costs(run_dir, model, tuple(input_shape), config)
     if state is None:
         _start(run, start_fp)
     else:
@@ -337,9 +331,8 @@ def _steps(run: _Run) -> None:
         scores = score_units(run.model, cfg.score, loader=run.train_loader,
                              num_batches=cfg.score_batches, seed=cfg.seed + k)
         candidates = {n: v for n, v in scores.items() if n not in rejected}
-        if run.unit_ms is not None:  # priority per ms: slow units of equal priority go first
-            candidates = {n: v / max(run.unit_ms.get(n, 0.0), 1e-9)
-                          for n, v in candidates.items()}
+        if run.unit_ms is not None:
+            candidates = per_ms(candidates, run.unit_ms)
         if not candidates:
             state["phase"], state["stop_reason"] = "stopped", "no_candidates"
             run.commit()
