@@ -23,9 +23,7 @@ from ..vacl.config import REDUCTION, RULES
 STAGES = ("train", "implode", "vacl", "finetune")
 DEFAULT_STAGES = ("implode", "vacl", "finetune")
 # stage fields compress sets itself: the base training, the budget
-_OWN_STAGE_FIELDS = {"train", "seed", "epoch_size", *RULES}
-# compress's budget: the vacl rules, a latency goal meaning the whole pipeline's
-BUDGET = RULES
+_OWN_STAGE_FIELDS = {"train", "seed", "epoch_size", *RULES}  # the vacl rules are the budget
 
 
 class _Methods:
@@ -43,10 +41,10 @@ class _Methods:
                 raise UserError(f"stage {s!r} is listed twice; each stage runs at most once")
         if "train" in stages and stages[0] != "train":
             raise UserError("the train stage can only come first")
-        given = [k for k in BUDGET if getattr(self, k) is not None]
+        given = [k for k in RULES if getattr(self, k) is not None]
         if len(given) > 1:
             raise UserError("give at most one of " + ", ".join("--" + k.replace("_", "-")
-                                                               for k in BUDGET)
+                                                               for k in RULES)
                             + f" (got {', '.join('--' + k.replace('_', '-') for k in given)})")
         if given and "vacl" not in stages:
             raise UserError(f"--{given[0].replace('_', '-')} applies to the vacl stage, which "

@@ -270,8 +270,8 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
     machine = _machine(runtime)
     # the whole model's time is part of the table: the key holds every conv, not just shapes
     layers = sorted((n, s.key()) for n, s in every.items())
-    key = hashlib.sha256(json.dumps([runtime, batch, machine, layers, input_shape and list(
-        input_shape)], sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([runtime, batch, machine, layers, list(input_shape)],
+                                    sort_keys=True).encode()).hexdigest()[:16]
     if cache_dir is None:
         from ..data.smallimages import default_cache_dir
 
