@@ -50,7 +50,7 @@ from torch import nn
 
 import resprune
 from resprune.data import input_shape, load_dataset, make_loader
-from resprune.implosion.store import fingerprint
+from resprune.runstate import fingerprint
 from resprune.io import atomic_write_json, atomic_write_text, read_json
 from resprune.measure import count_macs, count_params, depth, evaluate, latency
 from resprune.models import PadShortcut
