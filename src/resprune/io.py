@@ -3,18 +3,26 @@
 Every file resprune writes goes through :func:`atomic_write_bytes`: the data is written to a
 temporary file in the same directory, flushed and fsync'ed, then renamed over the target. A
 process killed at any moment leaves either the previous file or the new one, never a torn one.
+
+Under torchrun every write and removal here is a collective (:mod:`resprune.distributed`):
+all processes call it, rank 0 alone touches the disk, and no process goes on before the file
+is there. ``collective=False`` writes from the calling process only (caches).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import distributed
 from .errors import UserError
 
 # Fault injection for the kill campaign (benchmarks/kill_campaign.py): with this variable set
@@ -36,8 +44,44 @@ def _maybe_die_mid_write(f: Any, data: bytes) -> None:
         os.kill(os.getpid(), 9)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
+@contextlib.contextmanager
+def _rank0_only(collective: bool) -> Iterator[bool]:
+    """Yield whether this process touches the disk; with several processes, all of them wait
+    before (so every earlier read saw the old state) and after (so every later read sees the
+    new one)."""
+    if not (collective and distributed.enabled()):
+        yield True
+        return
+    distributed.barrier()
+    try:
+        yield distributed.is_main()
+    finally:
+        distributed.barrier()
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *,
+                       collective: bool = True) -> None:
+    with _rank0_only(collective) as writes:
+        if writes:
+            _write_bytes(Path(path), data)
+
+
+def remove(*paths: str | os.PathLike) -> None:
+    """Delete files (missing ones are fine), as one collective step."""
+    with _rank0_only(True) as writes:
+        if writes:
+            for p in paths:
+                Path(p).unlink(missing_ok=True)
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Delete a directory and everything in it (a missing one is fine), as one collective."""
+    with _rank0_only(True) as writes:
+        if writes:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -70,12 +114,13 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, *, collective: bool = True) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"), collective=collective)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, collective: bool = True) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n",
+                      collective=collective)
 
 
 def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:

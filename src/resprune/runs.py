@@ -8,12 +8,11 @@ the command that wrote it.
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, read_json, remove, remove_tree
 from .runstate import COMMAND_FILE, STATE_FILES, TRAIN_STATE_FILE
 
 SUMMARY_FILE = "summary.json"
@@ -53,8 +52,7 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool
         if all(p.is_file() and p.name.startswith(".") and p.name.endswith(".tmp")
                for p in leftovers):
             # killed inside its very first write: nothing was saved, so start afresh
-            for p in leftovers:
-                p.unlink()
+            remove(*leftovers)
             return out, False
         return out, True
     if nonempty:
@@ -64,12 +62,9 @@ def prepare_out(out: str | os.PathLike, *, overwrite: bool = False, resume: bool
         if not is_run(out):
             raise UserError(f"--out {out} holds files that are not a resprune run; "
                             "choose another directory")
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        remove(*(out / name for name in RUN_FILES), *out.glob("*.png"))
         for name in RUN_DIRS:
-            shutil.rmtree(out / name, ignore_errors=True)
-        for p in out.glob("*.png"):
-            p.unlink()
+            remove_tree(out / name)
     out.mkdir(parents=True, exist_ok=True)
     return out, False
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .io import atomic_write_json, read_json
+from .io import atomic_write_json, read_json, remove
 
 STATE_FILE = "state.json"
 #: the trainer's checkpoint (tensors: weights, optimizer, RNG states)
@@ -81,7 +81,7 @@ def write_state(run_dir: str | Path, state: dict[str, Any]) -> None:
     atomic_write_json(run_dir / STATE_FILE, {**state, "format": FORMAT})
     legacy = LEGACY_FILES.get(kind)
     if legacy:
-        (run_dir / legacy).unlink(missing_ok=True)
+        remove(run_dir / legacy)
 
 
 def fingerprint(model: nn.Module) -> str:

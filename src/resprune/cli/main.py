@@ -7,9 +7,12 @@ stderr, ``resprune: error: ...``, and exit status 2, with nothing on disk overwr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import sys
 
-from .. import __version__
+from .. import __version__, distributed
 from ..errors import UserError
 from . import logs
 from .config import apply_config
@@ -60,18 +63,38 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Under torchrun every process runs it (:mod:`resprune.distributed`);
+    rank 0 alone prints, logs and shows progress, the others say only their errors."""
     try:
         args = parse(argv)
-        logs.configure(quiet=getattr(args, "quiet", False),
-                       verbose=getattr(args, "verbose", False))
-        return int(args.func(args) or 0)
+        started = distributed.setup(getattr(args, "device", None))
+        main_rank = distributed.is_main()
+        logs.configure(quiet=getattr(args, "quiet", False) or not main_rank,
+                       verbose=getattr(args, "verbose", False) and main_rank)
+        if not main_rank:
+            logging.getLogger("resprune").setLevel(logging.ERROR)
+            args.no_progress = True
+        with contextlib.redirect_stdout(sys.stdout if main_rank else io.StringIO()):
+            try:
+                return int(args.func(args) or 0)
+            finally:
+                if started:
+                    distributed.teardown()
     except UserError as e:
-        print(f"resprune: error: {e}", file=sys.stderr)
+        print(f"resprune: error: {_who()}{e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("resprune: interrupted; rerun the same command with --resume to continue",
               file=sys.stderr)
         return 130
+
+
+def _who() -> str:
+    """``rank R: `` under torchrun (every process may report its own error), else nothing."""
+    import os
+
+    return f"rank {os.environ['RANK']}: " if distributed.launched() and "RANK" in os.environ \
+        else ""
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ final model is saved into ``OUT``; ``summary.json`` fields: :mod:`resprune.compr
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from ..checkpoint import load, save
 from ..data import resolve_loaders
 from ..errors import UserError
 from ..implosion import run_implosion
-from ..io import atomic_write_json
+from ..io import atomic_write_json, remove_tree
 from ..measure._device import resolve_device
 from ..measure.summary import measure_model, sizes
 from ..report.compress import write_report
@@ -170,7 +169,7 @@ def _run_stage(name: str, config, model: nn.Module, loaders, where: Path, resumi
                distill, prev_dir: Path | None, base_sizes, shape, extra, run_kw) -> None:
     """Run one stage into ``where`` (continuing it when ``resuming``)."""
     if where.is_dir() and not resuming:
-        shutil.rmtree(where)
+        remove_tree(where)
     where.mkdir(parents=True, exist_ok=True)
     common = dict(out=where, resume=resuming, distill=distill, summary_extra=extra, **run_kw)
     if name in ("train", "finetune"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, distributed
 from ..report import pct_removed
 
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
@@ -71,6 +71,7 @@ def compress_summary(out: Path, done: list[tuple[str, Path, dict[str, Any]]],
         goal = b.get("target_ms", (1 - b.get("target_reduction", 0.0)) * base_latency_ms)
         b["reached"] = b["predicted_ms"] is not None and b["predicted_ms"] <= goal * (1 + 1e-9)
     return {"kind": "compress", "model": done[0][2].get("model"), "resprune": __version__,
+            "world_size": distributed.world_size(),
             "input_shape": last.get("input_shape"), "data": last.get("data"),
             **{k: last.get(k) for k in BASE_KEYS},
             "epochs": sum(r["epochs"] for r in records),

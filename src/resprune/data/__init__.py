@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .. import distributed
 from ..errors import UserError
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
 from . import cifar, digits, imagefolder, synthetic
@@ -345,6 +346,9 @@ def make_loaders(bundle: DataBundle, batch_size: int, *, device: str | torch.dev
     common = dict(device=device, seed=seed, num_workers=num_workers,
                   channels_last=channels_last)
     eval_bs = max(batch_size, 256)
+    with distributed.main_first():  # under torchrun rank 0 fills the decode cache first
+        for part in (bundle.train, bundle.val, bundle.test):
+            part.materialize()
     return Loaders(make_loader(bundle, "train", batch_size, train=True, epoch_size=epoch_size,
                                **common),
                    make_loader(bundle, "val", eval_bs, train=False, **common),

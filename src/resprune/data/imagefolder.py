@@ -10,7 +10,8 @@ decoded with PIL and converted to RGB. The transforms are written here (no torch
 The dataset returns uint8 ``[3, size, size]`` tensors; :class:`ImageFolderLoader` moves the
 batch to the device as uint8 (a quarter of the float traffic) and normalises it there. Random
 crops and flips of sample ``i`` in epoch ``e`` are drawn from a generator seeded from
-``(seed, e, i)``, so an epoch replays exactly whatever the number of worker processes.
+``(seed, e, i)``, so an epoch replays exactly whatever the number of worker processes (and
+of torchrun processes: each reads its share, as :mod:`resprune.data.loader` describes).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from .loader import (
     Batch,
     Normalizer,
+    Shard,
     check_batch_size,
     check_epoch_size,
     epoch_generator,
@@ -180,20 +182,26 @@ class ImageFolderDataset(torch.utils.data.Dataset):
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
-    """Indices ``0..n-1``, permuted from ``(seed, epoch)`` when shuffling; the first ``k``."""
+    """This process's indices of one pass.
 
-    def __init__(self, n: int, shuffle: bool, seed: int, k: int | None = None):
+    Training (``shuffle``): the first ``k`` of a permutation of ``0..n-1`` drawn from
+    ``(seed, epoch)``, then this process's slice of every ``batch`` of them. Evaluation: this
+    process's contiguous block of ``0..n-1``.
+    """
+
+    def __init__(self, n: int, shuffle: bool, seed: int, k: int, batch: int, shard: Shard):
         self.n, self.shuffle, self.seed, self.epoch = n, shuffle, seed, 0
-        self.k = n if k is None else k
+        self.k, self.batch, self.shard = k, batch, shard
+        self.mine = shard.of_batches(k, batch) if shuffle else torch.arange(*shard.block(n))
 
     def __len__(self) -> int:
-        return self.k
+        return int(self.mine.numel())
 
     def __iter__(self) -> Iterator[int]:
         if not self.shuffle:
-            return iter(range(self.k))
-        return iter(torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-                    [:self.k].tolist())
+            return iter(self.mine.tolist())
+        order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
+        return iter(order[:self.k][self.mine].tolist())
 
 
 class ImageFolderLoader:
@@ -208,7 +216,7 @@ class ImageFolderLoader:
                  size: int = 224, resize: int = 256, device: str | torch.device = "cpu",
                  seed: int = 0, augment: bool = True, channels_last: bool = False,
                  drop_last: bool | None = None, num_workers: int = 0,
-                 epoch_size: int | None = None):
+                 epoch_size: int | None = None, shard: tuple[int, int] | None = None):
         self.device = torch.device(device)
         self.batch_size = check_batch_size(batch_size)
         self.train = train
@@ -219,17 +227,21 @@ class ImageFolderLoader:
             raise UserError(f"num_workers must be >= 0, got {num_workers}")
         self.dataset = ImageFolderDataset(samples, train=train and augment, size=size,
                                           resize=resize, seed=seed)
-        self.sampler = _EpochSampler(len(self.dataset), shuffle=train, seed=seed,
-                                     k=check_epoch_size(epoch_size, len(self.dataset), train))
+        self.shard = Shard(shard)
+        n = len(self.dataset)
+        k = check_epoch_size(epoch_size, n, train) or n
+        self.num_samples = self.shard.train_samples(k) if train else n
+        """Samples per pass over all processes (training with N: a multiple of N)."""
+        self.local_batch = self.shard.local_batch(self.batch_size) if train else self.batch_size
+        steps = num_batches(self.num_samples, self.batch_size, self.drop_last)
+        used = min(steps * self.batch_size, self.num_samples) if train else n
+        self.sampler = _EpochSampler(n, shuffle=train, seed=seed, k=used,
+                                     batch=self.batch_size, shard=self.shard)
         self.normalize = Normalizer(mean, std, self.device, channels_last)
         self.epoch = 0
 
-    @property
-    def num_samples(self) -> int:
-        return len(self.sampler)
-
     def __len__(self) -> int:
-        return num_batches(self.num_samples, self.batch_size, self.drop_last)
+        return num_batches(len(self.sampler), self.local_batch, False)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -239,11 +251,11 @@ class ImageFolderLoader:
         self.epoch += 1
         self.dataset.epoch = epoch
         self.sampler.epoch = epoch
-        if self.num_samples == 0:
+        if len(self.sampler) == 0:
             return
         dl = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=self.sampler,
-            drop_last=self.drop_last, num_workers=self.num_workers,
+            self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+            drop_last=False, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda")
         it = iter(dl)
         while True:

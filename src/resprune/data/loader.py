@@ -10,6 +10,13 @@ resumed at epoch ``e`` sees the same batches as an uninterrupted one. Random num
 on the CPU, so the order, crops and flips do not depend on the device either. ``__iter__``
 uses the current epoch and then advances it by one, so a caller that never calls
 ``set_epoch`` still gets a fresh order every pass.
+
+Several processes (torchrun, :mod:`resprune.distributed`): ``batch_size`` stays the global
+batch. A training loader gives process ``r`` of ``N`` the ``r``-th of ``N`` equal slices of
+every batch the one-process loader would give (its epoch drops up to ``N - 1`` samples so
+that every batch divides evenly), so N processes together see exactly the batches of one. An
+evaluation loader gives each process a contiguous ``1/N`` of the split; sums over it are
+all-reduced by :func:`resprune.measure.evaluate`.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from .. import distributed
 from ..errors import UserError
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -53,6 +61,47 @@ def check_epoch_size(epoch_size: int | None, n: int, train: bool) -> int | None:
 
 def num_batches(num_samples: int, batch_size: int, drop_last: bool) -> int:
     return num_samples // batch_size if drop_last else -(-num_samples // batch_size)
+
+
+class Shard:
+    """Which part of every pass a process reads: process ``rank`` of ``world``.
+
+    ``None`` (the loaders' default) means this process's place under torchrun (``0`` of ``1``
+    without it).
+    """
+
+    def __init__(self, shard: tuple[int, int] | None = None):
+        rank, world = ((distributed.rank(), distributed.world_size()) if shard is None
+                       else (int(shard[0]), int(shard[1])))
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        self.rank, self.world = rank, world
+
+    def local_batch(self, batch_size: int) -> int:
+        if batch_size % self.world:
+            raise UserError(f"batch size {batch_size} does not divide evenly over "
+                            f"{self.world} processes; use a multiple of {self.world}")
+        return batch_size // self.world
+
+    def train_samples(self, n: int) -> int:
+        """Samples per training epoch: ``n`` rounded down to a multiple of ``world``."""
+        return n - n % self.world
+
+    def of_batches(self, n: int, batch_size: int) -> torch.Tensor:
+        """Positions ``0..n-1`` this process takes: its slice of every ``batch_size`` batch."""
+        pos = torch.arange(n)
+        if self.world == 1:
+            return pos
+        parts = []
+        for k in range(0, n, batch_size):
+            batch = pos[k:k + batch_size]
+            m = batch.numel() // self.world
+            parts.append(batch[self.rank * m:(self.rank + 1) * m])
+        return torch.cat(parts)
+
+    def block(self, n: int) -> tuple[int, int]:
+        """``[start, stop)``: this process's contiguous share of ``n`` evaluation samples."""
+        return distributed.shard_bounds(n, self.rank, self.world)
 
 
 class Normalizer:
@@ -110,7 +159,7 @@ class InMemoryLoader:
                  train: bool, mean: Sequence[float], std: Sequence[float],
                  device: str | torch.device = "cpu", seed: int = 0, augment: bool = True,
                  pad: int = 4, channels_last: bool = False, drop_last: bool | None = None,
-                 epoch_size: int | None = None):
+                 epoch_size: int | None = None, shard: tuple[int, int] | None = None):
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 [N,C,H,W], got {images.dtype} "
                              f"{tuple(images.shape)}")
@@ -130,13 +179,20 @@ class InMemoryLoader:
         self.epoch_size = check_epoch_size(epoch_size, int(images.shape[0]), train)
         self.epoch = 0
         self.normalize = Normalizer(mean, std, self.device, channels_last)
+        self.shard = Shard(shard)
+        self.local_batch = self.shard.local_batch(self.batch_size) if train else self.batch_size
 
     @property
     def num_samples(self) -> int:
-        """Samples per pass: ``epoch_size`` when set, else the whole split."""
-        return self.epoch_size or int(self.images.shape[0])
+        """Samples per pass over all processes: ``epoch_size`` when set, else the whole split
+        (training with N processes: rounded down to a multiple of N)."""
+        n = self.epoch_size or int(self.images.shape[0])
+        return self.shard.train_samples(n) if self.train else n
 
     def __len__(self) -> int:
+        if not self.train:
+            start, stop = self.shard.block(self.num_samples)
+            return num_batches(stop - start, self.batch_size, False)
         return num_batches(self.num_samples, self.batch_size, self.drop_last)
 
     def set_epoch(self, epoch: int) -> None:
@@ -146,7 +202,7 @@ class InMemoryLoader:
         """Order, crop offsets and flips for one epoch, drawn on the CPU from (seed, epoch)."""
         n = int(self.images.shape[0])
         if not self.train:
-            return torch.arange(n), None, None
+            return torch.arange(*self.shard.block(n)), None, None
         g = epoch_generator(self.seed, epoch)
         order = torch.randperm(n, generator=g)
         if not self.augment:
@@ -160,10 +216,17 @@ class InMemoryLoader:
         epoch = self.epoch
         self.epoch += 1
         order, offsets, flips = self._plan(epoch)
+        bs = self.batch_size
+        if self.train:
+            n = len(self) * bs if self.drop_last else order.numel()
+            mine = self.shard.of_batches(min(n, order.numel()), bs)
+            order = order[mine]
+            if offsets is not None and flips is not None:
+                offsets, flips = offsets[mine], flips[mine]
+            bs = self.local_batch
         order = order.to(self.device)
         if offsets is not None and flips is not None:
             offsets, flips = offsets.to(self.device), flips.to(self.device)
-        bs = self.batch_size
         for k in range(len(self)):
             sel = slice(k * bs, (k + 1) * bs)
             idx = order[sel]

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .. import distributed
 from ..errors import UserError
 from ..io import atomic_write_bytes
 from .imagefolder import Sample, center_crop, load_image, resize_shorter
@@ -77,8 +78,8 @@ def decode_files(paths: list[str], size: int, *, workers: int = 0, progress: boo
     chunk = max(64, min(2048, -(-n // (workers * 8)))) if n else 1
     jobs = [(paths[i:i + chunk], size) for i in range(0, n, chunk)]
     out = np.empty((n, size, size, 3), dtype=np.uint8)
-    bar = tqdm(total=n, desc=desc, unit="img", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=n, desc=desc, unit="img", file=sys.stderr,
+               disable=not progress or not distributed.is_main(), dynamic_ncols=True)
     try:
         if workers == 1:
             results = map(_decode_chunk, jobs)
@@ -150,8 +151,9 @@ class DecodedFolder:
                 pass
         images = self._decode()
         try:
-            atomic_write_bytes(path, safetensors.torch.save(
-                {"images": images}, metadata={"format": CACHE_FORMAT, "key": key}))
+            data = safetensors.torch.save(
+                {"images": images}, metadata={"format": CACHE_FORMAT, "key": key})
+            atomic_write_bytes(path, data, collective=False)  # a cache: whoever decoded
         except OSError as e:  # a read-only cache is not fatal: the next run decodes again
             log.warning("cannot write image cache %s (%s); continuing without it", path,
                         e.strerror)

@@ -21,7 +21,6 @@ import copy
 import dataclasses
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -30,7 +29,9 @@ from typing import Any
 
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
+from ..io import remove, remove_tree
 from ..measure import evaluate, sizes
 from ..runstate import FORMAT as STATE_FORMAT
 from ..runstate import (
@@ -152,7 +153,7 @@ class _Run:
                                   seed=seed)
         partial = self.resume and (directory / TRAIN_STATE_FILE).is_file()
         if directory.exists() and not partial:
-            shutil.rmtree(directory)
+            remove_tree(directory)
         extra = {"callbacks": callbacks} if callbacks else {}
         trainer = self.trainer_factory(self.model, self.train_loader, self.val_loader, cfg,
                                        directory, **extra)
@@ -160,8 +161,8 @@ class _Run:
             trainer.fit(resume=True)
         else:
             trainer.fit()
-        for name in (TRAIN_STATE_FILE, "model.safetensors", "arch.json"):
-            (directory / name).unlink(missing_ok=True)
+        remove(*(directory / name for name in (TRAIN_STATE_FILE, "model.safetensors",
+                                                "arch.json")))
         return epochs
 
     # -- checkpoints ---------------------------------------------------------------------
@@ -328,8 +329,10 @@ def _steps(run: _Run) -> None:
         k = len(history) + 1
         t0 = time.monotonic()
         rejected = {n for h in history if not h["accepted"] for n in h["erased"]}
-        scores = score_units(run.model, cfg.score, loader=run.train_loader,
-                             num_batches=cfg.score_batches, seed=cfg.seed + k)
+        # decided once: scores read each process's own batches, so rank 0's count
+        scores = distributed.broadcast_object(score_units(
+            run.model, cfg.score, loader=run.train_loader, num_batches=cfg.score_batches,
+            seed=cfg.seed + k))
         candidates = {n: v for n, v in scores.items() if n not in rejected}
         if run.unit_ms is not None:
             candidates = per_ms(candidates, run.unit_ms)
@@ -340,7 +343,8 @@ def _steps(run: _Run) -> None:
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
         screened = screen(run, candidates) if cfg.screen > 0 else None
         ranking = candidates if screened is None else screened
-        names = select(ranking, depths, cfg.per_step, depth, cfg.target_depth)
+        names = distributed.broadcast_object(
+            select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
         snapshot = copy.deepcopy(run.model)
         epochs = _erase_and_retrain(run, names, k)
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
@@ -349,7 +353,8 @@ def _steps(run: _Run) -> None:
         if screened is not None:
             record["screen_loss"] = screened
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
-        record["accepted"] = record["val_top1"] >= baseline - cfg.tolerance / 100 - 1e-12
+        record["accepted"] = distributed.broadcast_object(
+            record["val_top1"] >= baseline - cfg.tolerance / 100 - 1e-12)
         record["seconds"] = round(time.monotonic() - t0, 3)
         history.append(record)
         log.info("step %d: erased %s, val top-1 %.2f %% (baseline %.2f %%): %s", k,

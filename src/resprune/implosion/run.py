@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import __version__
+from .. import __version__, distributed
 from ..data import resolve_loaders
 from ..errors import UserError
 from ..io import atomic_write_json
@@ -75,7 +75,8 @@ def run_implosion(model: nn.Module, data: Any, config: ImplosionConfig | None = 
                      input_shape=shape, progress=progress, distill=distill)
     summary: dict[str, Any] = {
         "kind": "implode", "model": spec["arch"] if spec else type(model).__name__,
-        "resprune": __version__, "input_shape": list(shape), "data": info,
+        "resprune": __version__, "world_size": distributed.world_size(),
+        "input_shape": list(shape), "data": info,
         "seconds": round(time.time() - started, 2), "config": config.to_dict()}
     summary.update(summary_extra or {})
     summary.update(measure_model(result.model, shape, evals, device=device,

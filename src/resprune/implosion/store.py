@@ -25,7 +25,7 @@ from torch import nn
 
 from ..checkpoint import ARCH_FILE, MODEL_FILE, load_state, save, state_tensors
 from ..errors import UserError
-from ..io import atomic_write_bytes
+from ..io import atomic_write_bytes, remove
 from ..models import ResNet
 
 
@@ -57,8 +57,4 @@ def load_weights(model: nn.Module, directory: Path) -> None:
 
 def remove_weights(directory: Path) -> None:
     """Delete a superseded step's weights (its training logs stay)."""
-    for name in (MODEL_FILE, ARCH_FILE):
-        try:
-            (directory / name).unlink()
-        except FileNotFoundError:
-            pass
+    remove(directory / MODEL_FILE, directory / ARCH_FILE)

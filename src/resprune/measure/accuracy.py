@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
 from ._device import autocast, model_device
 from .counts import _EvalMode
@@ -21,9 +22,12 @@ def evaluate(model: nn.Module, loader: Iterable[Any], precision: str = "fp32") -
     mean (unsmoothed) cross-entropy per sample, ``n`` the number of samples. With fewer than 5
     classes ``top5`` is top-``k`` over all ``k`` classes (so 1.0). Batches are moved to the
     model's device; the model's train/eval mode is restored afterwards.
+
+    Under torchrun the sums are all-reduced: each process may read its own share of the split
+    (resprune's loaders do) and every process returns the same numbers for the whole split.
     """
     device = model_device(model)
-    n = 0
+    n = torch.zeros((), dtype=torch.int64, device=device)
     correct1 = torch.zeros((), dtype=torch.int64, device=device)
     correct5 = torch.zeros((), dtype=torch.int64, device=device)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -40,7 +44,9 @@ def evaluate(model: nn.Module, loader: Iterable[Any], precision: str = "fp32") -
             correct1 += hit[:, 0].sum()
             correct5 += hit.any(dim=1).sum()
             loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
-            n += int(y.shape[0])
+            n += y.shape[0]
+    distributed.all_reduce_sum(n, correct1, correct5, loss_sum)
+    n = int(n.item())
     if n == 0:
         raise UserError("cannot evaluate on an empty data set; check the data split sizes")
     return {"top1": correct1.item() / n, "top5": correct5.item() / n,

@@ -299,7 +299,7 @@ def measure_table(model: nn.Module, input_shape: Sequence[int], runtime: str = "
             progress(i + 1, len(shapes))
     table = LatencyTable(runtime, batch, torch.get_num_threads(), curves, machine,
                          _model_ms(model, input_shape, runtime, batch, repeats))
-    atomic_write_json(path, table.to_dict())
+    atomic_write_json(path, table.to_dict(), collective=False)  # a cache: whoever measured
     return LatencyTable.from_dict(json.loads(json.dumps(table.to_dict())))  # as when cached
 
 
@@ -309,17 +309,23 @@ RUN_TABLE = "latency_table.json"
 def run_table(run_dir: str | Path, model: nn.Module, input_shape: Sequence[int], runtime: str,
               batch: int) -> LatencyTable:
     """The table a run decides with: ``RUN_DIR/latency_table.json`` when the run has one
-    (a resumed run keeps its numbers), else measured (or read from the cache) and kept there."""
+    (a resumed run keeps its numbers), else measured (or read from the cache) and kept there.
+
+    Under torchrun rank 0 alone measures (the others would disturb and could differ) and
+    every process decides with its table."""
     import logging
+
+    from .. import distributed
 
     path = Path(run_dir) / RUN_TABLE
     if path.is_file():
         return LatencyTable.from_dict(read_json(path))
     logging.getLogger("resprune").info("measuring the %s latency table (batch %d, %d "
                                        "thread(s))", runtime, batch, torch.get_num_threads())
-    table = measure_table(model, input_shape, runtime, batch=batch)
-    atomic_write_json(path, table.to_dict())
-    return table
+    data = distributed.main_decides(
+        lambda: measure_table(model, input_shape, runtime, batch=batch).to_dict())
+    atomic_write_json(path, data)
+    return LatencyTable.from_dict(data)
 
 
 def unit_latency(table: LatencyTable, model: nn.Module, input_shape: Sequence[int],

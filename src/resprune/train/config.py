@@ -34,7 +34,8 @@ class TrainConfig:
     """
 
     epochs: int = opt(30, "epochs", Int(0))
-    batch_size: int = opt(128, "batch size", Int(1))
+    batch_size: int = opt(128, "batch size (under torchrun: the global batch, split evenly "
+                          "over the processes)", Int(1))
     lr: float = opt(0.1, "peak learning rate", Float(0, open_low=True))
     momentum: float = opt(0.9, "SGD momentum", Float(0, 1, open_high=True))
     nesterov: bool = opt(True, "Nesterov momentum", Flag())
@@ -51,6 +52,9 @@ class TrainConfig:
                          "given", Choice(PRECISIONS, label="precision"))
     channels_last: bool = opt(False, "channels_last memory format", Flag())
     compile: bool = opt(False, "torch.compile the model", Flag())
+    sync_bn: bool = opt(False, "under torchrun: BatchNorm statistics over the global batch "
+                        "(as one process would compute them) instead of each process's "
+                        "slice; no effect in one process", Flag())
     device: str = opt("auto", "auto = cuda when available", Choice(DEVICES, label="device"))
     seed: int = opt(0, "seed for weights, validation split, shuffling and augmentation",
                     Int(0))

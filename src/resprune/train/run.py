@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import nn
 
-from .. import __version__
+from .. import __version__, distributed
 from ..checkpoint import save
 from ..data import resolve_loaders
 from ..io import atomic_write_json
@@ -65,6 +65,7 @@ def train_run(model: nn.Module, data: Any, config: TrainConfig, *, out: str | Pa
     save(model, out)
     summary: dict[str, Any] = {"kind": "train", "model": spec_of(model)["arch"],
                                "resprune": __version__, "input_shape": list(shape),
+                               "world_size": distributed.world_size(),
                                "data": info, "seconds": round(time.time() - started, 2),
                                "config": config.to_dict()}
     summary.update(summary_extra or {})

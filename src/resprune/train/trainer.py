@@ -15,6 +15,13 @@ files are rewritten from it. A run killed after epoch ``k`` and resumed ends bit
 the CPU) to an uninterrupted run with the same seed: the learning rate is a pure function of
 the global step, the loader is reseeded from ``(seed, epoch)`` via ``set_epoch``, and every
 other piece of state is restored.
+
+Under torchrun (:mod:`resprune.distributed`) the model trains inside
+``DistributedDataParallel``, rebuilt by every ``fit()``: gradients are averaged over the
+processes, each of which reads its slice of every global batch; with ``sync_bn`` BatchNorm
+uses the statistics of the global batch (:mod:`resprune.train.syncbn`). Loss terms and
+callbacks act on the unwrapped model, once per step on every process (the same arithmetic
+on the same weights). Epoch records hold the sums over all processes; rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from .. import distributed
 from ..checkpoint import save
 from ..errors import UserError
 from ..io import atomic_torch_save, atomic_write_text, safe_torch_load
@@ -46,6 +54,7 @@ from .config import TrainConfig
 from .distill import Distillation
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng
+from .syncbn import global_batchnorm
 
 STATE_FILE = TRAIN_STATE_FILE  # the one name, owned by resprune.runstate
 METRICS_FILE = "metrics.jsonl"
@@ -130,8 +139,8 @@ class Trainer:
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.lr, momentum=config.momentum,
             nesterov=config.nesterov, weight_decay=config.weight_decay)
-        self._forward: Callable[[torch.Tensor], torch.Tensor] = (
-            torch.compile(self.model) if config.compile else self.model)
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self.world_size = distributed.world_size()
         try:
             spec_of(self.model)
             self._saveable = True
@@ -160,13 +169,31 @@ class Trainer:
             self.optimizer.state.clear()
         for cb in self.callbacks:
             cb.on_fit_start(self)
-        while self.epoch < self.config.epochs:
-            record = self._train_epoch(self.epoch + 1)
-            for cb in self.callbacks:
-                cb.on_epoch_end(self, record)
-            self.history.append(_plain(record))
-            self._checkpoint()
+        sync = self.config.sync_bn and self.world_size > 1
+        with global_batchnorm(self.model, sync):
+            self._forward = self._wrap()
+            try:
+                while self.epoch < self.config.epochs:
+                    record = self._train_epoch(self.epoch + 1)
+                    for cb in self.callbacks:
+                        cb.on_epoch_end(self, record)
+                    self.history.append(_plain(record))
+                    self._checkpoint()
+            finally:
+                self._forward = self.model
         return list(self.history)
+
+    def _wrap(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The forward the steps call: the model, in DDP with several processes (built anew
+        by every fit, so a model whose architecture changed in between is wrapped as it is
+        now; DDP starts every process from rank 0's weights), compiled with ``compile``."""
+        forward: nn.Module = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            forward = DistributedDataParallel(self.model, device_ids=ids)
+        return torch.compile(forward) if self.config.compile else forward
 
     # -- one epoch ------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
@@ -184,8 +211,9 @@ class Trainer:
         n, lr = 0, self.schedule.lr(self.global_step)
         if self.distill is not None:
             self.distill.seconds = 0.0
+        show = self.progress and distributed.is_main()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
-                   file=sys.stderr, disable=not self.progress, unit="batch", dynamic_ncols=True)
+                   file=sys.stderr, disable=not show, unit="batch", dynamic_ncols=True)
         t0 = time.perf_counter()
         try:
             for i, (x, y) in enumerate(self.train_loader):
@@ -213,7 +241,7 @@ class Trainer:
                 finite_steps += torch.isfinite(total_sum).long()
                 if (i + 1) % check_every == 0:
                     self._check_finite(total_sum, finite_steps, epoch)
-                    if self.progress:
+                    if show:
                         bar.set_postfix(loss=f"{data_sum.item() / max(n, 1):.4f}",
                                         lr=f"{lr:.4g}", refresh=False)
                 self.optimizer.zero_grad(set_to_none=True)
@@ -230,6 +258,10 @@ class Trainer:
             self._check_finite(total_sum, finite_steps, epoch)
             synchronize(dev)
             train_seconds = time.perf_counter() - t0
+            if self.world_size > 1:  # the epoch over all processes
+                counts = torch.tensor([n], dtype=torch.int64, device=dev)
+                distributed.all_reduce_sum(counts, data_sum, correct, extra_sum)
+                n = int(counts.item())
             if n == 0:
                 raise UserError("the training loader produced no batches; check the data set")
             record: dict[str, Any] = {
@@ -246,7 +278,7 @@ class Trainer:
                 ev = evaluate(self.model, self.val_loader, cfg.precision)
                 record["val_acc"], record["val_loss"] = ev["top1"], ev["loss"]
             record["seconds"] = time.perf_counter() - t0
-            if self.progress:
+            if show:
                 post = {"loss": f"{record['train_loss']:.4f}", "acc": f"{record['train_acc']:.3f}"}
                 if record["val_acc"] is not None:
                     post["val"] = f"{record['val_acc']:.3f}"
@@ -288,6 +320,7 @@ class Trainer:
             "rng": capture_rng(),
             "config": self.config.to_dict(),
             "callbacks": [cb.state_dict() for cb in self._stateful()],
+            "world_size": self.world_size,
         }
         atomic_torch_save(state, self.run_dir / STATE_FILE)  # last: marks the epoch done
 
@@ -333,6 +366,15 @@ class Trainer:
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"cannot resume: optimizer state in {path} does not fit the "
                             f"model ({e})") from None
+        was = int(st.get("world_size", 1))
+        if was != self.world_size:
+            import logging
+
+            logging.getLogger("resprune").info(
+                "resuming a run of %d process(es) with %d: the global batch and the schedule "
+                "are the same%s", was, self.world_size,
+                "" if self.config.sync_bn else "; BatchNorm statistics now come from "
+                f"{self.config.batch_size // self.world_size} images per process")
         self.epoch, self.global_step = int(st["epoch"]), int(st["global_step"])
         self.history = list(st["history"])
         restore_rng(st["rng"])

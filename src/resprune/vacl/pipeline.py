@@ -45,11 +45,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .. import __version__, distributed
 from ..checkpoint import load, save
 from ..data import resolve_loaders
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, remove
 from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
@@ -165,11 +165,11 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
         save(tuned, out, metadata={"kind": "vacl"})
         state.update(phase="done", finetune_history=history)
         write_state(out, state)
-        for name in ("sparse", "finetune"):
-            (stage_dir(out, name) / TRAIN_STATE_FILE).unlink(missing_ok=True)
+        remove(*(stage_dir(out, name) / TRAIN_STATE_FILE for name in ("sparse", "finetune")))
 
     final_model = load(out, device=device)
     summary = {"kind": KIND, "model": spec_of(final_model)["arch"], "resprune": __version__,
+               "world_size": distributed.world_size(),
                "input_shape": list(shape), "data": data_info,
                "seconds": round(time.time() - started, 2), "config": config_json(config)}
     summary.update(summary_extra or {})
@@ -265,6 +265,7 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
                     include_consumers=reg.include_consumers, score=config.group_score,
                     round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
                     latency_table=table, cost=config.cost, **target)
+        dry = distributed.broadcast_object(dry)  # decided once, on rank 0
         state["dry_run_groups"] = dry["removed_groups"]
         state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
     if pruned_only:
@@ -290,6 +291,9 @@ def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
                    latency_table=table, cost=config.cost, **target)
+    # Decided once: rank 0's pruned model is the one written below and read back by every
+    # process for fine-tuning; its report is the one every process keeps.
+    report = distributed.broadcast_object(report)
     where = stage_dir(out, "pruned")
     save(model, where, metadata={"kind": "vacl-pruned"})
     atomic_write_json(where / PRUNE_REPORT, report)
@@ -319,6 +323,7 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
                             reference=reference, precision=config.train.precision,
                             round_to=config.round_to,
                             max_layer_reduction=config.max_layer_reduction)
+    auto = distributed.broadcast_object(auto)
     log.info("auto: %d candidate(s) tried on the validation split; params target %.0f %% "
              "(stop: %s)", len(auto["candidates"]), 100 * auto["chosen"], auto["stop"])
     return auto
