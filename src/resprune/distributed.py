@@ -21,8 +21,9 @@ The rules that keep N processes one run:
   table) are made on rank 0 and sent to the others (:func:`broadcast_object`).
 - **Rank 0 writes.** Every file write and removal of :mod:`resprune.io` is a collective:
   all processes arrive, rank 0 writes, all continue. Reads before a write see the old file on
-  every rank, reads after it the new one. With several machines the run directory must be on
-  a file system all of them see.
+  every rank, reads after it the new one. Creating a directory is not a collective, so no
+  branch may depend on whether a directory exists (only on the files in it). With several
+  machines the run directory must be on a file system all of them see.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ def _open(out: Path, model: nn.Module, config, resume: bool) -> dict[str, Any]:
 def _run_stage(name: str, config, model: nn.Module, loaders, where: Path, resuming: bool,
                distill, prev_dir: Path | None, base_sizes, shape, extra, run_kw) -> None:
     """Run one stage into ``where`` (continuing it when ``resuming``)."""
-    if where.is_dir() and not resuming:
+    if not resuming:  # unconditional: a directory another process just made is no reason
         remove_tree(where)
     where.mkdir(parents=True, exist_ok=True)
     common = dict(out=where, resume=resuming, distill=distill, summary_extra=extra, **run_kw)

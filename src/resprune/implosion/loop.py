@@ -152,7 +152,7 @@ class _Run:
         cfg = dataclasses.replace(self.config.train, epochs=epochs, lr=lr, warmup_epochs=0,
                                   seed=seed)
         partial = self.resume and (directory / TRAIN_STATE_FILE).is_file()
-        if directory.exists() and not partial:
+        if not partial:
             remove_tree(directory)
         extra = {"callbacks": callbacks} if callbacks else {}
         trainer = self.trainer_factory(self.model, self.train_loader, self.val_loader, cfg,
