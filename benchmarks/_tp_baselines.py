@@ -50,12 +50,12 @@ from torch import nn
 
 import resprune
 from resprune.data import input_shape, load_dataset, make_loader
-from resprune.runstate import fingerprint
 from resprune.io import atomic_write_json, atomic_write_text, read_json
 from resprune.measure import count_macs, count_params, depth, evaluate, latency
 from resprune.models import PadShortcut
 from resprune.report import pct_removed
 from resprune.runs import read_summary, write_summary
+from resprune.runstate import fingerprint
 from resprune.train import STATE_FILE as TRAIN_STATE_FILE
 from resprune.train import Callback, Distillation, TrainConfig, Trainer
 from resprune.vacl.groups import PadShortcutPruner, _couple_pad_channels
