@@ -625,9 +625,14 @@ def test_imagefolder_workers_give_same_batches(folder: Path):
     runs = []
     for workers in (0, 1):
         ld = data.make_loader(b, "train", 5, train=True, seed=1, num_workers=workers)
+        _collect(ld)  # epoch 0 first: the persistent worker must not keep epoch 0's crops
         ld.set_epoch(4)
         runs.append(_collect(ld))
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    fresh = data.make_loader(b, "train", 5, train=True, seed=1)
+    fresh.set_epoch(4)
+    assert torch.equal(_collect(fresh)[0], runs[1][0])
+    assert runs[1][0].is_contiguous()  # NCHW unless channels_last was asked for
 
 
 def test_imagefolder_default_imagenet_shapes(folder: Path):

@@ -89,19 +89,26 @@ def test_evaluation_shards_cover_the_split_once():
     assert torch.equal(torch.cat(parts), whole)
 
 
+def _indices(sampler: _EpochSampler, epoch: int = 0) -> list[int]:
+    sampler.epoch = epoch
+    pairs = list(sampler)
+    assert {e for e, _ in pairs} <= {epoch}  # the epoch travels with every index
+    return [i for _, i in pairs]
+
+
 def test_imagefolder_sampler_shards_like_the_in_memory_loader():
     n, batch, world = 37, 8, 2
     kept = n - n % world
-    whole = list(_EpochSampler(n, True, seed=1, k=kept, batch=batch, shard=Shard((0, 1))))
-    parts = [list(_EpochSampler(n, True, seed=1, k=kept, batch=batch, shard=Shard((r, world))))
-             for r in range(world)]
+    whole = _indices(_EpochSampler(n, True, seed=1, k=kept, batch=batch, shard=Shard((0, 1))))
+    parts = [_indices(_EpochSampler(n, True, seed=1, k=kept, batch=batch,
+                                    shard=Shard((r, world)))) for r in range(world)]
     rebuilt = []
     for k in range(0, kept, batch):
         m = min(batch, kept - k) // world
         for p in parts:
             rebuilt += p[k // world:k // world + m]
     assert rebuilt == whole
-    evals = [list(_EpochSampler(n, False, 0, k=n, batch=batch, shard=Shard((r, world))))
+    evals = [_indices(_EpochSampler(n, False, 0, k=n, batch=batch, shard=Shard((r, world))), 3)
              for r in range(world)]
     assert evals[0] + evals[1] == list(range(n))
 

@@ -7,8 +7,11 @@ decoded with PIL and converted to RGB. The transforms are written here (no torch
   horizontal flip with probability 1/2;
 * eval: resize the shorter side to ``resize`` (256) and center-crop ``size`` (224).
 
-The dataset returns uint8 ``[3, size, size]`` tensors; :class:`ImageFolderLoader` moves the
-batch to the device as uint8 (a quarter of the float traffic) and normalises it there. Random
+The dataset returns uint8 ``[size, size, 3]`` tensors (the decoder's own layout: one copy out
+of PIL, no transpose in the workers); :class:`ImageFolderLoader` moves the batch to the device
+as uint8 (a quarter of the float traffic), puts the channels first and normalises it there.
+Worker processes start once per loader and serve every pass (``persistent_workers``); the
+epoch travels with each index, so the augmentation of a pass does not depend on them. Random
 crops and flips of sample ``i`` in epoch ``e`` are drawn from a generator seeded from
 ``(seed, e, i)``, so an epoch replays exactly whatever the number of worker processes (and
 of torchrun processes: each reads its share, as :mod:`resprune.data.loader` describes).
@@ -84,7 +87,8 @@ def load_image(path: str) -> Image.Image:
     """Decode ``path`` as an RGB PIL image, or raise :class:`UserError` naming the file."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            img.load()
+            return img if img.mode == "RGB" else img.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UserError(f"cannot decode image {path} ({e}); remove or replace the file") from None
 
@@ -137,10 +141,9 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """RGB PIL image -> uint8 tensor [3, H, W]."""
-    arr = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+def to_hwc_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor [H, W, 3], one copy."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8))
 
 
 def train_transform(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
@@ -156,7 +159,11 @@ def eval_transform(img: Image.Image, size: int, resize: int) -> Image.Image:
 
 
 class ImageFolderDataset(torch.utils.data.Dataset):
-    """``(uint8 [3,size,size], label)`` for each sample, train or eval transform applied."""
+    """``(uint8 [size,size,3], label)`` for each sample, train or eval transform applied.
+
+    Indexed by ``i`` (the current ``epoch``) or by ``(epoch, i)`` (what the loader's sampler
+    gives, so persistent workers need no epoch of their own).
+    """
 
     def __init__(self, samples: Sequence[Sample], *, train: bool, size: int = 224,
                  resize: int = 256, seed: int = 0):
@@ -170,15 +177,16 @@ class ImageFolderDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        epoch, index = index if isinstance(index, tuple) else (self.epoch, index)
         path, label = self.samples[index]
         img = load_image(path)
         if self.train:
-            rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, index))
+            rng = np.random.default_rng(epoch_seed(self.seed, epoch, index))
             img = train_transform(img, self.size, rng)
         else:
             img = eval_transform(img, self.size, self.resize)
-        return to_uint8_tensor(img), label
+        return to_hwc_tensor(img), label
 
 
 class _EpochSampler(torch.utils.data.Sampler[int]):
@@ -197,11 +205,12 @@ class _EpochSampler(torch.utils.data.Sampler[int]):
     def __len__(self) -> int:
         return int(self.mine.numel())
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        """``(epoch, index)`` pairs (see :class:`ImageFolderDataset`)."""
         if not self.shuffle:
-            return iter(self.mine.tolist())
+            return ((self.epoch, i) for i in self.mine.tolist())
         order = torch.randperm(self.n, generator=epoch_generator(self.seed, self.epoch))
-        return iter(order[:self.k][self.mine].tolist())
+        return ((self.epoch, i) for i in order[:self.k][self.mine].tolist())
 
 
 class ImageFolderLoader:
@@ -238,10 +247,22 @@ class ImageFolderLoader:
         self.sampler = _EpochSampler(n, shuffle=train, seed=seed, k=used,
                                      batch=self.batch_size, shard=self.shard)
         self.normalize = Normalizer(mean, std, self.device, channels_last)
+        self.channels_last = channels_last
         self.epoch = 0
+        self._loader: torch.utils.data.DataLoader | None = None
 
     def __len__(self) -> int:
         return num_batches(len(self.sampler), self.local_batch, False)
+
+    def _data_loader(self) -> torch.utils.data.DataLoader:
+        """One DataLoader for the loader's life: its workers serve every pass."""
+        if self._loader is None:
+            self._loader = torch.utils.data.DataLoader(
+                self.dataset, batch_size=self.local_batch, sampler=self.sampler,
+                drop_last=False, num_workers=self.num_workers,
+                persistent_workers=self.num_workers > 0,
+                pin_memory=self.device.type == "cuda")
+        return self._loader
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -253,11 +274,7 @@ class ImageFolderLoader:
         self.sampler.epoch = epoch
         if len(self.sampler) == 0:
             return
-        dl = torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.local_batch, sampler=self.sampler,
-            drop_last=False, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda")
-        it = iter(dl)
+        it = iter(self._data_loader())
         while True:
             try:
                 x, y = next(it)
@@ -265,7 +282,9 @@ class ImageFolderLoader:
                 return
             except UserError as e:  # from a worker: keep only the original one-line message
                 raise UserError(_worker_message(str(e))) from None
-            x = x.to(self.device, non_blocking=True)
+            x = x.to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+            if not self.channels_last:  # [B,H,W,C] storage is channels_last already
+                x = x.contiguous()
             yield self.normalize(x), y.to(self.device, torch.int64, non_blocking=True)
 
 
