@@ -259,6 +259,10 @@ def test_two_processes_erase_and_prune_like_one(one_and_two, tmp_path):
                       vacl["widths"], vacl["prune"]["groups_removed"])
     assert runs["c1"] == runs["c2"]
     assert runs["c1"][0] and runs["c1"][3]  # something was erased and pruned
+    # the regularizer, gates and fades acted once per step, as in one process
+    diff = max_diff(tmp_path / "c1", tmp_path / "c2")
+    print("compress weights, 1 vs 2 processes: max abs diff", diff)
+    assert diff < 1e-4
     assert json.loads((tmp_path / "c2/summary.json").read_text())["world_size"] == 2
 
 

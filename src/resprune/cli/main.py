@@ -31,7 +31,9 @@ def build_parser() -> Parser:
     from . import compress, demo, evaluate, export, implode, importer, profile, report, train, vacl
 
     parser = Parser(prog="resprune", description="Prune trained residual networks: depth "
-                    "(Network Implosion) and width (VACL), measured honestly.")
+                    "(Network Implosion) and width (VACL), measured honestly.",
+                    epilog="Several GPUs or machines: torchrun --nproc-per-node N -m resprune "
+                    "COMMAND ... (--batch-size is then the global batch; see docs/scaling.md).")
     parser.add_argument("--version", action="version", version=f"resprune {__version__}")
     subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     subs.required = True
