@@ -175,6 +175,26 @@ def test_global_batchnorm_swaps_in_and_out_with_the_same_tensors():
     assert {id(t) for t in model.state_dict(keep_vars=True).values()} == before
 
 
+@pytest.mark.parametrize("batches", [3, 4, 9])
+def test_screening_scores_the_samples_one_process_scores(monkeypatch, batches):
+    """Implosion's screen loss over the first batches: each process scores the part of them
+    in its block; the summed (loss, count) are the one-process numbers."""
+    from resprune.implosion.candidates import _loss_on
+
+    torch.manual_seed(0)
+    model = resprune.create("resnet8", width=4, num_classes=10).eval()
+    x, y = _images(50)
+    common = dict(train=False, mean=(0.5,) * 3, std=(0.25,) * 3)
+    one = _loss_on(model, InMemoryLoader(x, y, 8, shard=(0, 1), **common), batches)
+    seen = []
+    monkeypatch.setattr(distributed, "all_reduce_sum", lambda t: seen.append(t.clone()))
+    for r in range(2):
+        _loss_on(model, InMemoryLoader(x, y, 8, shard=(r, 2), **common), batches)
+    total = seen[0] + seen[1]
+    assert int(total[1]) == min(8 * batches, 50)
+    assert float(total[0] / total[1]) == pytest.approx(one, rel=1e-6)
+
+
 def test_shard_bounds_split_evenly():
     assert [distributed.shard_bounds(10, r, 4) for r in range(4)] == [(0, 3), (3, 6), (6, 8),
                                                                       (8, 10)]
@@ -247,6 +267,7 @@ def test_two_processes_erase_and_prune_like_one(one_and_two, tmp_path):
     root, _ = one_and_two
     args = ["compress", str(root / "one"), "--stages", "implode,vacl", *TINY[4:], "--sync-bn",
             "--retrain-epochs", "1", "--max-steps", "2", "--per-step", "1", "--tolerance", "50",
+            "--score", "norm", "--screen", "2", "--screen-batches", "1",
             "--sparse-epochs", "1", "--finetune-epochs", "1", "--target-params-reduction",
             "0.5"]
     assert main([*args, "--out", str(tmp_path / "c1")]) == 0

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from .erase import set_submodule
 
 log = logging.getLogger("resprune.implosion")
@@ -59,17 +60,33 @@ def screen(run: Any, candidates: dict[str, float]) -> dict[str, float]:
 
 @torch.no_grad()
 def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
-    """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``."""
+    """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``.
+
+    Under torchrun a resprune loader holds one process's block of the split: each process
+    scores the part of those first samples that lies in its block and the sums are
+    all-reduced, so the loss is the one a single process computes.
+    """
     dev = next(model.parameters()).device
-    total, n = 0.0, 0
+    shard, size = getattr(loader, "shard", None), getattr(loader, "batch_size", None)
+    limit = None
+    if shard is not None and size is not None:
+        start, stop = shard.block(loader.num_samples)
+        limit = max(0, min(stop, batches * size) - start)
+    total = torch.zeros(2, dtype=torch.float64, device=dev)  # loss sum, samples
     for i, (x, y) in enumerate(loader):
-        if i >= batches:
+        if limit is None and i >= batches:
             break
+        if limit is not None:
+            take = limit - int(total[1].item())
+            if take <= 0:
+                break
+            x, y = x[:take], y[:take]
         x, y = x.to(dev), y.to(dev)
-        total += float(torch.nn.functional.cross_entropy(model(x).float(), y,
-                                                          reduction="sum"))
-        n += int(y.shape[0])
-    return total / max(n, 1)
+        total[0] += torch.nn.functional.cross_entropy(model(x).float(), y,
+                                                      reduction="sum").double()
+        total[1] += y.shape[0]
+    distributed.all_reduce_sum(total)
+    return float(total[0] / total[1].clamp(min=1))
 
 
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..errors import UserError
 from .gates import erasable_items, gate_value, last_bn
 
@@ -105,6 +106,10 @@ def _branch_norms(model: nn.Module, units: list[tuple[str, nn.Module]], loader: 
         for h in handles:
             h.remove()
         model.train(was_training)
+    # under torchrun each process saw its slice of the same batches: sum over all of them
+    total = torch.tensor([*sums.values(), count], dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(total)
+    count = int(total[-1].item())
     if count == 0:
         raise UserError("the loader given to the 'norm' priority score yielded no batches")
-    return {n: s / count for n, s in sums.items()}
+    return {n: float(s) / count for n, s in zip(sums, total[:-1].tolist())}
