@@ -82,9 +82,11 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
             "threads": torch.get_num_threads()}
 
 
-def commands(base: Path, p: dict, epochs: int, epoch_size: int) -> dict[str, list[str]]:
+def commands(base: Path, p: dict, epochs: int, epoch_size: int,
+             seed: int = 0) -> dict[str, list[str]]:
     common = ["resprune", "vacl", str(base), "--sparse-epochs", "0", "--finetune-epochs",
               str(epochs), "--finetune-lr", "0.01", "--epoch-size", str(epoch_size),
+              "--seed", str(seed),
               "--distill-from", "input", "--device", "cpu", "--no-progress",
               *([] if p.get("cap") is None else ["--max-layer-reduction", str(p["cap"])])]
     return {
@@ -159,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--max-layer-reduction", type=float, default=None,
                     help="cap every layer's pruned share in both rows (vacl's option)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="fine-tuning seed of both rows (the plan does not depend on it)")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -172,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("run", "all"):
         from resprune.cli.main import main as cli
 
-        for name, argv_ in commands(a.base, p, a.finetune_epochs, a.epoch_size).items():
+        for name, argv_ in commands(a.base, p, a.finetune_epochs, a.epoch_size,
+                                    a.seed).items():
             out = a.runs / name
             if (out / "summary.json").is_file():
                 continue
