@@ -16,7 +16,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   schedule instead of fades; the configs as of commit 62967bd);
 - ``r56-tp-groupnorm``: torch-pruning's GroupNormPruner matched to the first compress row's
   MACs, with the same per-epoch size and distillation (``_tp_baselines.py``);
-- ``r56-compress-nodistill``: compress without distillation (ablation).
+- ``r56-compress-nodistill``: compress without distillation (ablation);
+- ``r56-compress-cap65``: row 3 with ``--max-layer-reduction 0.65`` (0.6 cannot reach 85 %
+  of params);
+- ``r56-tp-groupnorm-cap``: GroupNormPruner at 3c's MACs on 3c's budget (180,000 samples).
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
 torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
@@ -82,6 +85,15 @@ def commands(runs: Path) -> dict[str, list[str]]:
                              "--distill-alpha", "0.7", "--distill-temperature", "4"],
         "r56-compress-nodistill": ["resprune", "compress", b, "--config",
                                    f"{CFG}/resnet56-compress.yaml", "--distill-from", "none"],
+        "r56-compress-cap65": ["resprune", "compress", b, "--config",
+                               f"{CFG}/resnet56-compress.yaml", "--max-layer-reduction", "0.65"],
+        # MACs target: a dry run of 3c's VACL stage on B (84.53 %; cap 0.6 reaches only 83.2 %
+        # of params, so 3c uses 0.65); 3c's budget: 6 + 12 epochs of 10,000 = 180,000 samples
+        "r56-tp-groupnorm-cap": ["python", "benchmarks/_tp_baselines.py", b, "--method",
+                                 "groupnorm", "--metric", "macs", "--params-reduction", "0.8453",
+                                 "--sparse-epochs", "6", "--finetune-epochs", "12",
+                                 "--epoch-size", "10000", "--distill-alpha", "0.7",
+                                 "--distill-temperature", "4"],
     }
 
 
@@ -98,6 +110,8 @@ TITLES = {
     "r56-compress": "3'. compress, first attempt",
     "r56-tp-groupnorm": "4. torch-pruning GroupNormPruner at 3''s MACs",
     "r56-compress-nodistill": "5. compress without distillation",
+    "r56-compress-cap65": "3c. compress (fade, layer cap 65 %)",
+    "r56-tp-groupnorm-cap": "4c. torch-pruning GroupNormPruner at 3c's MACs, 3c's budget",
 }
 
 
@@ -108,7 +122,7 @@ def run_row(name: str, runs: Path) -> int:
     argv = commands(runs)[name]
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
-    if name == "r56-tp-groupnorm":
+    if name.startswith("r56-tp-groupnorm"):
         s = json.loads((runs / "r56-compress" / "summary.json").read_text())
         argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
         argv = [sys.executable, *argv[1:], "--out", str(out)]
