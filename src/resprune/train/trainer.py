@@ -191,7 +191,10 @@ class Trainer:
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            ids = None
+            if self.device.type == "cuda":  # "cuda" means this process's GPU (LOCAL_RANK)
+                index = self.device.index
+                ids = [torch.cuda.current_device() if index is None else index]
             forward = DistributedDataParallel(self.model, device_ids=ids)
         return torch.compile(forward) if self.config.compile else forward
 
