@@ -467,7 +467,7 @@ def test_loader_drop_last_and_no_augment():
     assert len(_loader(x, y, bs=4, train=False, drop_last=True)) == 3  # eval keeps all
     plain = _loader(x, y, bs=3, augment=False)
     xs, ys = _collect(plain)
-    assert torch.allclose(xs, ((x[ys].float() / 255 - 0.5) / 0.25))
+    assert torch.allclose(xs, ((x[ys].float() / 255 - 0.5) / 0.25), rtol=0, atol=1e-6)
     assert len(_loader(x[:0], y[:0], bs=4, train=False)) == 0
     assert list(_loader(x[:0], y[:0], bs=4, train=False)) == []
 
