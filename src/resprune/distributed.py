@@ -62,10 +62,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0")) if enabled() else 0
-
-
 def launched() -> bool:
     """True when torchrun (or an equivalent launcher) started this process with N > 1."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -153,15 +149,6 @@ def main_first() -> Iterator[None]:
     finally:
         if is_main():
             dist.barrier()
-
-
-def check_batch(batch_size: int) -> int:
-    """The per-process share of a global ``batch_size``; it must divide evenly."""
-    n = world_size()
-    if batch_size % n:
-        raise UserError(f"batch size {batch_size} does not divide evenly over {n} processes; "
-                        f"use a multiple of {n}")
-    return batch_size // n
 
 
 def shard_bounds(n: int, index: int | None = None, count: int | None = None) -> tuple[int, int]:

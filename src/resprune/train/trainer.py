@@ -27,6 +27,7 @@ on the same weights). Epoch records hold the sums over all processes; rank 0 alo
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -371,8 +372,6 @@ class Trainer:
                             f"model ({e})") from None
         was = int(st.get("world_size", 1))
         if was != self.world_size:
-            import logging
-
             logging.getLogger("resprune").info(
                 "resuming a run of %d process(es) with %d: the global batch and the schedule "
                 "are the same%s", was, self.world_size,
