@@ -43,8 +43,22 @@ def _ms(models: dict, shape, runtime: str, batch: int, repeats: int) -> dict[str
     return rows[0]["ms"]
 
 
+def _taylor(base, shape, seed: int, epoch_size: int):
+    """The Taylor scores ``resprune vacl --group-score taylor --seed SEED`` computes on B:
+    32 batches of 128 from epoch 0 of the same training loader."""
+    from resprune.data import load_dataset, make_loader
+    from resprune.vacl import discover_groups, group_scores
+
+    bundle = load_dataset("imagefolder", DATA, val_fraction=0.1, seed=seed,
+                          preprocess=base.preprocess)
+    train = make_loader(bundle, "train", 128, train=True, seed=seed, epoch_size=epoch_size)
+    return group_scores(base, discover_groups(base, shape), score="taylor", loader=train,
+                        batches=32, seed=seed)
+
+
 def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
-         cap: float | None = None) -> dict:
+         cap: float | None = None, score: str = "layer_rms", seed: int = 0,
+         epoch_size: int = 10000) -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -53,8 +67,9 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     shape = tuple(resprune.runs.input_shape_of(base_dir, resprune.spec_of(base)))
     table = measure_table(base, shape, runtime, batch=batch)
     aware = copy.deepcopy(base)
+    scores = _taylor(base, shape, seed, epoch_size) if score == "taylor" else None
     r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
-                    cost="latency", max_layer_reduction=cap)
+                    cost="latency", max_layer_reduction=cap, score=score, scores=scores)
 
     def macs_model(t: float):
         m = copy.deepcopy(base)
@@ -79,7 +94,8 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
             "aware_ms_alone": goal, "aware_prune": {k: r_aware[k] for k in (
                 "params_reduction", "macs_reduction", "latency")},
             "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "score": score,
+            "aware_removed_groups": r_aware["removed_groups"]}
 
 
 def commands(base: Path, p: dict, epochs: int, epoch_size: int,
@@ -92,7 +108,7 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int,
     return {
         "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
                              "latency", "--latency-runtime", p["runtime"], "--latency-batch",
-                             str(p["batch"])],
+                             str(p["batch"]), "--group-score", p.get("score", "layer_rms")],
         "macs": common + ["--target-macs-reduction", str(p["macs_target"])],
     }
 
@@ -123,6 +139,12 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
             "-" if k == "macs" else f"{100 * float(d.mean()):+.2f} ± {100 * se:.2f}"])
     capped = ("uncapped" if p.get("cap") is None
               else f"capped at `max_layer_reduction={p['cap']}`")
+    ran = json.loads((names["latency"] / "stages" / "pruned" / "prune_report.json").read_text())
+    planned = p.get("aware_removed_groups")
+    same = ("" if planned is None else " The latency row's run removed "
+            + ("exactly the planned groups." if ran["removed_groups"] == planned else
+               "other groups than planned (its scores were computed on other batches).")
+            )
     steps = ", ".join(f"{t['target_macs_reduction']:g} -> {t['ratio']:.3f}"
                       for t in p["bisection"])
     head = ["row", "params", "MACs", "eager b1 ms", "eager b64 ms", "ORT b1 ms", "ORT b64 ms",
@@ -132,13 +154,14 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         f"Machine: {machine_info(1, ['onnxruntime'])}.\n",
         f"Plan (`benchmarks/latency_aware.py`): the {p['runtime']} table of B at batch "
         f"{p['batch']} ({p['threads']} thread); both rows {capped}; latency row: "
-        f"`target_latency_reduction={p['reduction']}`, `cost=latency` "
+        f"`target_latency_reduction={p['reduction']}`, `cost=latency`, "
+        f"`group_score={p.get('score', 'layer_rms')}` "
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
         f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row: the "
         f"`target_macs_reduction` ({p['macs_target']}) whose measured {p['runtime']} latency "
         f"at batch {p['batch']} is closest to the latency row's (bisection: MACs target -> "
-        f"its time / the latency row's: {steps}).\n",
+        f"its time / the latency row's: {steps}).{same}\n",
         md_table(head, body),
         "Latencies: one thread, all three models timed interleaved in one process, deployment "
         "form (`resprune.deploy`); onnxruntime runs the exported, parity-checked graph.\n",
@@ -162,7 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-layer-reduction", type=float, default=None,
                     help="cap every layer's pruned share in both rows (vacl's option)")
     ap.add_argument("--seed", type=int, default=0,
-                    help="fine-tuning seed of both rows (the plan does not depend on it)")
+                    help="seed of both rows (fine-tuning; with --score taylor also the batches "
+                         "the latency row is scored on, so the plan depends on it)")
+    ap.add_argument("--score", choices=["layer_rms", "taylor"], default="layer_rms",
+                    help="group score of the latency row (the MACs row keeps layer_rms)")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -171,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     plan_file = a.runs / "plan.json"
     if a.step in ("plan", "all") and not plan_file.is_file():
         plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
-                                             a.repeats, a.max_layer_reduction), indent=1))
+                                             a.repeats, a.max_layer_reduction, a.score, a.seed,
+                                             a.epoch_size), indent=1))
     p = json.loads(plan_file.read_text())
     if a.step in ("run", "all"):
         from resprune.cli.main import main as cli

@@ -350,3 +350,27 @@ def test_round_to_option_reaches_the_widths_and_the_summary(trained, tmp_path, c
     for name, (before, after) in s["widths"].items():
         assert after % 3 == 0 or after == before, (name, before, after)
     assert s["config"]["round_to"] == 3
+
+
+def test_taylor_score_removes_the_groups_with_the_least_taylor_importance(trained, tmp_path,
+                                                                           capsys):
+    """``--group-score taylor``: the command scores the input on --taylor-batches training
+    batches (epoch 0 of the run's training loader) and prunes exactly what vacl.prune removes
+    with those scores; the ranking differs from the default one."""
+    model = resprune.load(trained)
+    groups = vacl.discover_groups(model, CIFAR)
+    bundle = load_dataset("synthetic", val_fraction=0.1, seed=0)
+    train = make_loader(bundle, "train", 32, train=True, seed=0)
+    scores = vacl.group_scores(model, groups, score="taylor", loader=train, batches=3)
+    want = vacl.prune(resprune.load(trained), CIFAR, target_params_reduction=0.3,
+                      groups=groups, scores=scores)
+    default = vacl.prune(resprune.load(trained), CIFAR, target_params_reduction=0.3)
+    assert want["removed_groups"] != default["removed_groups"]
+    out = tmp_path / "run"
+    code, _, err = run_cli(["vacl", trained, *QUIET, "--sparse-epochs", "0", "--finetune-epochs",
+                            "0", "--group-score", "taylor", "--taylor-batches", "3",
+                            "--target-params-reduction", "0.3", "--out", out], capsys)
+    assert code == 0, err
+    report = json.loads((out / "stages" / "pruned" / "prune_report.json").read_text())
+    assert report["removed_groups"] == want["removed_groups"]
+    assert report["score"] == "taylor"

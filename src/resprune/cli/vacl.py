@@ -28,8 +28,8 @@ GROUPS = {
         "lam_growth", "lam_max", "near_zero", "reg_groups", "lam_target_share", "fade",
         "fade_end", "sparse_epochs", "sparse_lr"),
     RULES_GROUP: RULES,
-    "ranking": ("group_score", "cost", "round_to", "max_layer_reduction", "latency_runtime",
-                "latency_batch"),
+    "ranking": ("group_score", "taylor_batches", "cost", "round_to", "max_layer_reduction",
+                "latency_runtime", "latency_batch"),
     "fine-tuning": ("finetune_epochs", "finetune_lr"),
 }
 
@@ -39,12 +39,12 @@ def add_parser(subs) -> None:
         "vacl", help="VACL: width pruning of cross-layer channel groups",
         description="Width pruning of a trained run: sparsity-train with the variance-aware "
                     "cross-layer group regularizer, remove the channel groups with the lowest "
-                    "RMS norm (by --threshold or down to a target reduction of params or "
-                    "MACs), then fine-tune without the regularizer. Data options default to "
-                    "the input run's, so its validation split is reproduced; the test set is "
-                    "only reported. Give exactly one of --threshold, --target-params-reduction, "
-                    "--target-macs-reduction, --target-latency-reduction, --target-latency "
-                    "and --auto-tolerance.")
+                    "score (--group-score; by --threshold or down to a target reduction of "
+                    "params or MACs), then fine-tune without the regularizer. Data options "
+                    "default to the input run's, so its validation split is reproduced; the "
+                    "test set is only reported. Give exactly one of --threshold, "
+                    "--target-params-reduction, --target-macs-reduction, "
+                    "--target-latency-reduction, --target-latency and --auto-tolerance.")
     p.add_argument("run", metavar="RUN", help="input run directory (model.safetensors + "
                    "arch.json, e.g. written by 'resprune train')")
     for title, names in GROUPS.items():

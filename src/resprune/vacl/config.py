@@ -125,8 +125,13 @@ class VaclConfig:
         "that does not)", Float(0, optional=True), metavar="T")
     group_score: str = opt("layer_rms", "what ranks the channel groups: layer_rms (each "
                            "layer's slice divided by that layer's mean channel RMS first, so "
-                           "layers of different weight scale compare fairly) or rms (raw RMS "
-                           "norm)", Choice(SCORES, label="group score"))
+                           "layers of different weight scale compare fairly), rms (raw RMS "
+                           "norm) or taylor (the first-order loss change removing the group "
+                           "causes, squared, over --taylor-batches training batches; summed "
+                           "over the layers a group spans, the score to use with --cost "
+                           "latency)", Choice(SCORES, label="group score"))
+    taylor_batches: int = opt(32, "with --group-score taylor: training batches the score "
+                              "reads", Int(1))
     round_to: int | str | None = opt(
         None, "keep every pruned layer's width a multiple of N channels (e.g. 8: onnxruntime "
         "computes convolutions in blocks of 8 or 16 channels, so odd widths cost time without "

@@ -38,17 +38,21 @@ class Entry:
 
 
 def channel_sq(p: torch.Tensor, mode: str, groups: int) -> torch.Tensor:
-    """Per-channel sum of squares of a parameter along its output or input channels.
+    """Per-channel sum of squares of a parameter along its output or input channels."""
+    return channel_sum(p.square(), mode, groups)
+
+
+def channel_sum(t: torch.Tensor, mode: str, groups: int) -> torch.Tensor:
+    """Per-channel sum of a parameter-shaped tensor along its output or input channels.
 
     For a grouped conv (weight ``[O, I/G, kh, kw]``) input channel ``g*I/G + j`` is column
     ``j`` of the rows of cardinal group ``g``.
     """
-    sq = p.square()
     if mode == OUT:
-        return sq.reshape(sq.shape[0], -1).sum(1)
-    if sq.dim() == 2:  # linear: [out, in]
-        return sq.sum(0)
-    per = sq.reshape(sq.shape[0], sq.shape[1], -1).sum(2)  # [O, I/G]
+        return t.reshape(t.shape[0], -1).sum(1)
+    if t.dim() == 2:  # linear: [out, in]
+        return t.sum(0)
+    per = t.reshape(t.shape[0], t.shape[1], -1).sum(2)  # [O, I/G]
     if groups == 1:
         return per.sum(0)
     o, ig = per.shape
@@ -187,6 +191,16 @@ class Layout:
 
     def member_sq(self, model: nn.Module) -> torch.Tensor:
         """``||w_gl||^2`` of every member, differentiable w.r.t. the model's parameters."""
+        return self._reduce(model, None)
+
+    def member_sum(self, model: nn.Module, fn) -> torch.Tensor:
+        """The sum over every member's scalars of ``fn(p)``, a tensor of ``p``'s shape made
+        from each parameter ``p`` the members read (``lambda p: p * p.grad``: first-order
+        Taylor terms)."""
+        return self._reduce(model, fn)
+
+    def _reduce(self, model: nn.Module, fn) -> torch.Tensor:
+        # fn None: squares, taken after the concatenation (one op per row length)
         mods = self._modules(model)
         params = []
         for e, mod in zip(self.entries, mods):
@@ -204,12 +218,14 @@ class Layout:
         t = self.tensors(params[0].device, dtype)
         parts = []
         for ks in self.buckets:
-            mats = [params[k].reshape(params[k].shape[0], -1) for k in ks]
+            mats = [(params[k] if fn is None else fn(params[k])).reshape(params[k].shape[0], -1)
+                    for k in ks]
             mat = mats[0] if len(mats) == 1 else torch.cat(mats)
-            parts.append(mat.square().sum(1))
+            parts.append((mat.square() if fn is None else mat).sum(1))
         for k in self.in_entries:
             e, chans = self.entries[k], t["channels"][k]
-            s = channel_sq(params[k], e.mode, e.groups)
+            s = (channel_sq(params[k], e.mode, e.groups) if fn is None
+                 else channel_sum(fn(params[k]), e.mode, e.groups))
             parts.append(s if chans is None else s.index_select(0, chans))
         flat = torch.cat([x.to(dtype) for x in parts])
         out = flat.new_zeros(self.num_members + 1)  # the last one collects unused rows

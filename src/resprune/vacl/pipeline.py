@@ -121,7 +121,8 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
     loader_map = {"train": loaders.train, "val": loaders.val, "test": loaders.test}
     evals = {"val": loaders.val, "test": loaders.test}
     precision = config.train.precision
-    state = _open(out, model, config, resume, shape, evals, reg, device,
+    scorer = _Scorer(reg, config, loaders.train)
+    state = _open(out, model, config, resume, shape, evals, scorer, device,
                   None if source is None else str(source))
     table = _latency_table(out, model, shape, config)
 
@@ -140,13 +141,13 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
                                         config.near_zero))
         state.update(phase="prune", sparse_history=history,
                      after_sparse=measures.accuracy(sparse, evals, precision),
-                     rms_after=_scores(sparse, reg, config.group_score))
+                     rms_after=scorer(sparse))
         write_state(out, state)
     if state["phase"] == "prune":
         log.info("pruning (%s)", ", ".join(f"{k}={v}" for k, v in target.items()))
         t0 = time.perf_counter()
         auto = _auto_target(out, shape, reg, loaders.val, target, config,
-                            state["base"]["val_top1"], device)
+                            state["base"]["val_top1"], device, state["rms_after"])
         rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
         state.update(_prune(out, shape, reg, rule, state["rms_after"], config, table))
         if auto is not None:
@@ -186,7 +187,7 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
 # -- set-up ---------------------------------------------------------------------------------
 
 def _open(out: Path, model: nn.Module, config: VaclConfig, resume: bool, shape, evals,
-          reg: Regularizer, device, source: str | None) -> dict[str, Any]:
+          scorer: _Scorer, device, source: str | None) -> dict[str, Any]:
     """The pipeline state: a new one (base measured), or the resumed run's, checked."""
     fp = fingerprint(model)
     state = read_state(out, KIND)
@@ -201,8 +202,8 @@ def _open(out: Path, model: nn.Module, config: VaclConfig, resume: bool, shape, 
                  "input": {"run": source, "fingerprint": fp},
                  "config": config_json(config),
                  "base": {"run": source, **{k: base.get(k) for k in BASE_KEYS}},
-                 "groups": reg.groups.counts(),
-                 "rms_before": _scores(model, reg, config.group_score)}
+                 "groups": scorer.reg.groups.counts(),
+                 "rms_before": scorer(model)}
         write_state(out, state)
         return state
     if state["input"]["fingerprint"] != fp:
@@ -218,7 +219,26 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return comparable(config, config_json(VaclConfig()), RESUME_FREE_OPTIONS)
 
 
+class _Scorer:
+    """The groups' scores under ``config.group_score`` (taylor reads training batches).
+
+    The scores of the input (``rms_before``) and of the sparse model (``rms_after``) are kept in
+    the pipeline state and handed to every pruning of those weights (dry run, auto choice,
+    pruning), so a data-dependent score is computed once per model, also in a resumed run.
+    """
+
+    def __init__(self, reg: Regularizer, config: VaclConfig, train_loader: Any):
+        self.reg, self.config, self.loader = reg, config, train_loader
+
+    def __call__(self, model: nn.Module) -> list[float]:
+        return group_scores(model, self.reg.groups, self.reg.include_bn,
+                            self.reg.include_consumers, self.config.group_score,
+                            loader=self.loader, batches=self.config.taylor_batches,
+                            seed=self.config.train.seed).tolist()
+
+
 def _scores(model: nn.Module, reg: Regularizer, score: str) -> list[float]:
+    """Weight-only scores (``rms``, ``layer_rms``) of ``model``'s groups."""
     return group_scores(model, reg.groups, reg.include_bn, reg.include_consumers,
                         score).tolist()
 
@@ -264,7 +284,8 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
         dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
                     include_consumers=reg.include_consumers, score=config.group_score,
                     round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
-                    latency_table=table, cost=config.cost, **target)
+                    latency_table=table, cost=config.cost, scores=state["rms_before"],
+                    **target)
         dry = distributed.broadcast_object(dry)  # decided once, on rank 0
         state["dry_run_groups"] = dry["removed_groups"]
         state["lam_target_share"] = dry["groups_removed"] / max(dry["groups_total"], 1)
@@ -290,7 +311,7 @@ def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
-                   latency_table=table, cost=config.cost, **target)
+                   latency_table=table, cost=config.cost, scores=rms_after, **target)
     # Decided once: rank 0's pruned model is the one written below and read back by every
     # process for fine-tuning; its report is the one every process keeps.
     report = distributed.broadcast_object(report)
@@ -307,7 +328,8 @@ def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
 
 
 def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],
-                 config: VaclConfig, reference: float, device) -> dict[str, Any] | None:
+                 config: VaclConfig, reference: float, device, scores: list[float]
+                 ) -> dict[str, Any] | None:
     """``auto_tolerance``: the params reduction chosen on the validation split (else None).
 
     Candidates are held to the input net's val top-1 (``reference``), not the sparse one's.
@@ -322,7 +344,7 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
                             include_consumers=reg.include_consumers, score=config.group_score,
                             reference=reference, precision=config.train.precision,
                             round_to=config.round_to,
-                            max_layer_reduction=config.max_layer_reduction)
+                            max_layer_reduction=config.max_layer_reduction, scores=scores)
     auto = distributed.broadcast_object(auto)
     log.info("auto: %d candidate(s) tried on the validation split; params target %.0f %% "
              "(stop: %s)", len(auto["candidates"]), 100 * auto["chosen"], auto["stop"])

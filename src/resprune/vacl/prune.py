@@ -59,7 +59,7 @@ from .ranking import (
     select,
     sizes_and_minimums,
 )
-from .regularizer import group_scores
+from .regularizer import DATA_SCORES, group_scores
 
 _CONV = nn.modules.conv._ConvNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
@@ -209,7 +209,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           score: str = "layer_rms", round_to: int | str | None = None,
           max_layer_reduction: float | None = None,
           target_latency_reduction: float | None = None, latency_table: Any = None,
-          cost: str = "none", target_latency: float | None = None) -> dict[str, Any]:
+          cost: str = "none", target_latency: float | None = None,
+          scores: torch.Tensor | None = None) -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -217,7 +218,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     model's parameters / MACs to remove). ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
     ``groups`` reuses a :class:`GroupSet` discovered on this model; ``include_bn`` /
     ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer);
-    ``score`` is ``"rms"`` or ``"layer_rms"`` (see :func:`~resprune.vacl.group_scores`).
+    ``score`` is ``"rms"``, ``"layer_rms"`` or ``"taylor"`` (see
+    :func:`~resprune.vacl.group_scores`); ``scores`` gives the groups' scores ready-made (one
+    per group of ``groups``, e.g. ``group_scores(..., "taylor", loader=...)``: data-dependent
+    scores are computed by the caller, who holds the data).
     ``round_to=N`` keeps every layer's width a multiple of N (:func:`round_widths`; with a
     target the selection is repeated with a raised goal until the rounded widths reach it).
     ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels (every
@@ -259,7 +263,15 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
                         f"{max_layer_reduction!r}")
     if groups is None:
         groups = discover_groups(model, shape)
-    scores = group_scores(model, groups, include_bn, include_consumers, score)
+    if scores is None:
+        if score in DATA_SCORES:
+            raise UserError(f"group score {score!r} reads training data: compute it with "
+                            f"group_scores(..., {score!r}, loader=...) and pass scores=")
+        scores = group_scores(model, groups, include_bn, include_consumers, score)
+    scores = torch.as_tensor(scores, dtype=torch.float64).cpu()
+    if scores.shape != (len(groups),):
+        raise UserError(f"scores must hold one number per channel group ({len(groups)}), "
+                        f"got shape {tuple(scores.shape)}")
     units, fixed = removal_units(model, groups, scores)
     params_before, macs_before = count_params(model), count_macs(model, shape)
     widths_before = _widths(model)

@@ -131,12 +131,14 @@ class Regularizer:
         return self.lam * r.sum()
 
 
-SCORES = ("rms", "layer_rms")
+SCORES = ("rms", "layer_rms", "taylor")
+#: scores that read training data (group_scores needs ``loader``)
+DATA_SCORES = ("taylor",)
 
 
-@torch.no_grad()
 def group_scores(model: nn.Module, groups: GroupSet, include_bn: bool = True,
-                 include_consumers: bool = False, score: str = "layer_rms") -> torch.Tensor:
+                 include_consumers: bool = False, score: str = "layer_rms", *,
+                 loader: Any = None, batches: int = 32, seed: int = 0) -> torch.Tensor:
     """One score per group (float64); pruning removes the lowest first.
 
     ``score="rms"``: the RMS of the group's weights, ``||w_g||_2 / sqrt(p_g)``. The group vector
@@ -151,9 +153,27 @@ def group_scores(model: nn.Module, groups: GroupSet, include_bn: bool = True,
     how they compare with their own layer, so one global ranking does not strip the late stages
     first merely for their scale. Zeroed groups still score exactly 0; a layer whose channels are
     all zero scores 0.
+
+    ``score="taylor"``: the first-order Taylor estimate of the training loss removing the group
+    costs, squared and averaged over ``batches`` batches of ``loader`` (training batches, epoch 0
+    under ``seed``), summed over every layer the group spans
+    (:func:`resprune.vacl.taylor.taylor_scores`). Zeroed groups score exactly 0 here too.
     """
     if score not in SCORES:
         raise UserError(f"unknown group score {score!r}: choose one of {', '.join(SCORES)}")
+    if score in DATA_SCORES:
+        if loader is None:
+            raise UserError(f"group score {score!r} reads training batches: pass loader=")
+        from .taylor import taylor_scores
+
+        return taylor_scores(model, groups, loader, batches, include_bn, include_consumers,
+                             seed)
+    return _weight_scores(model, groups, include_bn, include_consumers, score)
+
+
+@torch.no_grad()
+def _weight_scores(model: nn.Module, groups: GroupSet, include_bn: bool,
+                   include_consumers: bool, score: str) -> torch.Tensor:
     lay = Layout(model, groups, include_bn, include_consumers)
     sq = lay.member_sq(model).double().cpu()
     if score == "layer_rms":

@@ -51,8 +51,8 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
                      groups: GroupSet | None = None, include_bn: bool = True,
                      include_consumers: bool = False, score: str = "layer_rms",
                      reference: float | None = None, precision: str = "fp32",
-                     round_to: int | None = None, max_layer_reduction: float | None = None
-                     ) -> dict[str, Any]:
+                     round_to: int | None = None, max_layer_reduction: float | None = None,
+                     scores: Any = None) -> dict[str, Any]:
     """The largest candidate reduction whose pruned copy keeps validation accuracy.
 
     ``tolerance`` is in percentage points: a candidate holds when its val top-1 >=
@@ -61,7 +61,7 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
     sparsity training, so that a regularizer strong enough to wreck the sparse model cannot
     make heavy pruning look harmless. ``groups`` /
     ``include_bn`` / ``include_consumers`` are those of the regularizer (they define the RMS
-    scores :func:`~resprune.vacl.prune` ranks by); ``score``, ``round_to`` and
+    scores :func:`~resprune.vacl.prune` ranks by); ``score``, ``scores``, ``round_to`` and
     ``max_layer_reduction`` are prune's. Returns a
     JSON-ready dict:
 
@@ -87,7 +87,7 @@ def choose_reduction(model: nn.Module, input_shape: Sequence[int], val_loader: I
         pruned = copy.deepcopy(model)
         report = prune(pruned, shape, groups=groups, include_bn=include_bn,
                        include_consumers=include_consumers, score=score, round_to=round_to,
-                       max_layer_reduction=max_layer_reduction,
+                       max_layer_reduction=max_layer_reduction, scores=scores,
                        **{f"target_{metric}_reduction": target})
         reduction = float(report[f"{metric}_reduction"])
         last = tried[-1] if tried else None
