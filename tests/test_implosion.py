@@ -668,3 +668,31 @@ def test_screen_erases_the_unit_whose_removal_costs_least(tmp_path):
     assert step["erased"] == [min(ranked, key=losses.get)]  # the cheapest of them
     assert all(not isinstance(model.get_submodule(n), nn.Identity)
                for n in ranked if n not in step["erased"])  # the others were put back
+
+
+def test_retrain_needed_accepts_free_steps_and_retrains_only_failing_ones(tmp_path):
+    """retrain="needed": each step is first evaluated with its units cut and no training.
+    Scripted val top-1: baseline 0.5; step 1 cut 0.5 (holds: no training); step 2 cut 0.3
+    (fails: the units come back, then cut + retraining reach 0.5: accepted); step 3 cut 0.3,
+    retrained 0.3: rolled back, stop."""
+    model = tiny("resnet14", gates=True)
+    res, ev = run(model, tmp_path, cfg(retrain="needed", fold=False),
+                  accs=[0.5, 0.5, 0.3, 0.5, 0.3, 0.3, 0.5])
+    assert [h["accepted"] for h in res.history] == [True, True, False]
+    assert [h["epochs"] for h in res.history] == [0, 1, 1]
+    assert [h["val_top1"] for h in res.history] == [0.5, 0.5, 0.3]
+    # trainings: steps 2 and 3 only (the gates were there already: no adaptation)
+    assert [c[3] for c in SGDTrainer.calls] == ["step_002", "step_003"]
+    # step 1 was evaluated with its unit cut and nothing trained: every surviving weight is
+    # the start net's
+    (first,) = res.history[0]["erased"]
+    start, cut = ev.states[0], ev.states[1]
+    assert not any(k.startswith(first + ".") for k in cut)
+    assert all(torch.equal(cut[k], start[k]) for k in cut)
+    # step 2's failed cut changed nothing either; its retrained net did change
+    (second,) = res.history[1]["erased"]
+    assert all(torch.equal(ev.states[2][k], start[k]) for k in ev.states[2])
+    assert any(not torch.equal(ev.states[3][k], start[k]) for k in ev.states[3])
+    assert res.erased == [first, second]
+    assert all(not isinstance(model.get_submodule(n), nn.Identity)
+               for n in res.history[2]["erased"])  # the rolled-back unit is back

@@ -14,6 +14,7 @@ from ..train.fade import FADE_END, FADE_END_HELP
 from .scores import SCORE_METHODS
 
 ERASE_MODES = ("cut", "fade")
+RETRAIN_MODES = ("always", "needed")
 
 
 @dataclass
@@ -84,6 +85,12 @@ class ImplosionConfig:
                      "replace them (no output changes), so the net adapts gradually",
                      Choice(ERASE_MODES, label="erase mode"))
     fade_end: float = opt(0.75, FADE_END_HELP, FADE_END, metavar="F")
+    retrain: str = opt("always", "always: retrain after every erasure (by --erase); needed: "
+                       "first cut the step's units and evaluate without training, accept the "
+                       "step at once when val top-1 holds, and retrain (by --erase) only when "
+                       "it does not: a converged net loses little per unit, and every "
+                       "retraining costs samples and drifts",
+                       Choice(RETRAIN_MODES, label="retrain mode"))
     target_depth: int | None = opt(None, "stop once the net has at most this many weight "
                                    "layers (default: none)", Int(1, optional=True),
                                    metavar="LAYERS")

@@ -346,19 +346,24 @@ def _steps(run: _Run) -> None:
         names = distributed.broadcast_object(
             select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
         snapshot = copy.deepcopy(run.model)
-        epochs = _erase_and_retrain(run, names, k)
+        bar = baseline - cfg.tolerance / 100 - 1e-12
+        measured = _without_retraining(run, names, bar) if cfg.retrain == "needed" else None
+        epochs = 0
+        if measured is None:
+            epochs = _erase_and_retrain(run, names, k)
+            measured = run.evaluate()
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
-                  "scores": scores, **run.evaluate(), **run.measure(),
+                  "scores": scores, **measured, **run.measure(),
                   "accepted": False, "epochs": epochs}
         if screened is not None:
             record["screen_loss"] = screened
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
-        record["accepted"] = distributed.broadcast_object(
-            record["val_top1"] >= baseline - cfg.tolerance / 100 - 1e-12)
+        record["accepted"] = distributed.broadcast_object(record["val_top1"] >= bar)
         record["seconds"] = round(time.monotonic() - t0, 3)
         history.append(record)
-        log.info("step %d: erased %s, val top-1 %.2f %% (baseline %.2f %%): %s", k,
-                 ", ".join(names), 100 * record["val_top1"], 100 * baseline,
+        log.info("step %d: erased %s%s, val top-1 %.2f %% (baseline %.2f %%): %s", k,
+                 ", ".join(names), "" if epochs else " without retraining",
+                 100 * record["val_top1"], 100 * baseline,
                  "accepted" if record["accepted"] else "rolled back")
         if record["accepted"]:
             previous = state["accepted_step"]
@@ -372,6 +377,22 @@ def _steps(run: _Run) -> None:
                 state["phase"], state["stop_reason"] = "stopped", "accuracy"
             run.commit()
         del snapshot
+
+
+def _without_retraining(run: _Run, names: list[str], bar: float) -> dict[str, Any] | None:
+    """``retrain="needed"``: cut ``names`` and evaluate. When val top-1 holds (>= ``bar``)
+    the units stay cut and the measurement is returned; else they are put back unchanged
+    (nothing was trained) and None is returned, so the step retrains as usual."""
+    units = {n: run.model.get_submodule(n) for n in names}
+    erase_units(run.model, names)
+    measured = run.evaluate()
+    if distributed.broadcast_object(measured["val_top1"] >= bar):
+        return measured
+    log.info("without retraining: val top-1 %.2f %% with %s cut; retraining",
+             100 * measured["val_top1"], ", ".join(names))
+    for name, unit in units.items():
+        set_submodule(run.model, name, unit)
+    return None
 
 
 def _erase_and_retrain(run: _Run, names: list[str], k: int) -> int:

@@ -196,7 +196,8 @@ def implosion_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str
     lines = [f"# Network Implosion: {summary['model']} on {data_name(summary)}\n",
              f"Input run: `{summary['base']['run']}`. Priority score `{cfg.get('score')}`, "
              f"{_n(cfg.get('per_step', 1), 'unit')} per step, retraining "
-             f"{_n(cfg.get('retrain_epochs', 0), 'epoch')} at lr {cfg.get('retrain_lr')}, "
+             f"{_n(cfg.get('retrain_epochs', 0), 'epoch')} at lr {cfg.get('retrain_lr')}"
+             f"{' only when a step fails without it' if cfg.get('retrain') == 'needed' else ''}, "
              f"tolerance {cfg.get('tolerance')} percentage points of validation top-1.\n",
              comparison_table(summary),
              f"Erased {_n(len(erased), 'unit')} in {_n(len(summary['steps']), 'step')}: "
