@@ -19,7 +19,12 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-nodistill``: compress without distillation (ablation);
 - ``r56-compress-cap65``: row 3 with ``--max-layer-reduction 0.65`` (0.6 cannot reach 85 %
   of params);
-- ``r56-tp-groupnorm-cap``: GroupNormPruner at 3c's MACs on 3c's budget (180,000 samples).
+- ``r56-tp-groupnorm-cap``: GroupNormPruner at 3c's MACs on 3c's budget (180,000 samples);
+- ``r56-implode-p1-lr0.01``: implosion one unit a step, each faded out over a 10,000-image
+  retraining (the "per-step 1" recipe);
+- ``r56-vacl-taylor``: VACL to 79.5 % fewer params ranked by Taylor importance
+  (``--group-score taylor``), B pruned as it is (no sparsity training), 100,000 distilled
+  fine-tuning samples.
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
 torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
@@ -94,6 +99,15 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                  "--sparse-epochs", "6", "--finetune-epochs", "12",
                                  "--epoch-size", "10000", "--distill-alpha", "0.7",
                                  "--distill-temperature", "4"],
+        "r56-implode-p1-lr0.01": ["resprune", "implode", b, "--config",
+                                  f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
+                                  "--epoch-size", "10000", "--retrain-epochs", "1",
+                                  "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
+                                  "6", "--patience", "3", "--max-steps", "16",
+                                  "--final-epochs", "2"],
+        "r56-vacl-taylor": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                            "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
+                            "--finetune-epochs", "10"],
     }
 
 
@@ -112,6 +126,8 @@ TITLES = {
     "r56-compress-nodistill": "5. compress without distillation",
     "r56-compress-cap65": "3c. compress (fade, layer cap 65 %)",
     "r56-tp-groupnorm-cap": "4c. torch-pruning GroupNormPruner at 3c's MACs, 3c's budget",
+    "r56-implode-p1-lr0.01": "1c. implosion, one unit a step (fade)",
+    "r56-vacl-taylor": "2d. VACL, 79.5 % params, Taylor ranking, no sparsity training",
 }
 
 
