@@ -58,7 +58,7 @@ def _taylor(base, shape, seed: int, epoch_size: int):
 
 def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
          cap: float | None = None, score: str = "layer_rms", seed: int = 0,
-         epoch_size: int = 10000) -> dict:
+         epoch_size: int = 10000, macs_score: str = "layer_rms") -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -67,13 +67,16 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     shape = tuple(resprune.runs.input_shape_of(base_dir, resprune.spec_of(base)))
     table = measure_table(base, shape, runtime, batch=batch)
     aware = copy.deepcopy(base)
-    scores = _taylor(base, shape, seed, epoch_size) if score == "taylor" else None
+    taylor = (_taylor(base, shape, seed, epoch_size)
+              if "taylor" in (score, macs_score) else None)
+    scores = taylor if score == "taylor" else None
     r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
                     cost="latency", max_layer_reduction=cap, score=score, scores=scores)
 
     def macs_model(t: float):
         m = copy.deepcopy(base)
-        prune(m, shape, target_macs_reduction=t, max_layer_reduction=cap)
+        prune(m, shape, target_macs_reduction=t, max_layer_reduction=cap, score=macs_score,
+              scores=taylor if macs_score == "taylor" else None)
         return m.eval()
 
     lo, hi, tried = 0.0, 0.98, []
@@ -94,7 +97,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
             "aware_ms_alone": goal, "aware_prune": {k: r_aware[k] for k in (
                 "params_reduction", "macs_reduction", "latency")},
             "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
-            "threads": torch.get_num_threads(), "score": score,
+            "threads": torch.get_num_threads(), "score": score, "macs_score": macs_score,
             "aware_removed_groups": r_aware["removed_groups"]}
 
 
@@ -109,7 +112,8 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int,
         "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
                              "latency", "--latency-runtime", p["runtime"], "--latency-batch",
                              str(p["batch"]), "--group-score", p.get("score", "layer_rms")],
-        "macs": common + ["--target-macs-reduction", str(p["macs_target"])],
+        "macs": common + ["--target-macs-reduction", str(p["macs_target"]), "--group-score",
+                          p.get("macs_score", "layer_rms")],
     }
 
 
@@ -158,8 +162,9 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         f"`group_score={p.get('score', 'layer_rms')}` "
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
-        f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row: the "
-        f"`target_macs_reduction` ({p['macs_target']}) whose measured {p['runtime']} latency "
+        f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row "
+        f"(`group_score={p.get('macs_score', 'layer_rms')}`): the `target_macs_reduction` "
+        f"({p['macs_target']}) whose measured {p['runtime']} latency "
         f"at batch {p['batch']} is closest to the latency row's (bisection: MACs target -> "
         f"its time / the latency row's: {steps}).{same}\n",
         md_table(head, body),
@@ -188,7 +193,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seed of both rows (fine-tuning; with --score taylor also the batches "
                          "the latency row is scored on, so the plan depends on it)")
     ap.add_argument("--score", choices=["layer_rms", "taylor"], default="layer_rms",
-                    help="group score of the latency row (the MACs row keeps layer_rms)")
+                    help="group score of the latency row")
+    ap.add_argument("--macs-score", choices=["layer_rms", "taylor"], default="layer_rms",
+                    help="group score of the MACs row")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("plan", "all") and not plan_file.is_file():
         plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
                                              a.repeats, a.max_layer_reduction, a.score, a.seed,
-                                             a.epoch_size), indent=1))
+                                             a.epoch_size, a.macs_score), indent=1))
     p = json.loads(plan_file.read_text())
     if a.step in ("run", "all"):
         from resprune.cli.main import main as cli
