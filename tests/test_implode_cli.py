@@ -77,6 +77,11 @@ def test_implode_writes_a_smaller_loadable_model(trained, imploded):
     assert [e["priority"] for e in summary["erased_units"]] == [
         h["priorities"][n] for h, n in zip(summary["steps"], names)]
     assert [e["step"] for e in summary["erased_units"]] == [1, 2]
+    # seconds: the whole run, at least every training it did (a command once recorded only
+    # its set-up time here)
+    trained_s = sum(json.loads(line)["seconds"] for f in (out / "steps").glob("*/train/*.jsonl")
+                    for line in f.read_text().splitlines())
+    assert trained_s > 0 and summary["seconds"] >= trained_s
     # the saved model is the smaller net, gates folded away, and loads alone
     assert not any(n.endswith("gate") for n, _ in model.named_parameters())
     assert all(isinstance(model.get_submodule(n), torch.nn.Identity) for n in names)

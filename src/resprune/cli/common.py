@@ -181,6 +181,9 @@ def data_info(bundle, args: argparse.Namespace) -> dict[str, Any]:
 
 def base_summary(kind: str, model_name: str, args: argparse.Namespace, bundle,
                  input_shape, started: float) -> dict[str, Any]:
+    """What the command adds to a library pipeline's summary.json. ``seconds`` is the
+    pipeline's own (measured when it ends); here it is the set-up time so far, for commands
+    whose summary has no pipeline behind it (the library's value replaces it)."""
     return {"kind": kind, "model": model_name, "resprune": __version__,
             "input_shape": list(input_shape), "data": data_info(bundle, args),
             "seconds": round(time.time() - started, 2),
