@@ -21,7 +21,9 @@ all-reduced by :func:`resprune.measure.evaluate`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextlib
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -40,6 +42,19 @@ def epoch_seed(seed: int, epoch: int, *extra: int) -> int:
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(epoch_seed(seed, epoch))
+
+
+@contextlib.contextmanager
+def seeded_batches(loader: Iterable, n: int, seed: int) -> Iterator[Iterator]:
+    """The first ``n`` batches of epoch 0 of ``loader``, read inside a forked global RNG seeded
+    with ``seed``: a score computed on them depends on neither what the loader nor the RNG did
+    before, and reading them changes neither for what comes after (a resprune loader is set
+    to epoch 0; other iterables are read from their start)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(0)
+        yield itertools.islice(loader, n)
 
 
 def check_batch_size(batch_size: int) -> int:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..data.loader import seeded_batches
 from ..errors import UserError
 from .gates import erasable_items, gate_value, last_bn
 
@@ -92,13 +93,8 @@ def _branch_norms(model: nn.Module, units: list[tuple[str, nn.Module]], loader: 
     handles = [u.register_forward_pre_hook(hook_for(n)) for n, u in units]
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(0)
-            for i, batch in enumerate(loader):
-                if i >= num_batches:
-                    break
+        with seeded_batches(loader, num_batches, seed) as batches:
+            for batch in batches:
                 x = batch_inputs(batch).to(device)
                 model(x)
                 count += x.shape[0]

@@ -146,7 +146,9 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
                                         config.near_zero))
         state.update(phase="prune", sparse_history=history,
                      after_sparse=measures.accuracy(sparse, evals, precision),
-                     rms_after=scorer(sparse))
+                     rms_after=(state["rms_before"]  # no sparsity training: same weights
+                                if fingerprint(sparse) == state["input"]["fingerprint"]
+                                else scorer(sparse)))
         write_state(out, state)
     if state["phase"] == "prune":
         log.info("pruning (%s)", ", ".join(f"{k}={v}" for k, v in target.items()))

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import distributed
+from ..data.loader import seeded_batches
 from ..errors import UserError
 from .groups import GroupSet
 from .layout import Layout
@@ -50,13 +51,8 @@ def taylor_scores(model: nn.Module, groups: GroupSet, loader: Iterable, batches:
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(0)
-            for x, y in loader:
-                if seen >= batches:
-                    break
+        with seeded_batches(loader, batches, seed) as first:
+            for x, y in first:
                 acc += _batch_terms(model, lay, params, member_group, x.to(dev), y.to(dev))
                 seen += 1
     finally:
