@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import subprocess
 import sys
 from pathlib import Path
 
@@ -69,14 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         erase_units(m, names)
         body.append([", ".join(names) or "(none)", f"{top1(m):.2f}",
                      f"{top1(recalibrated(m, train, a.recal_batches)):.2f}"])
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO,
-                            capture_output=True, text=True).stdout.strip()
     cmd = " ".join(["python benchmarks/unit_cut_cost.py", str(a.run),
                     *[f"--units {u}" for u in a.units], f"--recal-batches {a.recal_batches}"])
     text = "\n".join([
         "# Erasing residual units without retraining: validation top-1\n",
         f"Command: `{cmd}`  ",
-        f"Machine: {machine_info(1)}; resprune commit {commit}.\n",
+        f"Machine: {machine_info(1)}.\n",
         md_table(["units cut", "val top-1 %", f"after BN recalibration ({a.recal_batches} "
                   "training batches) %"], body), ""])
     a.out.write_text(text)
