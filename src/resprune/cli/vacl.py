@@ -29,7 +29,7 @@ GROUPS = {
         "fade_end", "sparse_epochs", "sparse_lr"),
     RULES_GROUP: RULES,
     "ranking": ("group_score", "taylor_batches", "cost", "round_to", "max_layer_reduction",
-                "latency_runtime", "latency_batch"),
+                "latency_runtime", "latency_batch", "latency_check"),
     "fine-tuning": ("finetune_epochs", "finetune_lr"),
 }
 
@@ -85,10 +85,18 @@ def run(args: argparse.Namespace) -> int:
                                terminal_text)
 
 
+def _latency_word(pr: dict[str, Any]) -> str:
+    lat = pr.get("latency") or {}
+    if lat.get("check") == "measured":
+        return (f"measured latency (got {100 * lat['measured_reduction']:.2f} %: "
+                f"{lat['input_ms']:.2f} -> {lat['pruned_ms']:.2f} ms)")
+    return "predicted latency"
+
+
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
     pr = summary["prune"]
     rule = (f"RMS < {pr['threshold']:g}" if pr["mode"] == "threshold" else
-            f"target {METRIC.get(pr['mode'], 'predicted latency')} reduction "
+            f"target {METRIC.get(pr['mode'], _latency_word(pr))} reduction "
             f"{100 * pr['target_reduction']:.2f} %"
             + ("" if pr["target_reached"] else " (not reached)")
             + (f", chosen on val with --auto-tolerance {pr['auto']['tolerance']:g}"

@@ -15,7 +15,9 @@ and ``seconds`` summed over the stages:
 - ``budget``: how much the pipeline was asked to remove (``mode``: ``params`` / ``macs`` /
   ``latency`` / ``threshold`` / ``auto`` / ``none``; ``target_reduction`` (or ``target_ms``)
   and ``reached`` for a target; a latency budget also has ``base_ms``, the input's time in
-  its latency table, and ``predicted_ms``, the vacl stage's prediction of the result).
+  its latency table, and ``predicted_ms``, the vacl stage's prediction of the result; with
+  ``latency_check: measured`` also ``check``, ``vacl_input_ms`` and ``measured_ms``, the vacl
+  stage's input and result timed against each other, which decide ``reached``).
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def compress_summary(out: Path, done: list[tuple[str, Path, dict[str, Any]]],
         b["predicted_ms"] = lat.get("predicted_after_ms")
         goal = b.get("target_ms", (1 - b.get("target_reduction", 0.0)) * base_latency_ms)
         b["reached"] = b["predicted_ms"] is not None and b["predicted_ms"] <= goal * (1 + 1e-9)
+        if lat.get("check") == "measured":  # the vacl stage timed its result: that decides
+            b.update(check="measured", vacl_input_ms=lat["input_ms"],
+                     measured_ms=lat["pruned_ms"],
+                     reached=bool((vacl.get("prune") or {}).get("target_reached")))
     return {"kind": "compress", "model": done[0][2].get("model"), "resprune": __version__,
             "world_size": distributed.world_size(),
             "input_shape": last.get("input_shape"), "data": last.get("data"),

@@ -111,6 +111,9 @@ def _budget_text(summary: dict[str, Any]) -> str:
                 f"at least {100 * b['target_reduction']:.2f} % less")
         pred = (f" (input {b['base_ms']:.2f} ms, predicted {b['predicted_ms']:.2f} ms)"
                 if b.get("predicted_ms") is not None else "")
+        if b.get("check") == "measured":
+            pred += (f"; the vacl stage met its share on the measured model "
+                     f"({b['vacl_input_ms']:.2f} -> {b['measured_ms']:.2f} ms)")
         return (f"Budget: latency {goal} per batch in the per-layer latency table's runtime"
                 f"{pred}, {reached}. {depth} (where it ran); VACL removed what was still "
                 "missing.")

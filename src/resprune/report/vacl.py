@@ -168,12 +168,21 @@ def _rule(pr: dict[str, Any]) -> str:
     reached = "reached" if pr["target_reached"] else (
         "**not reached**: every remaining group was needed to keep at least one channel per "
         "layer")
+    if not pr["target_reached"] and (pr.get("latency") or {}).get("check") == "measured":
+        reached = ("**not reached**: the largest table goal tried did not save that much "
+                   "measured time")
     order = ("groups removed by RMS per unit of latency saved (lowest first)"
              if pr.get("cost") == "latency" else "lowest-RMS groups removed")
     lat = pr.get("latency")
     predicted = (f"; predicted {lat['runtime']} latency at batch {lat['batch']}: "
                  f"{lat['predicted_before_ms']:.2f} -> {lat['predicted_after_ms']:.2f} ms"
                  if lat else "")
+    if lat and lat.get("check") == "measured":
+        what = "the latency measured against the input"
+        predicted += (f"; measured: {lat['input_ms']:.2f} -> {lat['pruned_ms']:.2f} ms "
+                      f"({100 * lat['measured_reduction']:.2f} % less; table goal "
+                      f"{100 * lat['goal']:.2f} % after {len(lat['rounds'])} timing "
+                      "round(s))")
     return (f"{order} until {what} fell by at least "
             f"{100 * pr['target_reduction']:.2f} % ({reached}){predicted}")
 

@@ -15,6 +15,7 @@ from ..fields import LR, Check, Choice, Flag, Float, Int, check_fields, opt
 from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import FADES, TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
+from .latency_fit import CHECK_HELP, CHECKS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES
 
@@ -143,6 +144,7 @@ class VaclConfig:
                     Choice(COSTS, label="ranking cost"))
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))
+    latency_check: str = opt("table", CHECK_HELP, Choice(CHECKS, label="latency check"))
     max_layer_reduction: float | None = opt(
         None, "remove at most the fraction F in (0, 1] of any layer's channels (every layer "
         "keeps ceil((1 - F) * width)), so no residual stream or inner width collapses to a few "
@@ -177,6 +179,10 @@ class VaclConfig:
         if self.cost == "latency" and not key.startswith("target_"):
             raise UserError("--cost latency ranks for a params, MACs or latency target; "
                             "--threshold and --auto-tolerance remove by score alone")
+        if self.latency_check == "measured" and key not in ("target_latency_reduction",
+                                                            "target_latency"):
+            raise UserError("--latency-check measured checks a latency target: give "
+                            "--target-latency-reduction or --target-latency")
         needs_target = {"fade": self.fade != "off", "reg_groups": self.reg_groups == "pruned"}
         if not key.startswith("target_"):
             if needs_target["fade"]:

@@ -274,6 +274,12 @@ def _latency_table(out: Path, model: nn.Module, shape, config: VaclConfig):
                                    config.latency_batch)
 
 
+def _check(config: VaclConfig) -> str:
+    """The latency check of this process: only rank 0 times models (its decision is the one
+    every process keeps; the others would disturb its timings)."""
+    return config.latency_check if distributed.is_main() else "table"
+
+
 def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, shape,
                       target: dict[str, float], state: dict[str, Any], table) -> list[Any]:
     """The lambda schedule (and, with ``fade``, the fade) of the sparsity stage.
@@ -291,7 +297,8 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
         dry = prune(copy.deepcopy(model), shape, include_bn=reg.include_bn,
                     include_consumers=reg.include_consumers, score=config.group_score,
                     round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
-                    latency_table=table, cost=config.cost, scores=state["rms_before"],
+                    latency_table=table, cost=config.cost,
+                    latency_check=_check(config), scores=state["rms_before"],
                     **target)
         dry = distributed.broadcast_object(dry)  # decided once, on rank 0
         state["dry_run_groups"] = dry["removed_groups"]
@@ -318,7 +325,8 @@ def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
-                   latency_table=table, cost=config.cost, scores=rms_after, **target)
+                   latency_table=table, cost=config.cost,
+                   latency_check=_check(config), scores=rms_after, **target)
     # Decided once: rank 0's pruned model is the one written below and read back by every
     # process for fine-tuning; its report is the one every process keeps.
     report = distributed.broadcast_object(report)

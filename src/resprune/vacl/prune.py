@@ -36,6 +36,7 @@ from torch import nn
 from ..errors import UserError
 from ..measure.latency_table import COSTS
 from ..models import PadShortcut, ResNet, validate_spec
+from . import latency_fit
 from .groups import (
     BN,
     IN,
@@ -49,6 +50,7 @@ from .groups import (
     discover_groups,
     modules_by_name,
 )
+from .latency_fit import CHECKS, Timer, fit_goal, pruned_copy
 from .ranking import (
     SizeModel,
     latency_costs,
@@ -210,7 +212,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
           max_layer_reduction: float | None = None,
           target_latency_reduction: float | None = None, latency_table: Any = None,
           cost: str = "none", target_latency: float | None = None,
-          scores: torch.Tensor | None = None) -> dict[str, Any]:
+          scores: torch.Tensor | None = None, latency_check: str = "table",
+          latency_timer: Timer | None = None) -> dict[str, Any]:
     """Prune ``model`` in place; return a JSON-serialisable report.
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
@@ -234,6 +237,11 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     table; nothing goes when the model is already as fast); ``cost="latency"`` ranks units
     by score per unit of latency saved instead of by score; ``round_to="auto"`` takes the
     channel step the table shows (:func:`~resprune.measure.latency_table.auto_multiple`).
+    ``latency_check="measured"`` meets a latency target on the pruned model as timed against
+    the input (:mod:`resprune.vacl.latency_fit`; ``latency_timer(input, pruned) -> (ms, ms)``
+    replaces the default timer, e.g. to time on the deployment device) instead of on the
+    table's prediction; the report's ``latency`` then holds the measured reduction and the
+    rounds.
 
     Any optimizer or regularizer built for the model before is stale afterwards.
     """
@@ -249,6 +257,12 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         raise UserError("target_latency_reduction, target_latency, cost='latency' and "
                         "round_to='auto' need a latency table "
                         "(resprune.measure.latency_table.measure_table)")
+    if latency_check not in CHECKS:
+        raise UserError(f"unknown latency check {latency_check!r}; choose one of: "
+                        f"{', '.join(CHECKS)}")
+    if latency_check == "measured" and mode not in ("latency", "latency_ms"):
+        raise UserError("latency_check='measured' checks a latency target "
+                        "(target_latency_reduction or target_latency)")
     if cost == "latency" and mode == "threshold":
         raise UserError("cost='latency' ranks for a params, MACs or latency target; a "
                         "threshold removes by score alone")
@@ -282,14 +296,31 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     latency_before = sizes.total("latency") if sizes is not None and latency_table else None
     if latency_ms is not None:  # an absolute target is a reduction of the predicted total
         mode, value = "latency", max(0.0, 1 - latency_ms / latency_before)
-    chosen, stats = select(model, groups, units, mode, value, sizes, cap)
-    if round_to is not None:
-        if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-            raise UserError(f"round_to must be an integer >= 1 (channels) or 'auto', got "
-                            f"{round_to!r}")
-        chosen, stats["reached"] = _rounded_selection(
-            model, groups, units, chosen, mode, value, round_to, shape, params_before,
-            macs_before, cap, latency_table)
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
+                                 or round_to < 1):
+        raise UserError(f"round_to must be an integer >= 1 (channels) or 'auto', got "
+                        f"{round_to!r}")
+
+    def choose(goal: float, sizes: SizeModel | None) -> tuple[list[int], dict[str, Any]]:
+        picked, stats = select(model, groups, units, mode, goal, sizes, cap)
+        if round_to is not None:
+            picked, stats["reached"] = _rounded_selection(
+                model, groups, units, picked, mode, goal, round_to, shape, params_before,
+                macs_before, cap, latency_table)
+        return picked, stats
+
+    chosen, stats = choose(value, sizes)
+    fit = None
+    if latency_check == "measured":
+        timer = latency_timer or latency_fit.model_timer(latency_table, shape)
+        chosen, fit = fit_goal(
+            lambda goal: chosen if goal == value else choose(goal, SizeModel(
+                model, shape, params_before, macs_before, latency_table))[0],
+            lambda picked: timer(model, pruned_copy(
+                model, [m for gi in picked for m in groups[gi].members])),
+            (lambda base_ms: 1 - latency_ms / base_ms) if latency_ms is not None
+            else (lambda _base_ms: value), value)
+        stats["reached"] = fit["reached"]
 
     latency = None
     if latency_before is not None:
@@ -298,7 +329,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
         latency = {"runtime": latency_table.runtime, "batch": latency_table.batch,
                    "threads": latency_table.threads, "predicted_before_ms": latency_before,
                    "predicted_after_ms": latency_before * (1 - share),
-                   "predicted_reduction": share}
+                   "predicted_reduction": share, "check": latency_check}
+        if fit is not None:
+            latency.update({k: fit[k] for k in ("goal", "measured_reduction", "input_ms",
+                                                "pruned_ms", "rounds")})
     remove_members(model, [m for gi in chosen for m in groups[gi].members])
     if isinstance(model, ResNet):
         validate_spec(model.spec())
