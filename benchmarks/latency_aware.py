@@ -58,7 +58,8 @@ def _taylor(base, shape, seed: int, epoch_size: int):
 
 def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
          cap: float | None = None, score: str = "layer_rms", seed: int = 0,
-         epoch_size: int = 10000, macs_score: str = "layer_rms") -> dict:
+         epoch_size: int = 10000, macs_score: str = "layer_rms",
+         round_to: int | None = None) -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -71,7 +72,8 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
               if "taylor" in (score, macs_score) else None)
     scores = taylor if score == "taylor" else None
     r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
-                    cost="latency", max_layer_reduction=cap, score=score, scores=scores)
+                    cost="latency", max_layer_reduction=cap, score=score, scores=scores,
+                    round_to=round_to)
 
     def macs_model(t: float):
         m = copy.deepcopy(base)
@@ -98,6 +100,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
                 "params_reduction", "macs_reduction", "latency")},
             "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
             "threads": torch.get_num_threads(), "score": score, "macs_score": macs_score,
+            "round_to": round_to,
             "aware_removed_groups": r_aware["removed_groups"]}
 
 
@@ -111,7 +114,9 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int,
     return {
         "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
                              "latency", "--latency-runtime", p["runtime"], "--latency-batch",
-                             str(p["batch"]), "--group-score", p.get("score", "layer_rms")],
+                             str(p["batch"]), "--group-score", p.get("score", "layer_rms"),
+                             *([] if p.get("round_to") is None
+                               else ["--round-to", str(p["round_to"])])],
         "macs": common + ["--target-macs-reduction", str(p["macs_target"]), "--group-score",
                           p.get("macs_score", "layer_rms")],
     }
@@ -159,7 +164,8 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         f"Plan (`benchmarks/latency_aware.py`): the {p['runtime']} table of B at batch "
         f"{p['batch']} ({p['threads']} thread); both rows {capped}; latency row: "
         f"`target_latency_reduction={p['reduction']}`, `cost=latency`, "
-        f"`group_score={p.get('score', 'layer_rms')}` "
+        f"`group_score={p.get('score', 'layer_rms')}`"
+        f"{'' if p.get('round_to') is None else ', `round_to=' + str(p['round_to']) + '`'} "
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
         f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row "
@@ -196,6 +202,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="group score of the latency row")
     ap.add_argument("--macs-score", choices=["layer_rms", "taylor"], default="layer_rms",
                     help="group score of the MACs row")
+    ap.add_argument("--round-to", type=int, default=None,
+                    help="round the latency row's widths to multiples of N (vacl --round-to; "
+                         "the MACs row keeps exact widths)")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -205,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("plan", "all") and not plan_file.is_file():
         plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
                                              a.repeats, a.max_layer_reduction, a.score, a.seed,
-                                             a.epoch_size, a.macs_score), indent=1))
+                                             a.epoch_size, a.macs_score, a.round_to),
+                                        indent=1))
     p = json.loads(plan_file.read_text())
     if a.step in ("run", "all"):
         from resprune.cli.main import main as cli
