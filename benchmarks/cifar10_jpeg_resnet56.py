@@ -24,7 +24,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   retraining (the "per-step 1" recipe);
 - ``r56-vacl-taylor``: VACL to 79.5 % fewer params ranked by Taylor importance
   (``--group-score taylor``), B pruned as it is (no sparsity training), 100,000 distilled
-  fine-tuning samples.
+  fine-tuning samples;
+- ``r56-compress-taylor``: compress with row 2d's recipe in its vacl stage (Taylor ranking,
+  no sparsity training, no fade), the vacl stage's 3 and the final 8 fine-tuning epochs
+  distilled: at most 150,000 samples.
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
 torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
@@ -108,6 +111,10 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-vacl-taylor": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
                             "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
                             "--finetune-epochs", "10"],
+        "r56-compress-taylor": ["resprune", "compress", b, "--config",
+                                f"{CFG}/resnet56-compress.yaml", "--group-score", "taylor",
+                                "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs",
+                                "3", "--finetune-final-epochs", "8"],
     }
 
 
@@ -128,6 +135,7 @@ TITLES = {
     "r56-tp-groupnorm-cap": "4c. torch-pruning GroupNormPruner at 3c's MACs, 3c's budget",
     "r56-implode-p1-lr0.01": "1c. implosion, one unit a step (fade)",
     "r56-vacl-taylor": "2d. VACL, 79.5 % params, Taylor ranking, no sparsity training",
+    "r56-compress-taylor": "3d. compress, Taylor ranking, no sparsity training",
 }
 
 

@@ -163,6 +163,13 @@ def test_onnx_check_runs_multi_threaded_like_torch(tmp_path) -> None:
     assert info["max_abs_diff"] <= 1e-4
     run = onnx_runner(path.read_bytes())
     assert run.threads == 2
+    # every resprune session (checks, timings, tables, profiles) waits without spinning, so
+    # sessions timed interleaved do not steal each other's cores
+    from resprune.export._onnx import session_options
+
+    opts = session_options()
+    assert opts.intra_op_num_threads == 2
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         assert (run(x) - model(x)).abs().max().item() <= 1e-4

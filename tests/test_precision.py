@@ -10,6 +10,7 @@ from resprune.cli.main import main
 from resprune.measure import _device
 
 TINY = ["--model", "resnet8", "--data", "synthetic", "--batch-size", "64", "--epochs", "1",
+        "--epoch-size", "128",
         "--no-progress", "--json", "--precision", "bf16"]
 
 

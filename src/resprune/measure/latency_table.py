@@ -129,6 +129,8 @@ def _ort_timer(batch: int, warmup: int, repeats: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
+    from ..export._onnx import session_options
+
     def time_conv(s: ConvShape, cin: int, cout: int) -> float:
         groups = s.groups if cin % s.groups == 0 and cout % s.groups == 0 else 1
         rng = np.random.default_rng(0)
@@ -146,10 +148,7 @@ def _ort_timer(batch: int, warmup: int, repeats: int):
             [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)],
                                   ir_version=9)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.log_severity_level = 3
-        sess = ort.InferenceSession(model.SerializeToString(), opts,
+        sess = ort.InferenceSession(model.SerializeToString(), session_options(),
                                     providers=["CPUExecutionProvider"])
         x = rng.standard_normal((batch, cin, s.height, s.width)).astype(np.float32)
         for _ in range(warmup):

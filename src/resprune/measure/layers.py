@@ -122,14 +122,12 @@ def _onnxruntime(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int
                  ) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from ..export._onnx import to_onnx_bytes
+    from ..export._onnx import session_options, to_onnx_bytes
 
     data = to_onnx_bytes(model, tuple(x.shape[1:]), 18)
     arr = x.numpy()
-    plain = ort.SessionOptions()
-    plain.intra_op_num_threads = torch.get_num_threads()
-    plain.log_severity_level = 3
-    session = ort.InferenceSession(data, plain, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(data, session_options(),
+                                   providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     for _ in range(warmup):
         session.run(None, {name: arr})
@@ -139,9 +137,7 @@ def _onnxruntime(model: nn.Module, x: torch.Tensor, warmup: int, repeats: int
         session.run(None, {name: arr})
         totals.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        opts.log_severity_level = 3
+        opts = session_options()
         opts.enable_profiling = True
         opts.profile_file_prefix = os.path.join(tmp, "ort")
         prof = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
