@@ -214,9 +214,12 @@ def test_akamaster_resnet56_on_jpeg_test_folder():
     bundle = load_dataset("imagefolder", _need(JPEG), preprocess=model.preprocess,
                           progress=False)
     assert bundle.in_memory and bundle.image_size == 32 and len(bundle.test) == 5000
-    r = evaluate(model, make_loader(bundle, "test", 500, train=False))
-    assert bundle.train.pending is not None  # eval of the test split decoded only test/
-    assert r["top1"] > 0.80, r
+    batches = list(make_loader(bundle, "test", 500, train=False))
+    assert bundle.train.pending is not None  # reading the test split decoded only test/
+    x, y = (torch.cat(t)[::5] for t in zip(*batches))  # every 5th image: 100 per class
+    assert torch.bincount(y).tolist() == [100] * 10
+    r = evaluate(model, [(x[i:i + 250], y[i:i + 250]) for i in range(0, 1000, 250)])
+    assert r["top1"] > 0.78, r  # 83.02 % on all 5,000 (benchmarks/results); SE 1.2 points
 
 
 def test_import_then_compress_smoke(tmp_path, capsys):
