@@ -127,12 +127,23 @@ def test_bad_latency_check(kw, message):
         vacl.prune(model, CIFAR, latency_table=synthetic_table(model), **kw)
 
 
-def test_the_default_timer_times_both_models_in_the_tables_runtime():
+def test_the_default_timer_times_both_models_in_the_tables_runtime(monkeypatch):
+    from resprune.measure import compare
+
+    prepared = []
+    real = compare.prepare
+
+    def counting(model, shape, runtime, device="cpu"):
+        prepared.append((runtime, device))
+        return real(model, shape, runtime, device)
+    monkeypatch.setattr(compare, "prepare", counting)
     model = _bn(create("resnet8", width=8)).eval()
     table = synthetic_table(model)
     table.batch = 2
     r = vacl.prune(copy.deepcopy(model), CIFAR, target_latency_reduction=0.3,
                    latency_table=table, latency_check="measured")
+    # the input is prepared once, each candidate once, all in the table's runtime
+    assert prepared == [("eager", "cpu")] * (len(r["latency"]["rounds"]) + 1)
     for row in r["latency"]["rounds"]:
         assert row["input_ms"] > 0 and row["pruned_ms"] > 0
         assert row["measured_reduction"] == pytest.approx(1 - row["pruned_ms"] / row["input_ms"])

@@ -153,6 +153,24 @@ def _onnx_runners(models: Mapping[str, nn.Module], shape: tuple[int, int, int]
     return runners
 
 
+def prepare(model: nn.Module, input_shape: Sequence[int], runtime: str,
+            device: str = "cpu") -> Callable[[torch.Tensor], object]:
+    """``model`` ready to be timed in ``runtime``, as a function of an input batch:
+    ``onnxruntime`` runs the exported, parity-checked graph (CPU), ``eager`` an eval-mode copy
+    on ``device`` under inference mode. Preparing once and timing many times (e.g. an input
+    timed against several candidates) saves an export per timing."""
+    if runtime == "onnxruntime":
+        return _onnx_runners({"m": model}, _input_shape(input_shape))["m"]
+    if runtime != "eager":
+        raise UserError(f"unknown runtime {runtime!r}; choose from {', '.join(RUNTIMES)}")
+    net = copy.deepcopy(model).to(device).eval()
+
+    def run(x: torch.Tensor) -> object:
+        with torch.inference_mode():
+            return net(x)
+    return run
+
+
 def _eager_rows(models: Mapping[str, nn.Module], shape: tuple[int, int, int],
                 batch_sizes: Sequence[int], device: torch.device, warmup: int,
                 repeats: int) -> list[dict[str, Any]]:
