@@ -59,7 +59,7 @@ def _taylor(base, shape, seed: int, epoch_size: int):
 def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
          cap: float | None = None, score: str = "layer_rms", seed: int = 0,
          epoch_size: int = 10000, macs_score: str = "layer_rms",
-         round_to: int | None = None) -> dict:
+         round_to: int | None = None, macs_round_to: int | None = None) -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -78,7 +78,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     def macs_model(t: float):
         m = copy.deepcopy(base)
         prune(m, shape, target_macs_reduction=t, max_layer_reduction=cap, score=macs_score,
-              scores=taylor if macs_score == "taylor" else None)
+              scores=taylor if macs_score == "taylor" else None, round_to=macs_round_to)
         return m.eval()
 
     lo, hi, tried = 0.0, 0.98, []
@@ -100,7 +100,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
                 "params_reduction", "macs_reduction", "latency")},
             "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
             "threads": torch.get_num_threads(), "score": score, "macs_score": macs_score,
-            "round_to": round_to,
+            "round_to": round_to, "macs_round_to": macs_round_to,
             "aware_removed_groups": r_aware["removed_groups"]}
 
 
@@ -118,7 +118,9 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int,
                              *([] if p.get("round_to") is None
                                else ["--round-to", str(p["round_to"])])],
         "macs": common + ["--target-macs-reduction", str(p["macs_target"]), "--group-score",
-                          p.get("macs_score", "layer_rms")],
+                          p.get("macs_score", "layer_rms"),
+                          *([] if p.get("macs_round_to") is None
+                            else ["--round-to", str(p["macs_round_to"])])],
     }
 
 
@@ -156,6 +158,8 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
             )
     steps = ", ".join(f"{t['target_macs_reduction']:g} -> {t['ratio']:.3f}"
                       for t in p["bisection"])
+    macs_round = ("" if p.get("macs_round_to") is None
+                  else f", `round_to={p['macs_round_to']}`")
     head = ["row", "params", "MACs", "eager b1 ms", "eager b64 ms", "ORT b1 ms", "ORT b64 ms",
             "test top-1 %", "paired diff to MACs row ± SE"]
     lines = [
@@ -169,8 +173,8 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
         f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row "
-        f"(`group_score={p.get('macs_score', 'layer_rms')}`): the `target_macs_reduction` "
-        f"({p['macs_target']}) whose measured {p['runtime']} latency "
+        f"(`group_score={p.get('macs_score', 'layer_rms')}`{macs_round}): the "
+        f"`target_macs_reduction` ({p['macs_target']}) whose measured {p['runtime']} latency "
         f"at batch {p['batch']} is closest to the latency row's (bisection: MACs target -> "
         f"its time / the latency row's: {steps}).{same}\n",
         md_table(head, body),
@@ -204,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="group score of the MACs row")
     ap.add_argument("--round-to", type=int, default=None,
                     help="round the latency row's widths to multiples of N (vacl --round-to; "
-                         "the MACs row keeps exact widths)")
+                         "the MACs row keeps exact widths unless --macs-round-to)")
+    ap.add_argument("--macs-round-to", type=int, default=None,
+                    help="round the MACs row's widths to multiples of N")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")
     ap.add_argument("--out", type=Path, default=RESULTS / "latency_aware.md")
     a = ap.parse_args(argv)
@@ -214,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.step in ("plan", "all") and not plan_file.is_file():
         plan_file.write_text(json.dumps(plan(a.base, a.runtime, a.batch, a.reduction,
                                              a.repeats, a.max_layer_reduction, a.score, a.seed,
-                                             a.epoch_size, a.macs_score, a.round_to),
+                                             a.epoch_size, a.macs_score, a.round_to,
+                                             a.macs_round_to),
                                         indent=1))
     p = json.loads(plan_file.read_text())
     if a.step in ("run", "all"):
