@@ -127,8 +127,10 @@ def session_options() -> Any:
     as torch (``torch.get_num_threads()``), so a caller that limits torch's threads limits
     onnxruntime too, and **no spin-waiting**. By default each session's thread pool keeps
     spinning after a run; several sessions timed interleaved in one process (or a busy
-    machine) then steal each other's cores: measured on ResNet-56 with 2 threads at batch 1,
-    13.8 ms per pass interleaved with spinning against 5.7 ms without (docs/measurement.md).
+    machine) then steal each other's cores: ResNet-56 with 2 threads at batch 1 took 13.5 ms
+    interleaved with a pruned copy against 4.0 ms alone with spinning, 8.25 ms against 8.24
+    ms without it (benchmarks/results/ort_spinning.md). Without spinning an interleaved
+    timing is the model's time alone; a lone session with spinning runs faster.
     """
     import onnxruntime as ort
 
