@@ -13,26 +13,13 @@ from __future__ import annotations
 import argparse
 import copy
 import shlex
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, machine_info, md_table  # noqa: E402
-
-
-def _median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import resprune
     from resprune.export._onnx import to_onnx_bytes
+    from resprune.measure.compare import interleaved_medians
     from resprune.vacl import prune
 
     base = resprune.load(a.base).eval()
@@ -73,20 +61,10 @@ def main(argv: list[str] | None = None) -> int:
             ss = {k: session(g, spin) for k, g in graphs.items()}
             fns = {k: (lambda s=s, x=x: s.run(None, {s.get_inputs()[0].name: x}))
                    for k, s in ss.items()}
-            inter = {k: [] for k in fns}
-            for _ in range(3):
-                for fn in fns.values():
-                    fn()
-            for r in range(a.repeats):
-                order = list(fns) if r % 2 == 0 else list(reversed(fns))
-                for k in order:
-                    t0 = time.perf_counter()
-                    fns[k]()
-                    inter[k].append(time.perf_counter() - t0)
-            alone = {k: _median_ms(fn, 3, a.repeats) for k, fn in fns.items()}
+            inter = interleaved_medians(fns, 3, a.repeats)
+            alone = {k: interleaved_medians({k: fn}, 3, a.repeats)[k] for k, fn in fns.items()}
             for k in fns:
-                body.append([bs, "on (default)" if spin else "off", k,
-                             f"{1e3 * statistics.median(inter[k]):.2f}",
+                body.append([bs, "on (default)" if spin else "off", k, f"{inter[k]:.2f}",
                              f"{alone[k]:.2f}"])
             del ss, fns
     cmd = "python benchmarks/ort_spinning.py " + " ".join(
