@@ -16,7 +16,7 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   schedule instead of fades; the configs as of commit 62967bd);
 - ``r56-tp-groupnorm``: torch-pruning's GroupNormPruner matched to the first compress row's
   MACs, with the same per-epoch size and distillation (``_tp_baselines.py``);
-- ``r56-compress-nodistill``: compress without distillation (ablation);
+- ``r56-compress-nodistill``: row 3d without distillation (ablation: no teacher in any stage);
 - ``r56-compress-cap65``: row 3 with ``--max-layer-reduction 0.65`` (0.6 cannot reach 85 %
   of params);
 - ``r56-tp-groupnorm-cap``: GroupNormPruner at 3c's MACs on 3c's budget (180,000 samples);
@@ -91,8 +91,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
                              "<compress's MACs reduction>", "--sparse-epochs", "3",
                              "--finetune-epochs", "9", "--epoch-size", "10000",
                              "--distill-alpha", "0.7", "--distill-temperature", "4"],
+        # row 5: row 3d's recipe (the most accurate compress row) without a teacher
         "r56-compress-nodistill": ["resprune", "compress", b, "--config",
-                                   f"{CFG}/resnet56-compress.yaml", "--distill-from", "none"],
+                                   f"{CFG}/resnet56-compress.yaml", "--group-score", "taylor",
+                                   "--fade", "off", "--sparse-epochs", "0",
+                                   "--finetune-epochs", "3", "--finetune-final-epochs", "8",
+                                   "--distill-from", "none"],
         "r56-compress-cap65": ["resprune", "compress", b, "--config",
                                f"{CFG}/resnet56-compress.yaml", "--max-layer-reduction", "0.65"],
         # MACs target: a dry run of 3c's VACL stage on B (84.53 %; cap 0.6 reaches only 83.2 %
@@ -130,7 +134,7 @@ TITLES = {
     "r56-vacl": "2'. VACL 79.5 %, first attempt (lambda raise)",
     "r56-compress": "3'. compress, first attempt",
     "r56-tp-groupnorm": "4. torch-pruning GroupNormPruner at 3''s MACs",
-    "r56-compress-nodistill": "5. compress without distillation",
+    "r56-compress-nodistill": "5. compress without distillation (3d's recipe)",
     "r56-compress-cap65": "3c. compress (fade, layer cap 65 %)",
     "r56-tp-groupnorm-cap": "4c. torch-pruning GroupNormPruner at 3c's MACs, 3c's budget",
     "r56-implode-p1-lr0.01": "1c. implosion, one unit a step (fade)",
