@@ -69,6 +69,32 @@ def test_an_unreachable_target_returns_the_closest_and_says_so():
     assert len(info["rounds"]) == 2  # 0.5, then the cap; nothing higher to try
 
 
+def test_a_fast_fluke_does_not_pass_a_candidate_that_misses():
+    """Every candidate's first timing is 30 % fast (a quiet moment on a loaded machine); the
+    true reduction of goal g is 0.5 g, so goals below 0.6 miss the 0.3 target: none of them
+    may be accepted."""
+    calls: dict[float, int] = {}
+
+    def pick(goal):
+        return [round(goal, 6)]
+
+    def time_pick(chosen):
+        g = chosen[0]
+        calls[g] = calls.get(g, 0) + 1
+        return 100.0, 100.0 * (1 - 0.5 * g) * (0.7 if calls[g] == 1 else 1.0)
+    chosen, info = fit_goal(pick, time_pick, lambda _ms: 0.3, 0.3)
+    first = info["rounds"][0]  # 0.3: 0.405 at first (the fluke), 0.15 re-timed: missed
+    assert [t["measured_reduction"] for t in first["timings"]] == pytest.approx([0.405, 0.15])
+    assert first["measured_reduction"] == pytest.approx(0.15)
+    assert info["reached"] and chosen == [0.6] and info["goal"] == pytest.approx(0.6)
+    assert info["measured_reduction"] == pytest.approx(0.3)
+    # without confirm the fluke passes every goal: the chosen model misses the target
+    _, blind = fit_goal(pick, lambda c: (100.0, 70.0 * (1 - 0.5 * c[0])), lambda _ms: 0.3,
+                        0.3, confirm=False)
+    assert blind["reached"] and 0.5 * blind["goal"] < 0.3
+    assert all(len(r["timings"]) == 1 for r in blind["rounds"])
+
+
 def test_an_absolute_target_is_read_against_the_measured_input():
     pick, time_pick = _scripted(lambda g: 0.5 * g)  # input always 100 ms
     _, info = fit_goal(pick, time_pick, lambda base_ms: 1 - 80.0 / base_ms, 0.1)
@@ -112,7 +138,8 @@ def test_prune_meets_the_target_on_the_timer_not_on_the_table():
     assert 0.3 <= lat["measured_reduction"] <= 0.3 + latency_fit.TOLERANCE + 0.01
     assert lat["predicted_reduction"] > 0.4 and lat["goal"] > 0.4
     assert r["groups_removed"] > plain["groups_removed"]
-    assert len(lat["rounds"]) == len(calls) >= 2
+    assert sum(len(r["timings"]) for r in lat["rounds"]) == len(calls)
+    assert len(lat["rounds"]) >= 2 and len(lat["rounds"][-1]["timings"]) == 2  # confirmed
     assert lat["rounds"][0]["goal"] == 0.3 and lat["rounds"][0]["measured_reduction"] < 0.3
 
 

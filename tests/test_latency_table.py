@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +83,34 @@ def test_auto_multiple_reads_the_staircase():
     assert auto_multiple(synthetic_table(model, step=8)) == 8
     assert auto_multiple(synthetic_table(model, step=4)) == 4
     assert auto_multiple(synthetic_table(model, step=1)) == 1
+    assert auto_multiple(synthetic_table(create("resnet20", width=32), step=16)) == 16
+
+
+def _noisy(table: LatencyTable, seed: int, scale: float) -> LatencyTable:
+    """``table`` with every output-curve point multiplied by 1 + U(-scale, scale), then made
+    non-decreasing as measured tables are."""
+    g = torch.Generator().manual_seed(seed)
+    d = copy.deepcopy(table.to_dict())
+    for c in d["curves"].values():
+        noise = 1 + scale * (2 * torch.rand(len(c["out_ms"]), generator=g) - 1)
+        c["out_ms"] = lt._monotone([m * float(e) for m, e in zip(c["out_ms"], noise)])
+    return LatencyTable.from_dict(d)
+
+
+def test_auto_multiple_reads_noisy_staircases():
+    model = create("resnet20", width=16)
+    for seed in range(5):  # +-15 % per point: a loaded machine's one-thread timings
+        assert auto_multiple(_noisy(synthetic_table(model, step=8), seed, 0.15)) == 8
+        assert auto_multiple(_noisy(synthetic_table(model, step=1), seed, 0.15)) == 1
+
+
+def test_auto_multiple_on_a_measured_onnxruntime_table():
+    """ResNet-56's onnxruntime table (batch 64, one thread, a loaded AVX2 machine): the
+    runtime computes in blocks of 8 channels; a rule reading single points took 4."""
+    path = Path(__file__).parent / "fixtures" / "latency_table_r56_ort.json"
+    table = LatencyTable.from_dict(json.loads(path.read_text()))
+    assert (table.runtime, table.batch, table.threads) == ("onnxruntime", 64, 1)
+    assert auto_multiple(table) == 8
 
 
 def _bn(model, seed=0):

@@ -335,25 +335,43 @@ def unit_latency(table: LatencyTable, model: nn.Module, input_shape: Sequence[in
                    if n.startswith(u + ".")) for u in units}
 
 
+def _boundary_share(table: LatencyTable, m: int, min_channels: int) -> float | None:
+    """The share of the output curves' rise (over their fine part, channels up to ``FINE``)
+    that happens where the channel count crosses a multiple of ``m`` (from ``k m`` to
+    ``k m + 1``), pooled over the curves of at least ``min_channels`` channels; ``None``
+    when those curves do not rise."""
+    rise = at_steps = 0.0
+    for c in table.curves.values():
+        pts, ms = c["out_points"], c["out_ms"]
+        if pts[-1] < min_channels:
+            continue
+        for (a, ma), (b, mb) in zip(zip(pts, ms), zip(pts[1:], ms[1:])):
+            if b > FINE or b != a + 1:
+                break
+            rise += mb - ma
+            at_steps += (mb - ma) * (a % m == 0)
+    return at_steps / rise if rise > 0 else None
+
+
 def auto_multiple(table: LatencyTable, candidates: Sequence[int] = (16, 8, 4, 2),
-                  tolerance: float = 0.05, share: float = 0.8) -> int:
-    """The channel step the table's curves show: the largest candidate ``m`` such that, on
-    at least ``share`` of the fine part of every output curve of at least ``2 m`` channels,
-    ``c`` channels cost within ``tolerance`` of the next multiple of ``m`` (a staircase);
-    1 when none does (time grows with every channel)."""
-    for m in candidates:
-        ok, seen = 0, 0
-        for c in table.curves.values():
-            pts, ms = c["out_points"], c["out_ms"]
-            if pts[-1] < 2 * m:
-                continue
-            at = dict(zip(pts, ms))
-            for ch in range(1, min(pts[-1], FINE) + 1):
-                up = -(-ch // m) * m
-                if up not in at or ch not in at or up == ch:
-                    continue
-                seen += 1
-                ok += at[ch] >= (1 - tolerance) * at[up]
-        if seen and ok >= share * seen:
+                  keep: float = 0.7, lift: float = 3.0) -> int:
+    """The channel step the table's curves show: the largest candidate ``m`` such that
+
+    - crossing multiples of ``m`` carries at least ``lift`` times the share of the output
+      curves' rise that growth spread evenly over the channels would put there (``1 / m``),
+    - and at least ``keep`` of the share that multiples of ``m / 2`` carry (a staircase of
+      ``m`` puts all of its rise at multiples of ``m``; one of ``m / 2`` only half),
+
+    pooled over the output curves of at least ``2 m`` channels (:func:`_boundary_share`);
+    1 when none does (time grows with every channel). Pooling the rise makes the reading
+    robust to single noisy points, which a per-point rule is not: on the noisy one-thread
+    onnxruntime table of ResNet-56 (``tests/fixtures/latency_table_r56_ort.json``) a
+    per-point rule read 4 where the runtime computes in blocks of 8."""
+    for m in sorted(candidates, reverse=True):
+        share = _boundary_share(table, m, 2 * m)
+        half = 1.0 if m // 2 <= 1 else _boundary_share(table, m // 2, 2 * m)
+        if share is None or not half:
+            continue
+        if share >= lift / m and share >= keep * half:
             return m
     return 1
