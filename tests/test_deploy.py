@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch import nn
@@ -85,3 +87,87 @@ def test_export_fold_writes_a_checked_bn_free_graph(tmp_path, capsys):
     assert "BatchNormalization" not in ops[False] and "Mul" in ops[False]
     assert "BatchNormalization" not in ops[True] and "Mul" not in ops[True]
     assert ops[True].count("Conv") == ops[False].count("Conv")
+
+
+def _nonzero(model: nn.Module) -> tuple[int, float]:
+    """Nonzero conv/linear weights and their absolute sum."""
+    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return sum(int((w != 0).sum()) for w in ws), sum(float(w.abs().sum()) for w in ws)
+
+
+def _odd(model: nn.Module, reduction: float = 0.3) -> nn.Module:
+    """``model`` with randomised BNs, pruned by vacl to widths that are not multiples of 8."""
+    from resprune import vacl
+
+    model = randomize_bn(model).eval()
+    vacl.prune(model, SHAPE, target_params_reduction=reduction, score="layer_rms")
+    return model.eval()
+
+
+def test_pad_channels_rounds_every_width_and_keeps_the_logits():
+    from resprune.export import pad_channels
+    from resprune.measure.compare import round_channels
+
+    model = _odd(_gated("A"))
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert any(w % 8 for w in widths)
+    padded = pad_channels(model, 8)
+    assert padded.spec() == round_channels(model.spec(), 8)
+    convs = [m for m in padded.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c.out_channels % 8 == 0 for c in convs)
+    assert all(c.in_channels % 8 == 0 for c in convs[1:]) and convs[0].in_channels == 3
+    assert padded.fc.out_features == model.fc.out_features
+    # only zeros are added: the same nonzero weights, the same logits
+    assert _nonzero(padded)[0] == _nonzero(model)[0]
+    assert _nonzero(padded)[1] == pytest.approx(_nonzero(model)[1], rel=1e-6)
+    x = torch.randn(4, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), padded(x), atol=1e-5, rtol=1e-4)
+        deployed = resprune.deploy(model, pad_to=8)
+        assert torch.allclose(model(x), deployed(x), atol=1e-5, rtol=1e-4)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in deployed.modules())
+
+
+def test_pad_channels_keeps_each_channel_in_its_group():
+    from resprune.export import pad_channels
+    from resprune.export.pad import _grouped_map
+
+    # 12 channels in 4 groups of 3 -> 16 in 4 groups of 4: group k starts at 4k
+    assert _grouped_map(12, 16, 4).tolist() == [0, 1, 2, 4, 5, 6, 8, 9, 10, 12, 13, 14]
+    model = _odd(create("resnext29", cardinality=4, base_width=2, width=4))
+    grouped = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.groups > 1]
+    assert any(m.out_channels % 8 for m in grouped)
+    padded = pad_channels(model, 8)
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.allclose(model(x), padded(x), atol=1e-5, rtol=1e-4)
+    assert _nonzero(padded)[0] == _nonzero(model)[0]
+
+
+def test_pad_channels_refuses_what_it_cannot_pad():
+    from resprune.export import pad_channels
+
+    with pytest.raises(UserError, match="channel padding needs a resprune ResNet"):
+        pad_channels(nn.Sequential(nn.Conv2d(3, 5, 3)), 8)
+    with pytest.raises(UserError, match="multiple must be an integer >= 1"):
+        pad_channels(create("resnet8", width=4), 0)
+
+
+def test_export_pad_channels_writes_block_widths_with_parity(tmp_path, capsys):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    run = tmp_path / "run"
+    resprune.save(_odd(_gated("A")), run)
+    out = tmp_path / "padded.onnx"
+    assert main(["export", str(run), "--fold", "--pad-channels", "8", "--out", str(out),
+                 "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["max_abs_diff"] <= 1e-4 and info["batch_sizes"] == [1, 3]
+    graph = onnx.load(str(out)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    conv_w = [weights[n.input[1]] for n in graph.node if n.op_type == "Conv"]
+    assert conv_w and all(w.shape[0] % 8 == 0 for w in conv_w)
+    assert main(["export", str(run), "--pad-channels", "0", "--out", str(out)]) == 2
+    assert "--pad-channels" in capsys.readouterr().err

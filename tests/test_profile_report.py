@@ -11,6 +11,7 @@ from PIL import Image
 
 import resprune
 from resprune.cli.main import main
+from resprune.export import pad_channels
 from resprune.measure import compare as cmp
 from resprune.measure import count_macs, count_params
 from resprune.models import build, create, spec_of
@@ -155,7 +156,7 @@ def test_compare_sizes_and_exact_ratios(runs, compared):
     assert compared["pruned"]["macs"] == count_macs(pruned, SHAPE)
     assert compared["base"]["run"] == str(runs["base"]) and compared["pruned"]["depth"] == 6
     assert compared["input_shape"] == SHAPE and compared["threads"] == 1
-    rounded = cmp.rounded_model(pruned, 4)
+    rounded = pad_channels(pruned, 4)
     assert compared["rounded"] == {"round_to": 4, "params": count_params(rounded),
                                    "macs": count_macs(rounded, SHAPE), "depth": 6}
     assert all(c % 4 == 0 for c in channel_counts(spec_of(rounded)))
@@ -222,7 +223,7 @@ def test_profile_round_to_without_compare(runs, capsys):
     assert code == 0, err
     r = json.loads(out)
     assert set(r["latency"]) == set(r["rounded"]["latency_ms"]) == {"1", "3"}
-    rounded = cmp.rounded_model(resprune.load(runs["pruned"]), 8)
+    rounded = pad_channels(resprune.load(runs["pruned"]), 8)
     assert r["rounded"]["params"] == count_params(rounded)
     assert r["params"] == count_params(resprune.load(runs["pruned"]))
 

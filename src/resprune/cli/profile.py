@@ -3,8 +3,8 @@
 With ``--compare BASE_RUN`` it puts the run (the pruned model) next to its base: MACs ratio
 and measured speed-up per runtime (PyTorch eager, onnxruntime) and batch size, with a note
 wherever the MACs saved do not show on the clock (see :mod:`resprune.measure.compare`).
-``--round-to N`` also times the architecture with every channel count rounded up to a
-multiple of N.
+``--round-to N`` also times the run padded with zero channels to every channel count a
+multiple of N (the same logits; ``resprune export --pad-channels N``).
 """
 
 from __future__ import annotations
@@ -35,8 +35,9 @@ def add_parser(subs) -> None:
     p.add_argument("--compare", metavar="BASE_RUN",
                    help="base run directory to compare RUN against")
     p.add_argument("--round-to", type=options.positive_int, metavar="N",
-                   help="also time RUN's architecture with every channel count rounded up "
-                        "to a multiple of N (fresh weights: only speed is measured)")
+                   help="also time RUN padded to every channel count a multiple of N (zero "
+                        "channels, the same logits: what resprune export --pad-channels N "
+                        "writes)")
     p.add_argument("--batch-sizes", type=options.positive_int, nargs="+", default=[1, 64, 256],
                    help="latency batch sizes (1 64 256)")
     p.add_argument("--device", choices=["cpu", "cuda"],
@@ -91,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _single(args: argparse.Namespace) -> int:
+    from ..export.pad import pad_channels
     from ..measure import count_macs, count_params, depth, latency
-    from ..measure.compare import rounded_model, time_models
+    from ..measure.compare import time_models
     from .common import emit, resolve_device
 
     run_dir = _run_dir(args.run, "RUN")
@@ -109,7 +111,7 @@ def _single(args: argparse.Namespace) -> int:
                       warmup=args.warmup, repeats=args.repeats)
         rounded_ms: dict[int, float] = {}
     else:  # time both interleaved, so the comparison survives a noisy machine
-        rounded = rounded_model(model, args.round_to).eval()
+        rounded = pad_channels(model, args.round_to)
         rows, _ = time_models({"model": model, "rounded": rounded}, shape, args.batch_sizes,
                               runtimes=("eager",), devices=[device.type],
                               warmup=args.warmup, repeats=args.repeats)

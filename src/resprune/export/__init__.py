@@ -10,5 +10,6 @@ See :func:`export` for the guarantees (atomic write, dynamic batch, parity check
 
 from .api import FORMATS, export
 from .deploy import deploy
+from .pad import pad_channels
 
-__all__ = ["FORMATS", "deploy", "export"]
+__all__ = ["FORMATS", "deploy", "export", "pad_channels"]

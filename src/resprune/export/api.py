@@ -65,7 +65,7 @@ def with_preprocess(model: nn.Module) -> Normalized:
 def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
            input_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
            check: bool = True, atol: float = 1e-4, preprocess: bool = False,
-           fold: bool = False) -> dict[str, Any]:
+           fold: bool = False, pad_to: int | None = None) -> dict[str, Any]:
     """Export ``model`` to ``path`` as ONNX or TorchScript and check it reproduces PyTorch.
 
     Args:
@@ -84,6 +84,10 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
             exported model then takes RGB images scaled to [0, 1] (NCHW, float32).
         fold: export the deployment form (:func:`resprune.export.deploy`: priority gates and
             BatchNorms folded into the convolutions; checked against the model first).
+        pad_to: round every channel count up to a multiple of ``pad_to`` first
+            (:func:`resprune.export.pad_channels`: zero channels, the same logits; resprune
+            ResNets only). onnxruntime computes in blocks of 8 (AVX2) or 16 (AVX-512)
+            channels: a pruned net with odd widths runs faster padded.
 
     Returns:
         ``{"path", "format", "bytes", "params", "max_abs_diff", "batch_sizes", "input_shape",
@@ -104,7 +108,11 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
     if fold:
         from .deploy import deploy
 
-        model = deploy(model, shape)  # a deep copy keeps model.preprocess
+        model = deploy(model, shape, pad_to=pad_to)  # a deep copy keeps model.preprocess
+    elif pad_to is not None:
+        from .pad import pad_channels
+
+        model = pad_channels(model, pad_to)
     if preprocess:
         model = with_preprocess(model)
     if not isinstance(atol, (int, float)) or isinstance(atol, bool) or not atol >= 0 \

@@ -49,37 +49,26 @@ def _foldable_pairs(model: nn.Module, input_shape: tuple[int, ...]) -> list[tupl
     return pairs
 
 
-@torch.no_grad()
-def deploy(model: nn.Module, input_shape: Sequence[int] | None = None,
-           atol: float = 1e-4) -> nn.Module:
-    """An eval-mode copy of ``model`` with gates and BatchNorms folded (module docstring).
-
-    ``input_shape`` ``[C, H, W]`` (for tracing and the check) defaults to the model's
-    preprocessing or the zoo family's default. Raises UserError if the folded copy's logits
-    differ from the model's by more than ``atol`` times their largest magnitude.
-    """
-    from ..implosion import fold_gates
-    from ..implosion.erase import set_submodule
+def model_input_shape(model: nn.Module,
+                      input_shape: Sequence[int] | None = None) -> tuple[int, ...]:
+    """``input_shape`` if given, else the model's preprocessing input size, else the zoo
+    family's default."""
     from ..vacl.groups import default_input_shape
 
     pre = getattr(model, "preprocess", None)
     if input_shape is not None:
-        shape = tuple(input_shape)
-    elif pre:
-        shape = (model.conv1.in_channels, pre["input_size"], pre["input_size"])
-    else:
-        shape = default_input_shape(model)
-    ref = next(model.parameters(), None)
-    if ref is None:
-        raise UserError("the model has no parameters to fold")
-    net = copy.deepcopy(model).eval()
-    fold_gates(net)
-    for conv_name, bn_name in _foldable_pairs(net, shape):
-        conv, bn = net.get_submodule(conv_name), net.get_submodule(bn_name)
-        fused = (fuse_conv_bn_eval(conv, bn) if isinstance(conv, _CONV)
-                 else fuse_linear_bn_eval(conv, bn))
-        set_submodule(net, conv_name, fused)
-        set_submodule(net, bn_name, nn.Identity())
+        return tuple(input_shape)
+    if pre:
+        return (model.conv1.in_channels, pre["input_size"], pre["input_size"])
+    return default_input_shape(model)
+
+
+@torch.no_grad()
+def check_logits(model: nn.Module, net: nn.Module, shape: Sequence[int], atol: float,
+                 what: str) -> None:
+    """UserError unless ``net`` gives ``model``'s eval-mode logits on two seeded random
+    inputs, up to ``atol`` times their largest magnitude (``what``: the transformation)."""
+    ref = next(model.parameters())
     x = torch.randn((2, *shape), generator=torch.Generator().manual_seed(0)).to(ref.device,
                                                                                  ref.dtype)
     was = model.training
@@ -91,6 +80,40 @@ def deploy(model: nn.Module, input_shape: Sequence[int] | None = None,
     err = float((want - got).abs().max())
     scale = float(want.abs().max()) or 1.0
     if err > atol * scale:
-        raise UserError(f"folding changed the logits by {err:.3g} (largest logit {scale:.3g}); "
+        raise UserError(f"{what} changed the logits by {err:.3g} (largest logit {scale:.3g}); "
                         "the model is not deployed")
+
+
+@torch.no_grad()
+def deploy(model: nn.Module, input_shape: Sequence[int] | None = None,
+           atol: float = 1e-4, pad_to: int | None = None) -> nn.Module:
+    """An eval-mode copy of ``model`` with gates and BatchNorms folded (module docstring).
+
+    ``input_shape`` ``[C, H, W]`` (for tracing and the check) defaults to the model's
+    preprocessing or the zoo family's default. ``pad_to=N`` first pads every channel count
+    to a multiple of N (:func:`resprune.export.pad_channels`: zero channels, same logits;
+    resprune ResNets only). Raises UserError if the copy's logits differ from the model's
+    by more than ``atol`` times their largest magnitude.
+    """
+    from ..implosion import fold_gates
+    from ..implosion.erase import set_submodule
+
+    shape = model_input_shape(model, input_shape)
+    if next(model.parameters(), None) is None:
+        raise UserError("the model has no parameters to fold")
+    if pad_to is not None:
+        from .pad import pad_channels
+
+        net = pad_channels(model, pad_to, atol)
+    else:
+        net = copy.deepcopy(model).eval()
+    fold_gates(net)
+    for conv_name, bn_name in _foldable_pairs(net, shape):
+        conv, bn = net.get_submodule(conv_name), net.get_submodule(bn_name)
+        fused = (fuse_conv_bn_eval(conv, bn) if isinstance(conv, _CONV)
+                 else fuse_linear_bn_eval(conv, bn))
+        set_submodule(net, conv_name, fused)
+        set_submodule(net, bn_name, nn.Identity())
+    check_logits(model, net, shape, atol, "folding" if pad_to is None else
+                 "padding and folding")
     return net

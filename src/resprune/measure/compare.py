@@ -16,8 +16,10 @@ How the clock is read (the same for every runtime):
   series; the median of each model's runs is reported;
 - CUDA: ``torch.cuda.synchronize`` before and after each timed run.
 
-:func:`round_channels` builds the "hardware-friendly widths" variant: every channel count
-rounded up to a multiple of ``N`` (fresh weights; only its speed is measured).
+:func:`round_channels` gives the "hardware-friendly widths" architecture: every channel count
+rounded up to a multiple of ``N``; the timed variant is the pruned model padded to it with zero
+channels (:func:`resprune.export.pad_channels`: the same logits), i.e. what
+``resprune export --pad-channels N`` writes.
 """
 
 from __future__ import annotations
@@ -35,7 +37,6 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..models import ResNet, build, spec_of
 from ._device import synchronize
 from .counts import _input_shape, count_macs, count_params, depth
 from .latency import check_timing
@@ -78,11 +79,6 @@ def round_channels(spec: dict[str, Any], multiple: int) -> dict[str, Any]:
             if isinstance(sc, dict) and "pad" in sc:
                 sc["pad"] = list(sc["pad"]) + [-1] * (u["out"] - old_out)
     return spec
-
-
-def rounded_model(model: nn.Module, multiple: int) -> ResNet:
-    """A freshly initialised model with ``model``'s architecture, widths rounded up."""
-    return build(round_channels(spec_of(model), multiple))
 
 
 # -- timing -----------------------------------------------------------------------------------
@@ -287,7 +283,9 @@ def compare(base: nn.Module, pruned: nn.Module, input_shape: Sequence[int],
     shape = _input_shape(input_shape)
     models: dict[str, nn.Module] = {"base": base, "pruned": pruned}
     if round_to is not None:
-        models["rounded"] = rounded_model(pruned, round_to).eval()
+        from ..export.pad import pad_channels
+
+        models["rounded"] = pad_channels(pruned, round_to)
     sizes = {name: _sizes(m, shape) for name, m in models.items()}
     macs_ratio = _ratio(sizes["base"]["macs"], sizes["pruned"]["macs"])
     rows, skipped = time_models(models, shape, batch_sizes, runtimes, devices, warmup, repeats)
