@@ -91,7 +91,7 @@ def test_export_fold_writes_a_checked_bn_free_graph(tmp_path, capsys):
 
 def _nonzero(model: nn.Module) -> tuple[int, float]:
     """Nonzero conv/linear weights and their absolute sum."""
-    ws = [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ws = [m.weight.detach() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     return sum(int((w != 0).sum()) for w in ws), sum(float(w.abs().sum()) for w in ws)
 
 

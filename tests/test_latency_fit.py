@@ -169,8 +169,9 @@ def test_the_default_timer_times_both_models_in_the_tables_runtime(monkeypatch):
     table.batch = 2
     r = vacl.prune(copy.deepcopy(model), CIFAR, target_latency_reduction=0.3,
                    latency_table=table, latency_check="measured")
-    # the input is prepared once, each candidate once, all in the table's runtime
-    assert prepared == [("eager", "cpu")] * (len(r["latency"]["rounds"]) + 1)
+    # the input is prepared once, each candidate once per timing, all in the table's runtime
+    timings = sum(len(row["timings"]) for row in r["latency"]["rounds"])
+    assert prepared == [("eager", "cpu")] * (timings + 1)
     for row in r["latency"]["rounds"]:
         assert row["input_ms"] > 0 and row["pruned_ms"] > 0
         assert row["measured_reduction"] == pytest.approx(1 - row["pruned_ms"] / row["input_ms"])
