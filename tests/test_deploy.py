@@ -165,6 +165,7 @@ def test_export_pad_channels_writes_block_widths_with_parity(tmp_path, capsys):
                  "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["max_abs_diff"] <= 1e-4 and info["batch_sizes"] == [1, 3]
+    assert info["pad_to"] == 8 and info["fold"] is True
     graph = onnx.load(str(out)).graph
     weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     conv_w = [weights[n.input[1]] for n in graph.node if n.op_type == "Conv"]

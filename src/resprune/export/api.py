@@ -91,8 +91,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
 
     Returns:
         ``{"path", "format", "bytes", "params", "max_abs_diff", "batch_sizes", "input_shape",
-        "opset", "atol"}``; ``max_abs_diff`` is ``None`` and ``batch_sizes`` empty when
-        ``check`` is false.
+        "opset", "atol", "fold", "pad_to"}`` (``params`` counts a padded model's zeros);
+        ``max_abs_diff`` is ``None`` and ``batch_sizes`` empty when ``check`` is false.
 
     Raises:
         UserError: unsupported format, unusable path, bad shape/opset/atol, missing ONNX
@@ -146,6 +146,8 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         "input_shape": list(shape),
         "opset": opset if format == "onnx" else None,
         "atol": float(atol),
+        "fold": bool(fold),
+        "pad_to": pad_to,
     }
 
 
