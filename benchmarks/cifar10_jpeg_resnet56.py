@@ -27,7 +27,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   fine-tuning samples;
 - ``r56-compress-taylor``: compress with row 2d's recipe in its vacl stage (Taylor ranking,
   no sparsity training, no fade), the vacl stage's 3 and the final 8 fine-tuning epochs
-  distilled: at most 150,000 samples.
+  distilled: at most 150,000 samples;
+- ``r56-vacl-taylor-150k``: row 2d with 15 fine-tuning epochs (150,000 distilled samples).
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
 torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
@@ -115,6 +116,9 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-vacl-taylor": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
                             "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
                             "--finetune-epochs", "10"],
+        "r56-vacl-taylor-150k": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                                 "--group-score", "taylor", "--fade", "off", "--sparse-epochs",
+                                 "0", "--finetune-epochs", "15"],
         "r56-compress-taylor": ["resprune", "compress", b, "--config",
                                 f"{CFG}/resnet56-compress.yaml", "--group-score", "taylor",
                                 "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs",
@@ -140,6 +144,7 @@ TITLES = {
     "r56-implode-p1-lr0.01": "1c. implosion, one unit a step (fade)",
     "r56-vacl-taylor": "2d. VACL, 79.5 % params, Taylor ranking, no sparsity training",
     "r56-compress-taylor": "3d. compress, Taylor ranking, no sparsity training",
+    "r56-vacl-taylor-150k": "2e. row 2d with 150,000 samples",
 }
 
 
