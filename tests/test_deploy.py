@@ -172,3 +172,60 @@ def test_export_pad_channels_writes_block_widths_with_parity(tmp_path, capsys):
     assert conv_w and all(w.shape[0] % 8 == 0 for w in conv_w)
     assert main(["export", str(run), "--pad-channels", "0", "--out", str(out)]) == 2
     assert "--pad-channels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("padded_faster", [True, False])
+def test_export_pad_channels_auto_keeps_the_faster_form(tmp_path, capsys, monkeypatch,
+                                                        padded_faster):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import numpy_helper
+
+    from resprune.export import pad
+    from resprune.measure import compare
+
+    timed = []
+
+    def medians(fns, warmup, repeats, sync=None):
+        timed.append((sorted(fns), warmup, repeats))
+        for f in fns.values():  # each form runs: it was exported and opened
+            assert f() is not None
+        return {"exact": 10.0, "padded": 8.0 if padded_faster else 12.0}
+    monkeypatch.setattr(compare, "interleaved_medians", medians)
+    monkeypatch.setattr(pad, "cpu_block", lambda: 8)
+    run = tmp_path / "run"
+    resprune.save(_odd(_gated("A")), run)
+    out = tmp_path / "auto.onnx"
+    assert main(["export", str(run), "--pad-channels", "auto", "--pad-batch", "3", "--out",
+                 str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert timed == [(["exact", "padded"], 1, 7)]
+    assert info["pad_to"] == (8 if padded_faster else None)
+    assert info["padding"]["batch"] == 3 and info["padding"]["runtime"] == "onnxruntime"
+    assert (info["padding"]["exact_ms"], info["padding"]["padded_ms"]) == (
+        10.0, 8.0 if padded_faster else 12.0)
+    graph = onnx.load(str(out)).graph
+    weights = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    outs = [weights[n.input[1]].shape[0] for n in graph.node if n.op_type == "Conv"]
+    assert all(c % 8 == 0 for c in outs) == padded_faster
+    # widths that already are multiples: nothing to time, exported as they are
+    timed.clear()
+    resprune.save(_gated("A"), tmp_path / "even")
+    assert main(["export", str(tmp_path / "even"), "--pad-channels", "auto", "--out",
+                 str(tmp_path / "even.onnx")]) == 0
+    assert timed == [] and "already is a multiple of 8" in capsys.readouterr().out
+    assert main(["export", str(run), "--pad-channels", "some", "--out", str(out)]) == 2
+    assert "--pad-channels" in capsys.readouterr().err
+
+
+def test_choose_padding_times_both_forms_and_picks_the_faster():
+    from resprune.export.pad import choose_padding
+
+    model = _odd(_gated("A"))
+    chosen, info = choose_padding(model, SHAPE, runtime="eager", batch=2, multiple=8, repeats=3)
+    assert info["exact_ms"] > 0 and info["padded_ms"] > 0 and info["multiple"] == 8
+    assert chosen == (8 if info["padded_ms"] < info["exact_ms"] else None)
+    assert "batch 2" in info["reason"]
+    none, why = choose_padding(model, SHAPE, runtime="eager", multiple=1)
+    assert none is None and why["exact_ms"] is None and "already is a multiple of 1" in (
+        why["reason"])

@@ -28,11 +28,16 @@ def add_parser(subs) -> None:
                    help="export the deployment form: priority gates and BatchNorms folded into "
                         "the convolutions (parity-checked; the ONNX exporter folds BNs itself, "
                         "so for ONNX this removes the gates' multiplies)")
-    p.add_argument("--pad-channels", type=options.positive_int, default=None, metavar="N",
+    p.add_argument("--pad-channels", type=options.multiple_or_auto, default=None,
+                   metavar="N|auto",
                    help="round every channel count up to a multiple of N with zero channels "
                         "(the same logits, parity-checked): onnxruntime computes in blocks of "
-                        "8 (AVX2) or 16 (AVX-512) channels and runs pruned nets with odd "
-                        "widths faster padded; resprune profile RUN --round-to N times it")
+                        "8 (AVX2) or 16 (AVX-512) channels and may run pruned nets with odd "
+                        "widths faster padded; auto: time the exact and the padded form (to "
+                        "this CPU's block) in onnxruntime at --pad-batch and export the faster")
+    p.add_argument("--pad-batch", type=options.positive_int, default=64, metavar="B",
+                   help="batch size --pad-channels auto decides at (64); the faster form "
+                        "depends on it")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     options.add_config(p)
     p.set_defaults(func=run)
@@ -47,10 +52,16 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.run)
     info = export(model, args.out, format=args.format, input_shape=input_shape_of(args.run, spec),
                   opset=args.opset, atol=args.atol, preprocess=args.preprocess,
-                  fold=args.fold, pad_to=args.pad_channels)
+                  fold=args.fold, pad_to=args.pad_channels,
+                  pad_batch=args.pad_batch)
     info = {k: (str(v) if k == "path" else v) for k, v in info.items()}
     info["preprocess"] = model.preprocess if args.preprocess else None
-    emit(args, info, f"wrote {info['path']} ({args.format}, {info['bytes'] / 1e6:.2f} MB, "
-                     f"{fmt_count(info['params'])} params); max |diff| to PyTorch "
-                     f"{info['max_abs_diff']:.2e} at batch sizes {info['batch_sizes']}")
+    text = (f"wrote {info['path']} ({args.format}, {info['bytes'] / 1e6:.2f} MB, "
+            f"{fmt_count(info['params'])} params); max |diff| to PyTorch "
+            f"{info['max_abs_diff']:.2e} at batch sizes {info['batch_sizes']}")
+    if info["padding"] is not None:
+        text += f"\nchannel padding (auto): {info['padding']['reason']}"
+    elif info["pad_to"] is not None:
+        text += f"\nchannels padded with zeros to multiples of {info['pad_to']}"
+    emit(args, info, text)
     return 0

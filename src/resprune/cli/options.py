@@ -44,6 +44,15 @@ nonneg_float = _converter(Float(0))
 fraction = _converter(Float(0, 1, open_high=True))
 
 
+def _round_to():
+    from ..vacl.config import RoundTo
+
+    return _converter(RoundTo())
+
+
+multiple_or_auto = _round_to()  # a channel multiple >= 1, or auto
+
+
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (keys = option names); command-line flags win")

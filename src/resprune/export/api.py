@@ -65,7 +65,8 @@ def with_preprocess(model: nn.Module) -> Normalized:
 def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
            input_shape: Sequence[int] | None = None, opset: int = DEFAULT_OPSET,
            check: bool = True, atol: float = 1e-4, preprocess: bool = False,
-           fold: bool = False, pad_to: int | None = None) -> dict[str, Any]:
+           fold: bool = False, pad_to: int | str | None = None,
+           pad_batch: int = 64) -> dict[str, Any]:
     """Export ``model`` to ``path`` as ONNX or TorchScript and check it reproduces PyTorch.
 
     Args:
@@ -87,11 +88,16 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         pad_to: round every channel count up to a multiple of ``pad_to`` first
             (:func:`resprune.export.pad_channels`: zero channels, the same logits; resprune
             ResNets only). onnxruntime computes in blocks of 8 (AVX2) or 16 (AVX-512)
-            channels: a pruned net with odd widths runs faster padded.
+            channels: a pruned net with odd widths may run faster padded. ``"auto"``: time
+            both deployment forms in the format's runtime (onnxruntime, or eager for
+            TorchScript) at batch ``pad_batch`` and export the faster
+            (:func:`resprune.export.pad.choose_padding`).
+        pad_batch: the batch size ``pad_to="auto"`` decides at.
 
     Returns:
         ``{"path", "format", "bytes", "params", "max_abs_diff", "batch_sizes", "input_shape",
-        "opset", "atol", "fold", "pad_to"}`` (``params`` counts a padded model's zeros);
+        "opset", "atol", "fold", "pad_to", "padding"}`` (``params`` counts a padded model's
+        zeros; ``padding``: the timings of ``pad_to="auto"``, else ``None``);
         ``max_abs_diff`` is ``None`` and ``batch_sizes`` empty when ``check`` is false.
 
     Raises:
@@ -105,6 +111,14 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         raise UserError(f"can only export a torch.nn.Module, got {type(model).__name__}")
     target = _check_target(path)
     shape = _input_shape(model, input_shape)
+    padding = None
+    if pad_to == "auto":
+        from .pad import choose_padding
+
+        pad_to, padding = choose_padding(model, shape, "onnxruntime" if format == "onnx"
+                                         else "eager", pad_batch)
+    elif pad_to is not None and (isinstance(pad_to, bool) or not isinstance(pad_to, int)):
+        raise UserError(f"pad_to must be a channel multiple >= 1 or 'auto', got {pad_to!r}")
     if fold:
         from .deploy import deploy
 
@@ -148,6 +162,7 @@ def export(model: nn.Module, path: str | os.PathLike, format: str = "onnx",
         "atol": float(atol),
         "fold": bool(fold),
         "pad_to": pad_to,
+        "padding": padding,
     }
 
 

@@ -101,3 +101,54 @@ def pad_channels(model: nn.Module, multiple: int, atol: float = 1e-4) -> nn.Modu
         net.preprocess = model.preprocess
     check_logits(model, net, model_input_shape(model), atol, "padding")
     return net
+
+
+#: onnxruntime's blocked-layout channel block per CPU capability (floats per vector register)
+CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}
+
+
+def cpu_block() -> int | None:
+    """The channel block onnxruntime computes convolutions in on this CPU (8 with AVX2, 16
+    with AVX-512; ``None`` when torch reports neither)."""
+    return CPU_BLOCKS.get(torch.backends.cpu.get_cpu_capability())
+
+
+def choose_padding(model: nn.Module, input_shape=None, runtime: str = "onnxruntime",
+                   batch: int = 64, multiple: int | None = None,
+                   repeats: int = 7) -> tuple[int | None, dict]:
+    """Whether padding ``model`` to multiples of ``multiple`` (default :func:`cpu_block`) runs
+    faster in ``runtime`` at ``batch``: both deployment forms (:func:`resprune.deploy`, exact
+    and padded) timed interleaved with the current thread count (median of ``repeats`` rounds).
+
+    Returns ``(multiple or None, info)``: the multiple when the padded form was faster, else
+    ``None`` (keep the exact widths); ``info`` holds ``runtime``, ``batch``, ``multiple``,
+    ``exact_ms``, ``padded_ms`` and ``reason``. Nothing is timed when the widths already are
+    multiples or the CPU's block is unknown. The answer depends on the batch size
+    (docs/measurement.md: padded was faster at batch 64 and slower at 256 on ResNet-56).
+    """
+    from ..measure import compare
+    from .deploy import deploy, model_input_shape
+
+    shape = model_input_shape(model, input_shape)
+    m = multiple if multiple is not None else cpu_block()
+    info: dict = {"runtime": runtime, "batch": batch, "multiple": m, "exact_ms": None,
+                  "padded_ms": None}
+    if m is None:
+        info["reason"] = ("torch reports neither AVX2 nor AVX-512 for this CPU, so its "
+                          "channel block is unknown: pass a multiple")
+        return None, info
+    widths = [c.out_channels for c in model.modules() if isinstance(c, nn.Conv2d)]
+    if all(w % m == 0 for w in widths):
+        info["reason"] = f"every width already is a multiple of {m}"
+        return None, info
+    runs = {"exact": compare.prepare(deploy(model, shape), shape, runtime),
+            "padded": compare.prepare(deploy(model, shape, pad_to=m), shape, runtime)}
+    x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(0))
+    ms = compare.interleaved_medians({k: (lambda f=f: f(x)) for k, f in runs.items()}, 1,
+                                     repeats)
+    info.update(exact_ms=float(ms["exact"]), padded_ms=float(ms["padded"]))
+    faster = ms["padded"] < ms["exact"]
+    info["reason"] = (f"padded to {m}: {ms['padded']:.1f} ms against {ms['exact']:.1f} ms "
+                      f"exact" if faster else f"exact widths: {ms['exact']:.1f} ms against "
+                      f"{ms['padded']:.1f} ms padded to {m}") + f" ({runtime}, batch {batch})"
+    return (m if faster else None), info
