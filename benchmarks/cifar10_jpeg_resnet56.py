@@ -28,7 +28,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-taylor``: compress with row 2d's recipe in its vacl stage (Taylor ranking,
   no sparsity training, no fade), the vacl stage's 3 and the final 8 fine-tuning epochs
   distilled: at most 150,000 samples;
-- ``r56-vacl-taylor-150k``: row 2d with 15 fine-tuning epochs (150,000 distilled samples).
+- ``r56-vacl-taylor-150k``: row 2d with 15 fine-tuning epochs (150,000 distilled samples);
+- ``r56-compress-taylor-260k``: row 3d with a 20-epoch final fine-tune (260,000 samples).
 
 ``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
 torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
@@ -123,6 +124,10 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                 f"{CFG}/resnet56-compress.yaml", "--group-score", "taylor",
                                 "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs",
                                 "3", "--finetune-final-epochs", "8"],
+        "r56-compress-taylor-260k": ["resprune", "compress", b, "--config",
+                                     f"{CFG}/resnet56-compress.yaml", "--group-score",
+                                     "taylor", "--fade", "off", "--sparse-epochs", "0",
+                                     "--finetune-epochs", "3", "--finetune-final-epochs", "20"],
     }
 
 
@@ -145,6 +150,7 @@ TITLES = {
     "r56-vacl-taylor": "2d. VACL, 79.5 % params, Taylor ranking, no sparsity training",
     "r56-compress-taylor": "3d. compress, Taylor ranking, no sparsity training",
     "r56-vacl-taylor-150k": "2e. row 2d with 150,000 samples",
+    "r56-compress-taylor-260k": "3e. row 3d with 260,000 samples",
 }
 
 
