@@ -43,6 +43,7 @@ writes ``benchmarks/results/cifar10_jpeg_resnet56.md`` (+ a plot):
 
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs --run r56-compress
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs
+    .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --paired runs/r56-B runs/r56-vacl
 """
 
 from __future__ import annotations
@@ -192,6 +193,25 @@ def after_pruning(name: str, run: Path, s: dict[str, Any]) -> float | None:
     return None
 
 
+def paired(hits, ref_hits) -> tuple[float, float]:
+    """Paired difference of two models' test top-1 (points) and its standard error, from
+    their per-image hits (:func:`_common.correct`)."""
+    d = hits - ref_hits
+    return 100 * float(d.mean()), 100 * float(d.std(unbiased=True)) / math.sqrt(d.numel())
+
+
+def test_hits(run_dirs: list[Path]) -> dict[Path, Any]:
+    """Per-image test hits of each run, as the report evaluates them (the runs as saved)."""
+    import resprune
+    from resprune.data import load_dataset, make_loader
+
+    models = {r: resprune.load(r) for r in run_dirs}
+    bundle = load_dataset("imagefolder", REPO.parent / "shared/datasets/cifar10-jpeg",
+                          preprocess=models[run_dirs[0]].preprocess, progress=False)
+    test = make_loader(bundle, "test", 500, train=False)
+    return {r: correct(m, test) for r, m in models.items()}
+
+
 def report(runs: Path, out: Path, repeats: int) -> str:
     import torch
 
@@ -223,9 +243,8 @@ def report(runs: Path, out: Path, repeats: int) -> str:
     body = []
     for n in done:
         s = summaries[n]
-        d = hits[n] - hits["r56-B"]
-        se = float(d.std(unbiased=True)) / math.sqrt(d.numel()) if n != "r56-B" else 0.0
-        diff = "" if n == "r56-B" else f" ({100 * float(d.mean()):+.2f} ± {100 * se:.2f})"
+        mean, se = paired(hits[n], hits["r56-B"])
+        diff = "" if n == "r56-B" else f" ({mean:+.2f} ± {se:.2f})"
         ap = after_pruning(n, runs / n, s)
         def removed(key: str, s=s) -> str:
             return f"{100 * (1 - s[key] / base[key]):.1f} %"
@@ -290,10 +309,24 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"run these rows: {', '.join(TITLES)}")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per model (10)")
     p.add_argument("--out", default=str(RESULTS / "cifar10_jpeg_resnet56.md"))
+    p.add_argument("--paired", nargs="+", type=Path, metavar="RUN",
+                   help="print the test top-1 of each RUN after the first and its paired "
+                        "difference to the first (no timing, nothing written)")
     a = p.parse_args(argv)
     runs = Path(a.runs).resolve()
     if a.run:
         return max(run_row(n, runs) for n in a.run)
+    if a.paired:
+        import torch
+
+        torch.set_num_threads(1)
+        hits = test_hits(a.paired)
+        ref = a.paired[0]
+        for r in a.paired[1:]:
+            mean, se = paired(hits[r], hits[ref])
+            print(f"{r}: test top-1 {100 * float(hits[r].mean()):.2f} %, minus {ref}: "
+                  f"{mean:+.2f} ± {se:.2f} points")
+        return 0
     print(report(runs, Path(a.out), a.repeats))
     return 0
 

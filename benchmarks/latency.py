@@ -47,13 +47,11 @@ def models_to_time(base_dir: Path, runs: list[Path], targets: list[float], multi
     for r in runs:
         models[r.name] = resprune.load(r).eval()
     if pad:
-        from torch import nn
-
         from resprune.export import pad_channels
+        from resprune.export.pad import needs_padding
 
         for name, m in list(models.items()):
-            widths = [c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)]
-            if name != "base" and any(w % multiple for w in widths):
+            if name != "base" and needs_padding(m, multiple):
                 models[f"{name}, padded /{multiple}"] = pad_channels(m, multiple)
     return models, shape
 

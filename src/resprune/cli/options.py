@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..fields import Check, Choice, Flag, Float, Floats, Int, spec
+from ..vacl.config import RoundTo
 
 
 def _converter(check: Check):
@@ -42,15 +43,7 @@ finite_float = _converter(Float())
 positive_float = _converter(Float(0, open_low=True))
 nonneg_float = _converter(Float(0))
 fraction = _converter(Float(0, 1, open_high=True))
-
-
-def _round_to():
-    from ..vacl.config import RoundTo
-
-    return _converter(RoundTo())
-
-
-multiple_or_auto = _round_to()  # a channel multiple >= 1, or auto
+multiple_or_auto = _converter(RoundTo())  # a channel multiple >= 1, or auto
 
 
 def add_config(p: argparse.ArgumentParser) -> None:

@@ -107,6 +107,11 @@ def pad_channels(model: nn.Module, multiple: int, atol: float = 1e-4) -> nn.Modu
 CPU_BLOCKS = {"AVX512": 16, "AVX2": 8}
 
 
+def needs_padding(model: nn.Module, multiple: int) -> bool:
+    """Whether some convolution of ``model`` has a width that is not a multiple."""
+    return any(c.out_channels % multiple for c in model.modules() if isinstance(c, nn.Conv2d))
+
+
 def cpu_block() -> int | None:
     """The channel block onnxruntime computes convolutions in on this CPU (8 with AVX2, 16
     with AVX-512; ``None`` when torch reports neither)."""
@@ -137,8 +142,7 @@ def choose_padding(model: nn.Module, input_shape=None, runtime: str = "onnxrunti
         info["reason"] = ("torch reports neither AVX2 nor AVX-512 for this CPU, so its "
                           "channel block is unknown: pass a multiple")
         return None, info
-    widths = [c.out_channels for c in model.modules() if isinstance(c, nn.Conv2d)]
-    if all(w % m == 0 for w in widths):
+    if not needs_padding(model, m):
         info["reason"] = f"every width already is a multiple of {m}"
         return None, info
     runs = {"exact": compare.prepare(deploy(model, shape), shape, runtime),
