@@ -29,11 +29,18 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   no sparsity training, no fade), the vacl stage's 3 and the final 8 fine-tuning epochs
   distilled: at most 150,000 samples;
 - ``r56-vacl-taylor-150k``: row 2d with 15 fine-tuning epochs (150,000 distilled samples);
-- ``r56-compress-taylor-260k``: row 3d with a 20-epoch final fine-tune (260,000 samples).
+- ``r56-compress-taylor-260k``: row 3d with a 20-epoch final fine-tune (260,000 samples);
+- ``r56-vacl-taylor-lr05``: row 2d with a fine-tuning learning rate of 0.05 instead of 0.01
+  (a probe of the recovery learning rate at 100,000 samples);
+- ``r56-vacl-taylor-450k``, ``r56-compress-taylor-450k``: rows 2d and 3d on the issue's full
+  budget of 450,000 samples (45 fine-tuning epochs; 39 final fine-tuning epochs), at the
+  learning rate the probe chose.
 
-``--run ROW [ROW ...]`` runs rows (skipping finished ones, resuming started ones) with one
-torch thread each; ``--report`` (the default without ``--run``) measures every finished row and
-writes ``benchmarks/results/cifar10_jpeg_resnet56.md`` (+ a plot):
+``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
+ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
+2-core machine, 4x the throughput); ``--report`` (the default without ``--run``) measures
+every finished row (or the ``--rows`` given) and writes
+``benchmarks/results/cifar10_jpeg_resnet56.md`` (+ a plot):
 
 - test top-1 on ``test/`` (5,000 images) and its paired difference to B with the standard
   error of the per-image difference; val top-1; top-1 right after pruning (before any
@@ -43,6 +50,8 @@ writes ``benchmarks/results/cifar10_jpeg_resnet56.md`` (+ a plot):
 
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs --run r56-compress
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs
+    .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs \
+        --rows r56-B r56-vacl-taylor-450k --out benchmarks/results/cifar10_jpeg_resnet56_450k.md
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --paired runs/r56-B runs/r56-vacl
 """
 
@@ -64,6 +73,9 @@ AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
 DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
 CFG = "configs/cifar10-jpeg"
 FIRST = "62967bd"  # the commit whose configs the first attempt's rows used
+# the recovery learning rate of the 450,000-sample rows (chosen by the r56-vacl-taylor-lr05
+# probe against row 2d, both at 100,000 samples)
+LR_450K = "0.05"
 
 
 def commands(runs: Path) -> dict[str, list[str]]:
@@ -129,6 +141,18 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                      f"{CFG}/resnet56-compress.yaml", "--group-score",
                                      "taylor", "--fade", "off", "--sparse-epochs", "0",
                                      "--finetune-epochs", "3", "--finetune-final-epochs", "20"],
+        "r56-vacl-taylor-lr05": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                                 "--group-score", "taylor", "--fade", "off", "--sparse-epochs",
+                                 "0", "--finetune-epochs", "10", "--finetune-lr", "0.05"],
+        "r56-vacl-taylor-450k": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
+                                 "--group-score", "taylor", "--fade", "off", "--sparse-epochs",
+                                 "0", "--finetune-epochs", "45", "--finetune-lr", LR_450K],
+        "r56-compress-taylor-450k": ["resprune", "compress", b, "--config",
+                                     f"{CFG}/resnet56-compress.yaml", "--group-score",
+                                     "taylor", "--fade", "off", "--sparse-epochs", "0",
+                                     "--finetune-epochs", "3", "--finetune-lr", LR_450K,
+                                     "--finetune-final-epochs", "39", "--finetune-final-lr",
+                                     LR_450K],
     }
 
 
@@ -152,10 +176,13 @@ TITLES = {
     "r56-compress-taylor": "3d. compress, Taylor ranking, no sparsity training",
     "r56-vacl-taylor-150k": "2e. row 2d with 150,000 samples",
     "r56-compress-taylor-260k": "3e. row 3d with 260,000 samples",
+    "r56-vacl-taylor-lr05": "2f. row 2d at fine-tuning lr 0.05",
+    "r56-vacl-taylor-450k": f"2g. row 2d with 450,000 samples, lr {LR_450K}",
+    "r56-compress-taylor-450k": f"3g. row 3d with 450,000 samples, lr {LR_450K}",
 }
 
 
-def run_row(name: str, runs: Path) -> int:
+def run_row(name: str, runs: Path, threads: int = 1) -> int:
     out = runs / name
     if (out / "summary.json").is_file():
         return 0
@@ -170,7 +197,7 @@ def run_row(name: str, runs: Path) -> int:
         started = out.is_dir() and any(out.iterdir())
         argv = [sys.executable, "-m", "resprune.cli.main", *argv[1:], "--out", str(out),
                 "--no-progress", *(["--resume"] if started else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(argv, cwd=REPO, env=env).returncode
 
 
@@ -212,7 +239,7 @@ def test_hits(run_dirs: list[Path]) -> dict[Path, Any]:
     return {r: correct(m, test) for r, m in models.items()}
 
 
-def report(runs: Path, out: Path, repeats: int) -> str:
+def report(runs: Path, out: Path, repeats: int, rows: list[str] | None = None) -> str:
     import torch
 
     import resprune
@@ -220,9 +247,9 @@ def report(runs: Path, out: Path, repeats: int) -> str:
     from resprune.measure.compare import time_models
 
     torch.set_num_threads(1)
-    done = [n for n in TITLES if (runs / n / "summary.json").is_file()]
+    done = [n for n in (rows or TITLES) if (runs / n / "summary.json").is_file()]
     if "r56-B" not in done:
-        raise SystemExit("B (r56-B) is not finished; nothing to compare")
+        raise SystemExit("B (r56-B) is not finished (or not in --rows); nothing to compare")
     summaries = {n: json.loads((runs / n / "summary.json").read_text()) for n in done}
     b_model = resprune.load(runs / "r56-B")
     bundle = load_dataset("imagefolder", REPO.parent / "shared/datasets/cifar10-jpeg",
@@ -267,7 +294,8 @@ def report(runs: Path, out: Path, repeats: int) -> str:
     cmds = commands(runs)
     lines = [
         "# Converged ResNet-56 on real CIFAR-10 images (cifar10-jpeg)\n",
-        f"Report: `.venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs {runs}`  ",
+        "Report: `.venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs "
+        f"{runs}{' --rows ' + ' '.join(rows) if rows else ''}`  ",
         f"Machine: {machine_info(1)}.\n",
         md_table(head, body),
         "Speed-ups are B's median latency over the row's, one torch thread, all models timed "
@@ -307,6 +335,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs", help="where the row run directories are (runs)")
     p.add_argument("--run", nargs="+", choices=list(TITLES), metavar="ROW",
                    help=f"run these rows: {', '.join(TITLES)}")
+    p.add_argument("--threads", type=int, default=1,
+                   help="--run: torch threads of each row (1)")
+    p.add_argument("--rows", nargs="+", choices=list(TITLES), metavar="ROW",
+                   help="report only these rows (default: every finished row; B is needed)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per model (10)")
     p.add_argument("--out", default=str(RESULTS / "cifar10_jpeg_resnet56.md"))
     p.add_argument("--paired", nargs="+", type=Path, metavar="RUN",
@@ -315,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     runs = Path(a.runs).resolve()
     if a.run:
-        return max(run_row(n, runs) for n in a.run)
+        return max(run_row(n, runs, a.threads) for n in a.run)
     if a.paired:
         import torch
 
@@ -327,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r}: test top-1 {100 * float(hits[r].mean()):.2f} %, minus {ref}: "
                   f"{mean:+.2f} ± {se:.2f} points")
         return 0
-    print(report(runs, Path(a.out), a.repeats))
+    print(report(runs, Path(a.out), a.repeats, a.rows))
     return 0
 
 
