@@ -73,7 +73,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
     scores = taylor if score == "taylor" else None
     r_aware = prune(aware, shape, target_latency_reduction=reduction, latency_table=table,
                     cost="latency", max_layer_reduction=cap, score=score, scores=scores,
-                    round_to=round_to)
+                    round_to=round_to or 1)  # None: exact widths, as in the plans before auto
 
     def macs_model(t: float):
         m = copy.deepcopy(base)
@@ -115,8 +115,7 @@ def commands(base: Path, p: dict, epochs: int, epoch_size: int,
         "latency": common + ["--target-latency-reduction", str(p["reduction"]), "--cost",
                              "latency", "--latency-runtime", p["runtime"], "--latency-batch",
                              str(p["batch"]), "--group-score", p.get("score", "layer_rms"),
-                             *([] if p.get("round_to") is None
-                               else ["--round-to", str(p["round_to"])])],
+                             "--round-to", str(p.get("round_to") or 1)],
         "macs": common + ["--target-macs-reduction", str(p["macs_target"]), "--group-score",
                           p.get("macs_score", "layer_rms"),
                           *([] if p.get("macs_round_to") is None
@@ -208,7 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="group score of the MACs row")
     ap.add_argument("--round-to", type=int, default=None,
                     help="round the latency row's widths to multiples of N (vacl --round-to; "
-                         "the MACs row keeps exact widths unless --macs-round-to)")
+                         "default: exact widths, passed as --round-to 1 since --cost latency "
+                         "rounds to the table's step by default; the MACs row keeps exact "
+                         "widths unless --macs-round-to)")
     ap.add_argument("--macs-round-to", type=int, default=None,
                     help="round the MACs row's widths to multiples of N")
     ap.add_argument("--step", choices=["plan", "run", "report", "all"], default="all")

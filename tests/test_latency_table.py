@@ -184,6 +184,22 @@ def test_round_to_auto_takes_the_table_step():
         assert w % 8 == 0 or w == r["widths_before"][name], (name, w)
 
 
+def test_latency_cost_keeps_widths_on_the_table_step_unless_round_to_is_given():
+    """--cost latency without --round-to rounds to the table's step (auto reads 8 here);
+    round_to=1 keeps exact widths, which this target leaves off the step."""
+    model = _bn(create("resnet20", width=16))
+    table = synthetic_table(model, step=8)
+    r = vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.5,
+                   latency_table=table, cost="latency")
+    assert r["round_to"] == 8 and r["target_reached"]
+    for name, w in r["widths_after"].items():
+        assert w % 8 == 0 or w == r["widths_before"][name], (name, w)
+    exact = vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.5,
+                       latency_table=table, cost="latency", round_to=1)
+    assert exact["round_to"] == 1
+    assert any(w % 8 for w in exact["widths_after"].values())
+
+
 @pytest.mark.parametrize("kw, message", [
     (dict(target_latency_reduction=0.3), "need a latency table"),
     (dict(target_latency=5.0), "need a latency table"),

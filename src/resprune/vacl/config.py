@@ -137,10 +137,12 @@ class VaclConfig:
         None, "keep every pruned layer's width a multiple of N channels (e.g. 8: onnxruntime "
         "computes convolutions in blocks of 8 or 16 channels, so odd widths cost time without "
         "accuracy), or auto: the step the latency table of --latency-runtime shows (default: "
-        "exact widths)", RoundTo(optional=True), metavar="N|auto")
+        "exact widths; with --cost latency: auto, and 1 keeps exact widths)",
+        RoundTo(optional=True), metavar="N|auto")
     cost: str = opt("none", "none: remove the lowest-scoring groups first; latency: rank groups "
                     "by score per unit of latency they save (the latency table of "
-                    "--latency-runtime; HALP's rule), for a params, MACs or latency target",
+                    "--latency-runtime; HALP's rule), for a params, MACs or latency target, "
+                    "with widths on the table's channel step unless --round-to is given",
                     Choice(COSTS, label="ranking cost"))
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))

@@ -235,8 +235,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     this model): ``target_latency_reduction=R`` removes units until the table's predicted
     latency fell by R; ``target_latency=MS`` until it is at most MS (ms per batch of the
     table; nothing goes when the model is already as fast); ``cost="latency"`` ranks units
-    by score per unit of latency saved instead of by score; ``round_to="auto"`` takes the
-    channel step the table shows (:func:`~resprune.measure.latency_table.auto_multiple`).
+    by score per unit of latency saved instead of by score, and keeps widths on the channel
+    step the table shows unless ``round_to`` is given (``round_to=1``: exact widths);
+    ``round_to="auto"`` takes that step (:func:`~resprune.measure.latency_table.auto_multiple`)
+    with any cost.
     ``latency_check="measured"`` meets a latency target on the pruned model as timed against
     the input (:mod:`resprune.vacl.latency_fit`; ``latency_timer(input, pruned) -> (ms, ms)``
     replaces the default timer, e.g. to time on the deployment device) instead of on the
@@ -266,6 +268,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     if cost == "latency" and mode == "threshold":
         raise UserError("cost='latency' ranks for a params, MACs or latency target; a "
                         "threshold removes by score alone")
+    if round_to is None and cost == "latency":
+        # latency-aware ranking with exact widths lost to importance ranking at equal
+        # latency (2 seeds); on the table's channel step it won (2 seeds): round_to=1 opts out
+        round_to = "auto"
     if round_to == "auto":
         from ..measure.latency_table import auto_multiple
 
