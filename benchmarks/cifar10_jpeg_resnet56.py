@@ -34,7 +34,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   (a probe of the recovery learning rate at 100,000 samples);
 - ``r56-vacl-taylor-450k``, ``r56-compress-taylor-450k``: rows 2d and 3d on the issue's full
   budget of 450,000 samples (45 fine-tuning epochs; 39 final fine-tuning epochs), at the
-  learning rate the probe chose.
+  learning rate the probe chose;
+- ``r56-tp-groupnorm-450k``: GroupNormPruner at 3g's MACs on 3g's budget (6 sparsity + 39
+  fine-tuning epochs of 10,000).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -141,6 +143,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                      f"{CFG}/resnet56-compress.yaml", "--group-score",
                                      "taylor", "--fade", "off", "--sparse-epochs", "0",
                                      "--finetune-epochs", "3", "--finetune-final-epochs", "20"],
+        # row 4 on 3g's budget: 6 sparsity + 39 fine-tuning epochs of 10,000 = 450,000 samples
+        "r56-tp-groupnorm-450k": ["python", "benchmarks/_tp_baselines.py", b, "--method",
+                                  "groupnorm", "--metric", "macs", "--params-reduction",
+                                  "<3g's MACs reduction>", "--sparse-epochs", "6",
+                                  "--finetune-epochs", "39", "--epoch-size", "10000",
+                                  "--distill-alpha", "0.7", "--distill-temperature", "4"],
         "r56-vacl-taylor-lr05": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
                                  "--group-score", "taylor", "--fade", "off", "--sparse-epochs",
                                  "0", "--finetune-epochs", "10", "--finetune-lr", "0.05"],
@@ -179,7 +187,10 @@ TITLES = {
     "r56-vacl-taylor-lr05": "2f. row 2d at fine-tuning lr 0.05",
     "r56-vacl-taylor-450k": f"2g. row 2d with 450,000 samples, lr {LR_450K}",
     "r56-compress-taylor-450k": f"3g. row 3d with 450,000 samples, lr {LR_450K}",
+    "r56-tp-groupnorm-450k": "4g. torch-pruning GroupNormPruner at 3g's MACs, 3g's budget",
 }
+# the compress row whose measured MACs reduction a torch-pruning row is matched to
+TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k"}
 
 
 def run_row(name: str, runs: Path, threads: int = 1) -> int:
@@ -190,8 +201,10 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
     if name.startswith("r56-tp-groupnorm"):
-        s = json.loads((runs / "r56-compress" / "summary.json").read_text())
-        argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
+        if name in TP_MATCH:
+            s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
+            argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100)
+                    for a in argv]
         argv = [sys.executable, *argv[1:], "--out", str(out)]
     else:
         started = out.is_dir() and any(out.iterdir())
