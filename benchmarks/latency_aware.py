@@ -59,7 +59,7 @@ def _taylor(base, shape, seed: int, epoch_size: int):
 def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: int,
          cap: float | None = None, score: str = "layer_rms", seed: int = 0,
          epoch_size: int = 10000, macs_score: str = "layer_rms",
-         round_to: int | None = None, macs_round_to: int | None = None) -> dict:
+         round_to: int | str | None = None, macs_round_to: int | None = None) -> dict:
     import resprune
     from resprune.measure.latency_table import measure_table
     from resprune.vacl import prune
@@ -101,6 +101,7 @@ def plan(base_dir: Path, runtime: str, batch: int, reduction: float, repeats: in
             "macs_target": round(best[0], 4), "bisection": tried, "cap": cap,
             "threads": torch.get_num_threads(), "score": score, "macs_score": macs_score,
             "round_to": round_to, "macs_round_to": macs_round_to,
+            "round_to_resolved": r_aware["round_to"],
             "aware_removed_groups": r_aware["removed_groups"]}
 
 
@@ -168,7 +169,8 @@ def report(base_dir: Path, runs: Path, p: dict, repeats: int) -> str:
         f"{p['batch']} ({p['threads']} thread); both rows {capped}; latency row: "
         f"`target_latency_reduction={p['reduction']}`, `cost=latency`, "
         f"`group_score={p.get('score', 'layer_rms')}`"
-        f"{'' if p.get('round_to') is None else ', `round_to=' + str(p['round_to']) + '`'} "
+        f"{'' if p.get('round_to') is None else ', `round_to=' + str(p['round_to']) + '`'}"
+        f"{'' if p.get('round_to') != 'auto' else ' (read ' + str(p['round_to_resolved']) + ')'} "
         f"(predicted {100 * p['aware_prune']['latency']['predicted_reduction']:.1f} % less "
         f"time, {100 * p['aware_prune']['params_reduction']:.1f} % params, "
         f"{100 * p['aware_prune']['macs_reduction']:.1f} % MACs removed); MACs row "
@@ -205,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="group score of the latency row")
     ap.add_argument("--macs-score", choices=["layer_rms", "taylor"], default="layer_rms",
                     help="group score of the MACs row")
-    ap.add_argument("--round-to", type=int, default=None,
-                    help="round the latency row's widths to multiples of N (vacl --round-to; "
+    ap.add_argument("--round-to", type=lambda v: v if v == "auto" else int(v), default=None,
+                    help="round the latency row's widths to multiples of N, or auto: the "
+                         "table's step, what --cost latency does by default (vacl --round-to; "
                          "default: exact widths, passed as --round-to 1 since --cost latency "
                          "rounds to the table's step by default; the MACs row keeps exact "
                          "widths unless --macs-round-to)")
