@@ -312,9 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reg", type=float, default=5e-4, help="GroupNormPruner reg (5e-4)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    torch.set_num_threads(1)
+    torch.set_num_threads(a.threads)
     s = run(a.base_run, a.out, a.method, a.params_reduction, a.sparse_epochs,
             a.finetune_epochs, a.sparse_lr, a.finetune_lr, a.reg, a.batch_size,
             a.channels_last, a.metric, a.epoch_size, a.distill_alpha, a.distill_temperature)

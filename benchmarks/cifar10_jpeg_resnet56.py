@@ -205,7 +205,7 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
             s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
             argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100)
                     for a in argv]
-        argv = [sys.executable, *argv[1:], "--out", str(out)]
+        argv = [sys.executable, *argv[1:], "--out", str(out), "--threads", str(threads)]
     else:
         started = out.is_dir() and any(out.iterdir())
         argv = [sys.executable, "-m", "resprune.cli.main", *argv[1:], "--out", str(out),
