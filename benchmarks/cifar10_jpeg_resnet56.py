@@ -200,11 +200,10 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
     argv = commands(runs)[name]
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
+    if name in TP_MATCH:  # fill in the matched compress row's measured MACs reduction
+        s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
+        argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
     if name.startswith("r56-tp-groupnorm"):
-        if name in TP_MATCH:
-            s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
-            argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100)
-                    for a in argv]
         argv = [sys.executable, *argv[1:], "--out", str(out), "--threads", str(threads)]
     else:
         started = out.is_dir() and any(out.iterdir())

@@ -209,9 +209,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="group score of the MACs row")
     ap.add_argument("--round-to", type=lambda v: v if v == "auto" else int(v), default=None,
                     help="round the latency row's widths to multiples of N, or auto: the "
-                         "table's step, what --cost latency does by default (vacl --round-to; "
-                         "default: exact widths, passed as --round-to 1 since --cost latency "
-                         "rounds to the table's step by default; the MACs row keeps exact "
+                         "table's step, what vacl --cost latency does by default (default: "
+                         "exact widths, passed as --round-to 1; the MACs row keeps exact "
                          "widths unless --macs-round-to)")
     ap.add_argument("--macs-round-to", type=int, default=None,
                     help="round the MACs row's widths to multiples of N")
