@@ -36,7 +36,11 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   budget of 450,000 samples (45 fine-tuning epochs; 39 final fine-tuning epochs), at the
   learning rate the probe chose;
 - ``r56-tp-groupnorm-450k``: GroupNormPruner at 3g's MACs on 3g's budget (6 sparsity + 39
-  fine-tuning epochs of 10,000).
+  fine-tuning epochs of 10,000);
+- ``r56-compress-macs-450k``, ``r56-compress-params-450k``: row 3g at 3g's (and 4g's) MACs
+  reduction as the target, its Taylor scores ranked per MAC (``--cost macs``) or per param
+  (``--cost params``) each group saves instead of by score alone, which kept every residual
+  stream channel in 3g.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -78,6 +82,9 @@ FIRST = "62967bd"  # the commit whose configs the first attempt's rows used
 # the recovery learning rate of the 450,000-sample rows: the r56-vacl-taylor-lr05 probe (row 2d
 # at lr 0.05, 100,000 samples) ended at 82.22 % val against row 2d's 86.08 % at lr 0.01
 LR_450K = "0.01"
+# 3g's measured MACs reduction (its summary.json), the target of 4g (via TP_MATCH) and of the
+# --cost rows, so all four compare at equal MACs and budget
+MACS_3G = "0.7858361800854179"
 
 
 def commands(runs: Path) -> dict[str, list[str]]:
@@ -161,6 +168,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                      "--finetune-epochs", "3", "--finetune-lr", LR_450K,
                                      "--finetune-final-epochs", "39", "--finetune-final-lr",
                                      LR_450K],
+        **{f"r56-compress-{cost}-450k": [
+            "resprune", "compress", b, "--config", f"{CFG}/resnet56-compress.yaml",
+            "--target-macs-reduction", MACS_3G, "--cost", cost, "--group-score", "taylor",
+            "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs", "3", "--finetune-lr",
+            LR_450K, "--finetune-final-epochs", "39", "--finetune-final-lr", LR_450K]
+            for cost in ("macs", "params")},
     }
 
 
@@ -188,6 +201,9 @@ TITLES = {
     "r56-vacl-taylor-450k": f"2g. row 2d with 450,000 samples, lr {LR_450K}",
     "r56-compress-taylor-450k": f"3g. row 3d with 450,000 samples, lr {LR_450K}",
     "r56-tp-groupnorm-450k": "4g. torch-pruning GroupNormPruner at 3g's MACs, 3g's budget",
+    "r56-compress-macs-450k": "3h. row 3g at 3g's MACs, ranked per MAC saved (--cost macs)",
+    "r56-compress-params-450k": "3i. row 3g at 3g's MACs, ranked per param saved "
+                                "(--cost params)",
 }
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k"}

@@ -172,3 +172,22 @@ def test_check_fields_names_the_field_and_allows_none_only_when_optional():
                          (dict(hidden=-1), "hidden must be an integer >= 0, got -1")]:
         with pytest.raises(UserError, match=message):
             check_fields(Toy(**bad))
+
+
+@pytest.mark.parametrize("command", ["vacl", "compress"])
+def test_a_budget_on_the_command_line_replaces_the_config_files(command, tmp_path):
+    """The budget options exclude each other: the file's target-params-reduction applies
+    when the command line gives no budget, and --target-macs-reduction replaces it (no clash);
+    the file's other options stay."""
+    from resprune.cli.main import parse
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("target-params-reduction: 0.85\nfinetune-lr: 0.02\n")
+    base = [command, "RUN", "--config", str(cfg), "--out", str(tmp_path / "o")]
+    args = parse(base)
+    assert (args.target_params_reduction, args.target_macs_reduction) == (0.85, None)
+    args = parse(base + ["--target-macs-reduction", "0.5"])
+    assert (args.target_params_reduction, args.target_macs_reduction) == (None, 0.5)
+    assert args.finetune_lr == 0.02
+    args = parse(base + ["--target-params-reduction", "0.6"])
+    assert args.target_params_reduction == 0.6

@@ -286,12 +286,15 @@ def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, c
     assert calls == [("eager", 2)]
 
 
-@pytest.mark.parametrize("cost, first", [("none", "layer1.0"), ("latency", "layer3.1")])
-def test_implosion_latency_cost_erases_the_slowest_unit_of_equal_priority(
+@pytest.mark.parametrize("cost, first", [("none", "layer1.0"), ("latency", "layer3.1"),
+                                         ("params", "layer3.1"), ("macs", "layer1.0")])
+def test_implosion_cost_erases_the_costliest_unit_of_equal_priority(
         cost, first, tmp_path, monkeypatch):
     """All gates at 1 (equal priorities): by priority alone ties go in module order; per ms
     of a table where the last (16-channel) stage is 100x slower per channel, its unit goes
-    first. The table is kept in the run."""
+    first (the table is kept in the run); per param the widest stage's unit goes first; per
+    MAC the erasable units tie (width doubles as the side halves) and module order decides.
+    The params / MACs costs are the units' own counts."""
     from resprune.implosion import implode
 
     from .test_implosion import ScriptedEval, SGDTrainer, cfg, make_data, tiny
@@ -306,6 +309,25 @@ def test_implosion_latency_cost_erases_the_slowest_unit_of_equal_priority(
                   trainer_factory=SGDTrainer, evaluate_fn=ScriptedEval([0.5]), progress=False)
     assert res.erased == [first]
     assert (tmp_path / "latency_table.json").is_file() == (cost == "latency")
+    if cost in ("params", "macs"):
+        from resprune.implosion.candidates import unit_costs
+        from resprune.implosion.gates import erasable_items
+        from resprune.measure import count_macs
+
+        fresh = tiny("resnet14")
+        got = unit_costs(tmp_path, fresh, (3, 32, 32), cfg(cost=cost))
+        units = dict(erasable_items(fresh))
+        out = {}  # each unit's output shape (batch, width, height, width)
+        hooks = [u.register_forward_hook(lambda m, i, o, n=n: out.update({n: o.shape}))
+                 for n, u in units.items()]
+        count_macs(fresh, (3, 32, 32))
+        for h in hooks:
+            h.remove()
+        for name, unit in units.items():
+            _, c, h, w = out[name]  # macs: 2 convs of 3x3, c -> c channels, at h x w
+            want = (sum(p.numel() for n, p in unit.named_parameters() if "gate" not in n)
+                    if cost == "params" else 2 * 9 * c * c * h * w)
+            assert got[name] == want, (name, got[name], want)
 
 
 def test_compress_latency_budget_is_the_whole_pipelines(tmp_path, monkeypatch):

@@ -644,3 +644,59 @@ def test_regularizer_on_selected_groups_only():
     assert torch.allclose(sel(model), reg(model))
     with pytest.raises(UserError, match="unknown channel group"):
         sel.select(["no-such-group"])
+
+
+@pytest.mark.parametrize("arch", ["A", "resnext"])
+def test_params_and_macs_costs_are_what_removing_each_unit_saves(arch):
+    """A unit's params / MACs cost equals the counted drop when that unit alone is removed
+    (checked on a residual-stream group, the first inner group, and a ResNeXt bundle)."""
+    from resprune.measure import count_macs, count_params
+    from resprune.vacl.groups import discover_groups
+    from resprune.vacl.latency_fit import pruned_copy
+    from resprune.vacl.ranking import SizeModel, removal_units, unit_costs
+
+    torch.manual_seed(0)
+    model = create("resnet8", shortcut="A", width=4) if arch == "A" else tiny_resnext()
+    groups = discover_groups(model, CIFAR)
+    units, _ = removal_units(model, groups, torch.arange(len(groups), dtype=torch.float64))
+    params0, macs0 = count_params(model), count_macs(model, CIFAR)
+    sizes = SizeModel(model, CIFAR, params0, macs0)
+    costs = {c: unit_costs(sizes, groups, units, c) for c in ("params", "macs")}
+    kinds = set()
+    for i, u in enumerate(units):
+        kind = (groups[u.groups[0]].kind, len(u.groups))
+        if kind in kinds:
+            continue
+        kinds.add(kind)
+        alone = pruned_copy(model, [m for gi in u.groups for m in groups[gi].members])
+        assert costs["params"][i] == params0 - count_params(alone), kind
+        assert costs["macs"][i] == macs0 - count_macs(alone, CIFAR), kind
+    assert len(kinds) >= 2
+
+
+@pytest.mark.parametrize("cost", ["params", "macs"])
+def test_params_or_macs_cost_removes_what_saves_most_at_equal_score(cost):
+    """Nearly equal scores (later groups a hair lower): cost=none removes the last groups
+    first; cost=params/macs removes the units that save the most, and any cost refuses a
+    threshold."""
+    from resprune.measure import count_macs, count_params
+    from resprune.vacl.groups import discover_groups
+    from resprune.vacl.ranking import SizeModel, removal_units, unit_costs
+
+    model = create("resnet20", shortcut="A", width=8)
+    groups = discover_groups(model, CIFAR)
+    flat = 1 + 1e-9 * torch.arange(len(groups), 0, -1, dtype=torch.float64)
+    units, _ = removal_units(model, groups, flat)
+    saves = unit_costs(SizeModel(model, CIFAR, count_params(model), count_macs(model, CIFAR)),
+                       groups, units, cost)
+    by_name = {groups[u.groups[0]].name: c for u, c in zip(units, saves)}
+    plain = vacl.prune(copy.deepcopy(model), CIFAR, target_macs_reduction=0.3, scores=flat)
+    aware = vacl.prune(copy.deepcopy(model), CIFAR, target_macs_reduction=0.3, scores=flat,
+                       cost=cost)
+    assert aware["cost"] == cost and aware["target_reached"]
+    assert all(n.startswith("layer3.") for n in plain["removed_groups"])
+    assert any(n.startswith("conv1[") for n in aware["removed_groups"])  # stage-1 stream
+    assert min(by_name[n] for n in aware["removed_groups"]) >= max(
+        by_name[n] for n in by_name if n not in aware["removed_groups"])
+    with pytest.raises(UserError, match=f"cost='{cost}' ranks for a params, MACs or latency"):
+        vacl.prune(copy.deepcopy(model), CIFAR, threshold=0.1, cost=cost)

@@ -93,9 +93,10 @@ def add_parser(subs) -> None:
     options.add_output(p)
     seen = set(options.add_fields(
         p.add_argument_group("implode stage (Network Implosion)"), ImplosionConfig, helps={
-            "cost": "none: rank by priority (implode) and score (vacl); latency: by priority "
-                    "or score per unit of latency saved, from per-layer latency tables of "
-                    "each stage's input (--latency-runtime, --latency-batch)"}))
+            "cost": "none: rank by priority (implode) and score (vacl); params, macs: by "
+                    "priority or score per param / MAC saved; latency: per unit of latency "
+                    "saved, from per-layer latency tables of each stage's input "
+                    "(--latency-runtime, --latency-batch)"}))
     for title, names in VACL_GROUPS.items():  # fields both stages share appear once
         if title != RULES_GROUP:
             options.add_fields(p.add_argument_group(f"vacl stage: {title}"), VaclConfig,

@@ -2,6 +2,10 @@
 
 Keys are option names with dashes or underscores (``retrain-epochs`` or ``retrain_epochs``).
 Values from the file become the parser's defaults, so flags given on the command line win.
+Options that exclude each other (the budget: ``--target-params-reduction``,
+``--target-macs-reduction``, ..., ``--threshold``) win as a family: one given on the command
+line replaces the file's, so ``--target-macs-reduction`` overrides a file's
+``target-params-reduction`` instead of clashing with it.
 Unknown keys and values of the wrong type are errors, never silently ignored.
 """
 
@@ -16,6 +20,12 @@ import yaml
 from ..errors import UserError
 
 INTERNAL = {"func", "command", "config", "_parser"}
+
+
+def _exclusive() -> tuple[str, ...]:
+    from ..vacl.config import RULES
+
+    return RULES  # the budget: at most one of them
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -72,8 +82,12 @@ def _coerce_one(action: argparse.Action, where: str, value: Any) -> Any:
     return value
 
 
-def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> None:
-    """Set ``sub``'s defaults from a YAML file (validated against ``sub``'s options)."""
+def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> dict[str, Any]:
+    """Set ``sub``'s defaults from a YAML file (validated against ``sub``'s options).
+
+    The file's values of mutually exclusive options (the budget) are held back, not made
+    defaults: :func:`restore_held` puts them in after parsing unless the command line gave
+    one of that family. Returns them."""
     path = Path(path)
     data = load_yaml(path)
     actions = {a.dest: a for a in sub._actions if a.dest not in ("help",)}
@@ -85,7 +99,17 @@ def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> None:
                             f"(see '{sub.prog} --help')")
         defaults[dest] = _coerce(actions[dest], str(key), value, path)
         actions[dest].required = False  # the file supplies it
-    sub.set_defaults(**defaults)
+    held = {k: v for k, v in defaults.items() if k in _exclusive()}
+    sub.set_defaults(**{k: v for k, v in defaults.items() if k not in held})
+    return held
+
+
+def restore_held(args: argparse.Namespace, held: dict[str, Any]) -> None:
+    """Give ``args`` the file's budget (``held`` by :func:`apply_config`) unless the command
+    line chose one."""
+    if held and all(getattr(args, k, None) is None for k in _exclusive()):
+        for k, v in held.items():
+            setattr(args, k, v)
 
 
 def resolved(args: argparse.Namespace) -> dict[str, Any]:

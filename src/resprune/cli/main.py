@@ -15,7 +15,7 @@ import sys
 from .. import __version__, distributed
 from ..errors import UserError
 from . import logs
-from .config import apply_config
+from .config import apply_config, restore_held
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,7 +60,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         pre.add_argument("--config")
         known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
         if known.config:
-            apply_config(subs.choices[command], known.config)
+            held = apply_config(subs.choices[command], known.config)
+            args = parser.parse_args(argv)
+            restore_held(args, held)
+            return args
     return parser.parse_args(argv)
 
 

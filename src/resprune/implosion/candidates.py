@@ -1,5 +1,5 @@
-"""Which units a step erases: the k lowest priorities (or priorities per ms, with
-``cost="latency"``), optionally screened by validation loss."""
+"""Which units a step erases: the k lowest priorities (or priorities per ms, param or MAC,
+with ``cost``), optionally screened by validation loss."""
 
 from __future__ import annotations
 
@@ -93,18 +93,30 @@ def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
 
 def unit_costs(run_dir: Path, model: nn.Module, input_shape: tuple[int, ...], config: Any
                ) -> dict[str, float]:
-    """``cost="latency"``: each erasable unit's predicted time (ms per batch of the run's
-    latency table, measured on ``model`` and kept in ``run_dir``)."""
-    from ..measure import latency_table
+    """What each erasable unit costs, by ``config.cost``: ``"latency"``, its convolutions'
+    predicted time (ms per batch of the run's latency table, measured on ``model`` and kept
+    in ``run_dir``); ``"params"`` / ``"macs"``, its conv and linear layers' params / MACs
+    per image."""
     from .gates import erasable_items
+
+    names = [n for n, _ in erasable_items(model)]
+    if config.cost in ("params", "macs"):
+        from ..measure import count_macs, count_params
+        from ..vacl.ranking import SizeModel
+
+        sizes = SizeModel(model, input_shape, count_params(model),
+                          count_macs(model, input_shape))
+        size = sizes.params if config.cost == "params" else sizes.macs
+        return {u: float(sum(size(n) for n in sizes.mods if n.startswith(u + ".")))
+                for u in names}
+    from ..measure import latency_table
 
     run_dir.mkdir(parents=True, exist_ok=True)
     table = latency_table.run_table(run_dir, model, input_shape, config.latency_runtime,
                                     config.latency_batch)
-    return latency_table.unit_latency(table, model, input_shape,
-                                      [n for n, _ in erasable_items(model)])
+    return latency_table.unit_latency(table, model, input_shape, names)
 
 
-def per_ms(priorities: dict[str, float], unit_ms: dict[str, float]) -> dict[str, float]:
-    """Priority per millisecond: of two units with equal priority the slower goes first."""
-    return {n: v / max(unit_ms.get(n, 0.0), 1e-9) for n, v in priorities.items()}
+def per_cost(priorities: dict[str, float], costs: dict[str, float]) -> dict[str, float]:
+    """Priority per unit of cost: of two units with equal priority the costlier goes first."""
+    return {n: v / max(costs.get(n, 0.0), 1e-9) for n, v in priorities.items()}

@@ -72,9 +72,10 @@ class ImplosionConfig:
     screen: int = opt(0, "erase each of the N lowest-priority units alone, score the "
                       "validation loss without training, and erase the --per-step cheapest "
                       "(0: by priority alone)", Int(0), metavar="N")
-    cost: str = opt("none", "none: erase the lowest priorities; latency: the lowest priority "
-                    "per unit of latency the unit's convolutions take (the latency table of "
-                    "--latency-runtime), so slow units go first",
+    cost: str = opt("none", "none: erase the lowest priorities; params, macs: the lowest "
+                    "priority per param / MAC the unit holds; latency: per unit of latency "
+                    "the unit's convolutions take (the latency table of --latency-runtime), "
+                    "so slow units go first",
                     Choice(COSTS, label="ranking cost"))
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))

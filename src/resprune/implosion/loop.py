@@ -44,7 +44,7 @@ from ..runstate import (
 )
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
-from .candidates import per_ms, screen, select, unit_costs
+from .candidates import per_cost, screen, select, unit_costs
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -125,7 +125,7 @@ class _Run:
         self.input_shape = input_shape
         self.state: dict[str, Any] = {}
         self.resume = False
-        self.unit_ms: dict[str, float] | None = None  # cost="latency": each unit's time
+        self.unit_cost: dict[str, float] | None = None  # with a cost: what each unit costs
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
@@ -242,8 +242,8 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
     if not erasable_items(model) and state is None:
         raise UserError(f"{type(model).__name__} has no erasable residual unit (a "
                         "resprune.models.ResidualUnit with an identity shortcut)")
-    if config.cost == "latency":  # measured on the start model, before any erasure
-        run.unit_ms = unit_costs(run_dir, model, tuple(input_shape), config)
+    if config.cost != "none":  # measured on the start model, before any erasure
+        run.unit_cost = unit_costs(run_dir, model, tuple(input_shape), config)
     if state is None:
         _start(run, start_fp)
     else:
@@ -334,8 +334,8 @@ def _steps(run: _Run) -> None:
             run.model, cfg.score, loader=run.train_loader, num_batches=cfg.score_batches,
             seed=cfg.seed + k))
         candidates = {n: v for n, v in scores.items() if n not in rejected}
-        if run.unit_ms is not None:
-            candidates = per_ms(candidates, run.unit_ms)
+        if run.unit_cost is not None:
+            candidates = per_cost(candidates, run.unit_cost)
         if not candidates:
             state["phase"], state["stop_reason"] = "stopped", "no_candidates"
             run.commit()

@@ -43,7 +43,7 @@ from ..errors import UserError
 from ..io import atomic_write_json, read_json
 
 RUNTIMES = ("eager", "onnxruntime", "cuda")
-COSTS = ("none", "latency")
+COSTS = ("none", "params", "macs", "latency")  # what a unit saves, for ranking by score per it
 RUNTIME_HELP = ("where the per-layer latency table is measured: eager (PyTorch, CPU), "
                 "onnxruntime (CPU) or cuda (PyTorch on the GPU); with the current thread count")
 BATCH_HELP = "batch size of the latency table"

@@ -139,10 +139,11 @@ class VaclConfig:
         "accuracy), or auto: the step the latency table of --latency-runtime shows (default: "
         "exact widths; with --cost latency: auto, and 1 keeps exact widths)",
         RoundTo(optional=True), metavar="N|auto")
-    cost: str = opt("none", "none: remove the lowest-scoring groups first; latency: rank groups "
-                    "by score per unit of latency they save (the latency table of "
-                    "--latency-runtime; HALP's rule), for a params, MACs or latency target, "
-                    "with widths on the table's channel step unless --round-to is given",
+    cost: str = opt("none", "none: remove the lowest-scoring groups first; params, macs: rank "
+                    "groups by score per param / MAC they save; latency: by score per unit "
+                    "of latency they save (the latency table of --latency-runtime; HALP's "
+                    "rule), with widths on the table's channel step unless --round-to is "
+                    "given; any cost ranks for a params, MACs or latency target",
                     Choice(COSTS, label="ranking cost"))
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))

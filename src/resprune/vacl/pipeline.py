@@ -104,11 +104,13 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
     options and data there).
     """
     config = (config or VaclConfig()).validate()
-    if config.cost == "latency" and config.group_score != "taylor":
-        log.warning("warning: --cost latency divides the group score by the latency a group "
-                    "saves; %s is an average over the group's layers, so the ranking follows "
-                    "the cost alone and empties the costliest residual streams first "
-                    "(docs/vacl.md); use --group-score taylor", config.group_score)
+    if config.cost != "none" and config.group_score != "taylor":
+        log.warning("warning: --cost %s divides the group score by the %s a group saves; "
+                    "%s is an average over the group's layers, so the ranking follows the "
+                    "cost alone and empties the costliest residual streams first "
+                    "(docs/vacl.md); use --group-score taylor", config.cost,
+                    {"params": "params", "macs": "MACs"}.get(config.cost, config.cost),
+                    config.group_score)
     target = config.rule()
     started = time.time()
     t = config.train

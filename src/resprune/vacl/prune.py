@@ -53,13 +53,13 @@ from .groups import (
 from .latency_fit import CHECKS, Timer, fit_goal, pruned_copy
 from .ranking import (
     SizeModel,
-    latency_costs,
-    rank_by_latency,
+    rank_by_cost,
     removal_units,
     round_widths,
     saved_fraction,
     select,
     sizes_and_minimums,
+    unit_costs,
 )
 from .regularizer import DATA_SCORES, group_scores
 
@@ -230,6 +230,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels (every
     layer keeps ``ceil((1 - F) * width)``; units that would go below are skipped), so no
     residual stream or inner width collapses to a few channels; default: no cap.
+    ``cost="params"`` / ``"macs"`` ranks units by score per param / MAC their removal saves
+    (the analytical size model at full width) instead of by score: with a score summed over
+    the layers a group spans (``"taylor"``) it weighs what a channel costs against what it
+    is worth, so wide residual-stream channels can go before thin inner ones.
 
     Latency (``latency_table``: a :class:`resprune.measure.latency_table.LatencyTable` of
     this model): ``target_latency_reduction=R`` removes units until the table's predicted
@@ -265,8 +269,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     if latency_check == "measured" and mode not in ("latency", "latency_ms"):
         raise UserError("latency_check='measured' checks a latency target "
                         "(target_latency_reduction or target_latency)")
-    if cost == "latency" and mode == "threshold":
-        raise UserError("cost='latency' ranks for a params, MACs or latency target; a "
+    if cost != "none" and mode == "threshold":
+        raise UserError(f"cost={cost!r} ranks for a params, MACs or latency target; a "
                         "threshold removes by score alone")
     if round_to is None and cost == "latency":
         # latency-aware ranking with exact widths lost to importance ranking at equal
@@ -297,8 +301,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     widths_before = _widths(model)
     sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before,
                                                        latency_table)
-    if cost == "latency":
-        units = rank_by_latency(units, latency_costs(sizes, groups, units))
+    if cost != "none":
+        units = rank_by_cost(units, unit_costs(sizes, groups, units, cost))
     latency_before = sizes.total("latency") if sizes is not None and latency_table else None
     if latency_ms is not None:  # an absolute target is a reduction of the predicted total
         mode, value = "latency", max(0.0, 1 - latency_ms / latency_before)

@@ -355,19 +355,26 @@ def saved_fraction(model: nn.Module, groups: GroupSet, chosen: list[int], mode: 
     return saved / total if total else 0.0
 
 
-def latency_costs(sizes: SizeModel, groups: GroupSet, units: list[Unit]) -> list[float]:
-    """Each unit's latency cost: the summed :meth:`SizeModel.channel_latency` of every conv
-    side its groups touch (ms per batch), for ranking by score per latency saved."""
-    return [sum(sizes.channel_latency(m.module, m.role) for gi in u.groups
-                for m in groups[gi].members) for u in units]
+def unit_costs(sizes: SizeModel, groups: GroupSet, units: list[Unit], cost: str
+               ) -> list[float]:
+    """What removing each unit alone saves, for ranking by score per unit saved.
+
+    ``cost="latency"``: the summed :meth:`SizeModel.channel_latency` of every conv side its
+    groups touch (ms per batch); ``"params"`` / ``"macs"``: the params / MACs (per image) the
+    analytical size model saves removing the unit from the full-width model.
+    """
+    if cost == "latency":
+        return [sum(sizes.channel_latency(m.module, m.role) for gi in u.groups
+                    for m in groups[gi].members) for u in units]
+    pick = ("params", "macs").index(cost)
+    return [float(sizes.delta(Counter((m.module, m.role) for gi in u.groups
+                                      for m in groups[gi].members))[pick]) for u in units]
 
 
-def rank_by_latency(units: list[Unit], costs: list[float]) -> list[Unit]:
-    """Units ordered by score per unit of latency saved (lowest first; a unit that saves no
-    time goes last), as HALP ranks channels by importance per latency."""
+def rank_by_cost(units: list[Unit], costs: list[float]) -> list[Unit]:
+    """Units ordered by score per unit of cost saved (lowest first; a unit that saves nothing
+    goes last), as HALP ranks channels by importance per latency."""
     floor = max(min((c for c in costs if c > 0), default=1.0) * 1e-3, 1e-12)
     order = sorted(range(len(units)), key=lambda i: (units[i].score / max(costs[i], floor),
                                                      min(units[i].groups)))
     return [units[i] for i in order]
-
-
