@@ -286,6 +286,22 @@ def test_vacl_command_with_a_latency_target_keeps_its_table(trained, tmp_path, c
     assert calls == [("eager", 2)]
 
 
+def test_vacl_command_with_a_macs_cost_needs_no_table(trained, tmp_path, capsys, monkeypatch):
+    """--cost macs ranks for a MACs target without measuring anything, and an RMS score per
+    MAC gets the same one-line warning as per millisecond."""
+    monkeypatch.setattr(lt, "measure_table", lambda *a, **k: pytest.fail("table measured"))
+    out = tmp_path / "v"
+    args = ["vacl", str(trained), *QUIET, "--out", str(out), "--target-macs-reduction", "0.3",
+            "--cost", "macs", "--sparse-epochs", "0", "--finetune-epochs", "0", "--json"]
+    assert main(args) == 0, capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert captured.err.count("--cost macs divides the group score by the MACs") == 1
+    pr = json.loads(captured.out)["prune"]
+    assert pr["mode"] == "macs" and pr["cost"] == "macs" and pr["target_reached"]
+    assert pr["macs_reduction"] >= 0.3 and pr["latency"] is None
+    assert not (out / "latency_table.json").exists()
+
+
 @pytest.mark.parametrize("cost, first", [("none", "layer1.0"), ("latency", "layer3.1"),
                                          ("params", "layer3.1"), ("macs", "layer1.0")])
 def test_implosion_cost_erases_the_costliest_unit_of_equal_priority(
