@@ -129,8 +129,8 @@ class VaclConfig:
                            "layers of different weight scale compare fairly), rms (raw RMS "
                            "norm) or taylor (the first-order loss change removing the group "
                            "causes, squared, over --taylor-batches training batches; summed "
-                           "over the layers a group spans, the score to use with --cost "
-                           "latency)", Choice(SCORES, label="group score"))
+                           "over the layers a group spans, the score to use with any --cost "
+                           "other than none)", Choice(SCORES, label="group score"))
     taylor_batches: int = opt(32, "with --group-score taylor: training batches the score "
                               "reads", Int(1))
     round_to: int | str | None = opt(
