@@ -653,7 +653,7 @@ def test_params_and_macs_costs_are_what_removing_each_unit_saves(arch):
     from resprune.measure import count_macs, count_params
     from resprune.vacl.groups import discover_groups
     from resprune.vacl.latency_fit import pruned_copy
-    from resprune.vacl.ranking import SizeModel, removal_units, unit_costs
+    from resprune.vacl.ranking import SizeModel, removal_units, unit_savings
 
     torch.manual_seed(0)
     model = create("resnet8", shortcut="A", width=4) if arch == "A" else tiny_resnext()
@@ -661,7 +661,7 @@ def test_params_and_macs_costs_are_what_removing_each_unit_saves(arch):
     units, _ = removal_units(model, groups, torch.arange(len(groups), dtype=torch.float64))
     params0, macs0 = count_params(model), count_macs(model, CIFAR)
     sizes = SizeModel(model, CIFAR, params0, macs0)
-    costs = {c: unit_costs(sizes, groups, units, c) for c in ("params", "macs")}
+    costs = {c: unit_savings(sizes, groups, units, c) for c in ("params", "macs")}
     kinds = set()
     for i, u in enumerate(units):
         kind = (groups[u.groups[0]].kind, len(u.groups))
@@ -681,13 +681,13 @@ def test_params_or_macs_cost_removes_what_saves_most_at_equal_score(cost):
     threshold."""
     from resprune.measure import count_macs, count_params
     from resprune.vacl.groups import discover_groups
-    from resprune.vacl.ranking import SizeModel, removal_units, unit_costs
+    from resprune.vacl.ranking import SizeModel, removal_units, unit_savings
 
     model = create("resnet20", shortcut="A", width=8)
     groups = discover_groups(model, CIFAR)
     flat = 1 + 1e-9 * torch.arange(len(groups), 0, -1, dtype=torch.float64)
     units, _ = removal_units(model, groups, flat)
-    saves = unit_costs(SizeModel(model, CIFAR, count_params(model), count_macs(model, CIFAR)),
+    saves = unit_savings(SizeModel(model, CIFAR, count_params(model), count_macs(model, CIFAR)),
                        groups, units, cost)
     by_name = {groups[u.groups[0]].name: c for u, c in zip(units, saves)}
     plain = vacl.prune(copy.deepcopy(model), CIFAR, target_macs_reduction=0.3, scores=flat)

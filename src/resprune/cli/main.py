@@ -55,16 +55,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = build_parser()
     command = next((a for a in argv if not a.startswith("-")), None)
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    held: dict = {}  # the config file's budget, applied unless the command line gives one
     if command in subs.choices:
         pre = argparse.ArgumentParser(add_help=False)
         pre.add_argument("--config")
         known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
         if known.config:
             held = apply_config(subs.choices[command], known.config)
-            args = parser.parse_args(argv)
-            restore_held(args, held)
-            return args
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    restore_held(args, held)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

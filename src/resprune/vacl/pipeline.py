@@ -109,7 +109,7 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
                     "%s is an average over the group's layers, so the ranking follows the "
                     "cost alone and empties the costliest residual streams first "
                     "(docs/vacl.md); use --group-score taylor", config.cost,
-                    {"params": "params", "macs": "MACs"}.get(config.cost, config.cost),
+                    {"macs": "MACs"}.get(config.cost, config.cost),
                     config.group_score)
     target = config.rule()
     started = time.time()

@@ -59,7 +59,7 @@ from .ranking import (
     saved_fraction,
     select,
     sizes_and_minimums,
-    unit_costs,
+    unit_savings,
 )
 from .regularizer import DATA_SCORES, group_scores
 
@@ -302,7 +302,7 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before,
                                                        latency_table)
     if cost != "none":
-        units = rank_by_cost(units, unit_costs(sizes, groups, units, cost))
+        units = rank_by_cost(units, unit_savings(sizes, groups, units, cost))
     latency_before = sizes.total("latency") if sizes is not None and latency_table else None
     if latency_ms is not None:  # an absolute target is a reduction of the predicted total
         mode, value = "latency", max(0.0, 1 - latency_ms / latency_before)

@@ -355,8 +355,8 @@ def saved_fraction(model: nn.Module, groups: GroupSet, chosen: list[int], mode: 
     return saved / total if total else 0.0
 
 
-def unit_costs(sizes: SizeModel, groups: GroupSet, units: list[Unit], cost: str
-               ) -> list[float]:
+def unit_savings(sizes: SizeModel, groups: GroupSet, units: list[Unit], cost: str
+                 ) -> list[float]:
     """What removing each unit alone saves, for ranking by score per unit saved.
 
     ``cost="latency"``: the summed :meth:`SizeModel.channel_latency` of every conv side its
