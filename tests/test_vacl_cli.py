@@ -119,7 +119,9 @@ def test_vacl_writes_the_library_pipelines_smaller_model(trained, reference):
     test = make_loader(bundle, "test", 256, train=False)
     assert summary["top1_before_finetune"] == evaluate(pruned, test)["top1"]
     assert count_params(pruned) == summary["params"]
-    assert summary["epochs"] == 4 and summary["epochs_detail"] == {"sparse": 2, "finetune": 2}
+    assert summary["epochs"] == 4
+    assert summary["epochs_detail"] == {"sparse": 2, "steps": 0, "finetune": 2}
+    assert summary["prune_steps"] == []
     lines = (out / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
     assert [(r["epoch"], r["stage"], r["stage_epoch"]) for r in records] == [

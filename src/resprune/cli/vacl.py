@@ -30,7 +30,7 @@ GROUPS = {
     RULES_GROUP: RULES,
     "ranking": ("group_score", "taylor_batches", "cost", "round_to", "max_layer_reduction",
                 "latency_runtime", "latency_batch", "latency_check"),
-    "fine-tuning": ("finetune_epochs", "finetune_lr"),
+    "fine-tuning": ("finetune_epochs", "finetune_lr", "prune_steps", "step_epochs"),
 }
 
 

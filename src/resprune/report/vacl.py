@@ -187,6 +187,34 @@ def _rule(pr: dict[str, Any]) -> str:
             f"{100 * pr['target_reduction']:.2f} % ({reached}){predicted}")
 
 
+def _steps_note(summary: dict[str, Any]) -> str:
+    steps = summary.get("prune_steps") or []
+    if not steps:
+        return ""
+    return (f", in {len(steps)} steps, each ranking the groups afresh and removing a geometric "
+            f"share of the target, with {_n(summary['epochs_detail'].get('steps', 0), 'epoch')}"
+            " of fine-tuning between them")
+
+
+def _steps_table(summary: dict[str, Any]) -> list[str]:
+    """One row per pruning step (``--prune-steps`` K > 1), else nothing."""
+    steps = summary.get("prune_steps") or []
+    if not steps:
+        return []
+    base = summary["base"]
+    rows = [[s["step"], fmt_pct(100 * next(iter(s["rule"].values()))),
+             fmt_count(s["params_after"]), fmt_pct(100 - 100 * s["params_after"] / base["params"]),
+             fmt_count(s["macs_after"]), s["groups_removed"],
+             fmt_acc(s["val_top1_before_finetune"]), s["finetune_epochs"],
+             fmt_acc(s["val_top1_after_finetune"]) if s["val_top1_after_finetune"] is not None
+             else ""]
+            for s in steps]
+    return ["## Pruning steps\n",
+            markdown_table(["step", "removes of its input", "params after", "removed of the "
+                            "input", "MACs after", "groups removed", "val top-1 right after",
+                            "fine-tuning epochs", "val top-1 after fine-tuning"], rows)]
+
+
 def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """The report.md text of a vacl run (``plots``: PNG file names to embed)."""
     cfg, pr, h = summary["config"], summary["prune"], summary["group_rms"]
@@ -199,9 +227,10 @@ def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"`{cfg.get('form')}` regularizer (beta {cfg.get('beta')}, lambda {cfg.get('lam')}, BN "
         f"{'in' if cfg.get('include_bn') else 'not in'} the groups, consumer slices "
         f"{'in' if cfg.get('include_consumers') else 'not in'} the groups). Pruning: "
-        f"{_rule(pr)}. Fine-tuning: {_n(detail['finetune'], 'epoch')} at lr "
-        f"{cfg.get('finetune_lr')} without the regularizer.\n",
+        f"{_rule(pr)}{_steps_note(summary)}. Fine-tuning: {_n(detail['finetune'], 'epoch')} "
+        f"at lr {cfg.get('finetune_lr')} without the regularizer.\n",
         comparison_table(summary),
+        *_steps_table(summary),
         "Accuracies are top-1 on the validation split (carved from the training set) and on "
         "the test set; neither chose anything here (the pruning rule is the user's). MACs are "
         "multiply-accumulates of convolutions and linear layers for one image of shape "
@@ -244,7 +273,7 @@ def write_report(out: str | Path, summary: dict[str, Any],
         d = summary["epochs_detail"]
         training_curves(history, out / TRAINING_PNG,
                         title=f"{summary['model']}: sparsity training (epochs 1-{d['sparse']}), "
-                              f"fine-tuning (next {d['finetune']})")
+                              f"fine-tuning (next {d['finetune'] + d.get('steps', 0)})")
         plots.append(TRAINING_PNG)
     atomic_write_text(out / "report.md", vacl_section(summary, plots))
     return plots

@@ -55,7 +55,9 @@ class VaclConfig:
     ``near_zero``, ``lam_target_share`` (default: the dry run's share).
     Fade: ``fade`` (``off`` | ``linear``: the groups the target removes fall to exactly zero
     during sparsity training), ``fade_end`` (fraction of the stage's steps).
-    Stages: ``sparse_epochs`` / ``sparse_lr``, ``finetune_epochs`` / ``finetune_lr``.
+    Stages: ``sparse_epochs`` / ``sparse_lr``, ``finetune_epochs`` / ``finetune_lr``;
+    ``prune_steps=K`` prunes progressively (a geometric share of a params or MACs target per
+    step, ``step_epochs`` of fine-tuning after each step but the last).
     Pruning: exactly one of ``threshold``, ``target_params_reduction``,
     ``target_macs_reduction``, ``auto_tolerance`` (percentage points of val top-1);
     ``group_score`` ranks the groups; ``round_to=N`` keeps every pruned width a multiple of N
@@ -155,6 +157,14 @@ class VaclConfig:
     finetune_epochs: int = opt(20, "epochs of fine-tuning after pruning, no regularizer",
                                Int(0))
     finetune_lr: float = opt(0.01, "peak learning rate of fine-tuning", LR)
+    prune_steps: int = opt(1, "prune in K steps instead of one: step k removes groups ranked "
+                           "afresh on the model as it is then, until (1 - R)^(k/K) of the "
+                           "input's params (or MACs) are left, and is followed by "
+                           "--step-epochs of fine-tuning, the last by --finetune-epochs; needs "
+                           "--target-params-reduction or --target-macs-reduction",
+                           Int(1), metavar="K")
+    step_epochs: int = opt(1, "with --prune-steps K > 1: fine-tuning epochs after each step "
+                           "but the last (at --finetune-lr)", Int(0))
     epoch_size: int | None = opt(None, "training images per epoch (default: all)",
                                  Int(1, optional=True), cli=False)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -171,7 +181,10 @@ class VaclConfig:
         return given
 
     def stage(self, name: str) -> TrainConfig:
-        """The :class:`TrainConfig` of stage ``sparse`` or ``finetune``."""
+        """The :class:`TrainConfig` of stage ``sparse``, ``finetune`` or ``step`` (the
+        fine-tuning after a step of ``prune_steps`` but the last)."""
+        if name == "step":
+            return dataclasses.replace(self.train, epochs=self.step_epochs, lr=self.finetune_lr)
         return dataclasses.replace(self.train, epochs=getattr(self, f"{name}_epochs"),
                                    lr=getattr(self, f"{name}_lr"))
 
@@ -197,6 +210,12 @@ class VaclConfig:
                 raise UserError("--reg-groups pruned and --lam-schedule raise (without "
                                 "--lam-target-share) need a params or MACs target: the groups "
                                 "to drive to zero come from a dry run of it")
+        if self.prune_steps > 1 and (key not in ("target_params_reduction",
+                                                 "target_macs_reduction")
+                                     or self.cost == "latency" or self.round_to == "auto"):
+            raise UserError("--prune-steps above 1 splits a params or MACs target into "
+                            "steps: give --target-params-reduction or --target-macs-reduction, "
+                            "and no latency table (--cost latency, --round-to auto)")
         if not isinstance(self.train, TrainConfig):
             raise UserError(f"train must be a resprune.train.TrainConfig, got "
                             f"{type(self.train).__name__}")

@@ -71,6 +71,10 @@ KIND = "vacl"
 STATE_FORMAT = 1
 STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
+# what state["steps"] keeps of each step's prune report (with prune_steps > 1)
+STEP_KEYS = ("target_reduction", "target_reached", "params_before", "params_after",
+             "macs_before", "macs_after", "groups_total", "groups_by_kind", "groups_removed",
+             "removed_by_kind")
 
 
 @dataclass
@@ -152,30 +156,64 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
                                 if fingerprint(sparse) == state["input"]["fingerprint"]
                                 else scorer(sparse)))
         write_state(out, state)
-    if state["phase"] == "prune":
-        log.info("pruning (%s)", ", ".join(f"{k}={v}" for k, v in target.items()))
-        t0 = time.perf_counter()
-        auto = _auto_target(out, shape, reg, loaders.val, target, config,
-                            state["base"]["val_top1"], device, state["rms_after"])
-        rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
-        state.update(_prune(out, shape, reg, rule, state["rms_after"], config, table))
-        if auto is not None:
-            state["prune"]["auto"] = auto
-        pruned = load(stage_dir(out, "pruned"), device=device)
-        state.update(phase="finetune", prune_seconds=round(time.perf_counter() - t0, 3),
-                     before_finetune=measures.accuracy(pruned, evals, precision))
-        write_state(out, state)
-        _warn_target(state["prune"])
-    if state["phase"] == "finetune":
-        log.info("fine-tuning, %d epoch(s) at lr %g", config.finetune_epochs,
-                 config.finetune_lr)
-        tuned = load(stage_dir(out, "pruned"))
-        history = _fit(tuned, loader_map, config.stage("finetune"), stage_dir(out, "finetune"),
-                       progress, distill=distill)
-        save(tuned, out, metadata={"kind": "vacl"})
-        state.update(phase="done", finetune_history=history)
-        write_state(out, state)
-        remove(*(stage_dir(out, name) / TRAIN_STATE_FILE for name in ("sparse", "finetune")))
+    steps = config.prune_steps
+    while state["phase"] in ("prune", "finetune"):
+        k = state.get("step", 1)
+        last = k == steps
+        if state["phase"] == "prune":
+            log.info("pruning%s (%s)", f", step {k} of {steps}" if steps > 1 else "",
+                     ", ".join(f"{n}={v}" for n, v in target.items()))
+            t0 = time.perf_counter()
+            if k == 1:
+                auto = _auto_target(out, shape, reg, loaders.val, target, config,
+                                    state["base"]["val_top1"], device, state["rms_after"])
+                rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
+                src, step_reg, scores = stage_dir(out, "sparse"), reg, state["rms_after"]
+            else:
+                auto, src = None, _step_dir(out, "finetune", k - 1, steps)
+                step_model = load(src)
+                step_reg = Regularizer(step_model, include_bn=config.include_bn,
+                                       include_consumers=config.include_consumers,
+                                       input_shape=shape)
+                scores = _Scorer(step_reg, config, loaders.train)(step_model)
+            if steps > 1:  # a params or MACs target (validated), never auto
+                rule = step_rule(target, k, steps, state["base"], measures.sizes(load(src),
+                                                                                 shape))
+            pruned_at = _step_dir(out, "pruned", k, steps)
+            got = _prune(src, pruned_at, shape, step_reg, rule, scores, config, table)
+            if auto is not None:
+                got["prune"]["auto"] = auto
+            pruned = load(pruned_at, device=device)
+            after = measures.accuracy(pruned, evals, precision)
+            seconds = round(time.perf_counter() - t0, 3) + state.get("prune_seconds", 0.0)
+            if steps > 1:
+                state.setdefault("steps", []).append(
+                    {"step": k, "rule": rule, "before_finetune": after, "widths": got["widths"],
+                     **{n: got["prune"][n] for n in STEP_KEYS}})
+            if last:
+                if steps > 1:
+                    got = _overall(got, state, target)
+                state.update(got)
+            state.update(phase="finetune", prune_seconds=seconds, before_finetune=after)
+            write_state(out, state)
+            _warn_target(got["prune"])
+        if state["phase"] == "finetune":
+            cfg = config.stage("finetune" if last else "step")
+            log.info("fine-tuning%s, %d epoch(s) at lr %g",
+                     f" after step {k} of {steps}" if steps > 1 else "", cfg.epochs, cfg.lr)
+            tuned = load(_step_dir(out, "pruned", k, steps))
+            where = _step_dir(out, "finetune", k, steps)
+            history = _fit(tuned, loader_map, cfg, where, progress, distill=distill)
+            save(tuned, out if last else where, metadata={"kind": "vacl" if last else
+                                                          "vacl-step"})
+            if last:
+                state.update(phase="done", finetune_history=history)
+            else:
+                state["steps"][-1]["finetune_history"] = history
+                state.update(phase="prune", step=k + 1)
+            write_state(out, state)
+            remove(where / TRAIN_STATE_FILE)
+    remove(stage_dir(out, "sparse") / TRAIN_STATE_FILE)
 
     final_model = load(out, device=device)
     summary = {"kind": KIND, "model": spec_of(final_model)["arch"], "resprune": __version__,
@@ -320,10 +358,48 @@ def _sparse_callbacks(config: VaclConfig, reg: Regularizer, model: nn.Module, sh
     return callbacks
 
 
-def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
+def _step_dir(out: Path, name: str, k: int, steps: int) -> Path:
+    """``stages/pruned`` / ``stages/finetune`` of the last (or only) pruning step, else
+    ``stages/pruned-k`` / ``stages/finetune-k``."""
+    return stage_dir(out, name if k == steps else f"{name}-{k}")
+
+
+def step_rule(target: dict[str, float], k: int, steps: int, base: dict[str, Any],
+              now: dict[str, Any]) -> dict[str, float]:
+    """Step ``k`` of ``steps`` of a params or MACs ``target`` (a reduction of ``base``): the
+    reduction of the step's input (sizes ``now``) that leaves ``(1 - R) ** (k / steps)`` of
+    ``base``, so the last step leaves the target's ``1 - R`` (never below 0: nothing to do)."""
+    (key, r), = target.items()
+    metric = key[len("target_"):-len("_reduction")]
+    left = (1.0 - r) ** (k / steps) * base[metric]
+    return {key: max(0.0, 1.0 - left / now[metric])}
+
+
+def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float]
+             ) -> dict[str, Any]:
+    """The last step's prune essentials restated for the whole progressive pruning: sizes
+    and reductions against the input, group counts summed over the steps, widths from the
+    input's, the target the user gave."""
+    first, pr = state["steps"][0], dict(got["prune"])
+    base = state["base"]
+    pr.update(target_reduction=float(next(iter(target.values()))),
+              params_before=base["params"], macs_before=base["macs"],
+              params_reduction=1 - pr["params_after"] / base["params"],
+              macs_reduction=1 - pr["macs_after"] / base["macs"],
+              groups_total=first["groups_total"],
+              groups_removed=sum(s["groups_removed"] for s in state["steps"]),
+              removed_by_kind={kind: sum(s["removed_by_kind"].get(kind, 0)
+                                         for s in state["steps"])
+                               for kind in first["groups_by_kind"]})
+    widths = {n: [first["widths"][n][0], got["widths"][n][1]] for n in first["widths"]}
+    return {"prune": pr, "widths": widths}
+
+
+def _prune(src: Path, where: Path, shape, reg: Regularizer, target: dict[str, float],
            rms_after: list[float], config: VaclConfig, table) -> dict[str, Any]:
-    """Prune the sparse-trained weights; the result ends in ``stages/pruned``."""
-    model = load(stage_dir(out, "sparse"))
+    """Prune the model in ``src`` (its groups ``reg.groups``, scored ``rms_after``); the
+    result ends in ``where``."""
+    model = load(src)
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
@@ -332,7 +408,6 @@ def _prune(out: Path, shape, reg: Regularizer, target: dict[str, float],
     # Decided once: rank 0's pruned model is the one written below and read back by every
     # process for fine-tuning; its report is the one every process keeps.
     report = distributed.broadcast_object(report)
-    where = stage_dir(out, "pruned")
     save(model, where, metadata={"kind": "vacl-pruned"})
     atomic_write_json(where / PRUNE_REPORT, report)
     index = {g.name: g.index for g in reg.groups}

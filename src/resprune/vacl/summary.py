@@ -18,7 +18,11 @@
 - ``group_rms``: a log-scale histogram of the groups' scores before and after sparsity
   training (see :func:`resprune.report.vacl.rms_histogram`);
 - ``near_zero_share``, ``lam_target_share``, ``lam_final`` (the lambda schedule);
-- ``epochs`` (sparse + fine-tune) and ``epochs_detail``; ``seconds`` is the training and
+- ``prune_steps``: with ``prune_steps`` K > 1, one record per step
+  (:func:`step_fields`; ``prune`` and ``widths`` then describe all K steps against the input,
+  ``top1_before_finetune`` the last step); empty for one step;
+- ``epochs`` (sparse + fine-tunes) and ``epochs_detail`` (``sparse``, ``steps``: the
+  fine-tunes between steps, ``finetune``); ``seconds`` is the training and
   pruning time of the stages (a resumed run counts every stage once).
 """
 
@@ -41,21 +45,47 @@ PRUNE_KEYS = ("mode", "score", "round_to", "max_layer_reduction", "cost", "laten
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
 
 
+def _trainings(state: dict[str, Any]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """``(stage, epoch records)`` in order: sparse, the fine-tunes between pruning steps
+    (``step-k``), the final fine-tune."""
+    steps = [(f"step-{s['step']}", s.get("finetune_history") or [])
+             for s in state.get("steps") or [] if "finetune_history" in s]
+    return [("sparse", state.get("sparse_history") or []), *steps,
+            ("finetune", state.get("finetune_history") or [])]
+
+
 def combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Both trainings' epoch records, numbered through (``stage``, ``stage_epoch`` added)."""
+    """Every training's epoch records, numbered through (``stage``, ``stage_epoch`` added)."""
     out = []
-    for stage in ("sparse", "finetune"):
-        for r in state.get(f"{stage}_history") or []:
+    for stage, records in _trainings(state):
+        for r in records:
             out.append({**r, "epoch": len(out) + 1, "stage": stage, "stage_epoch": r["epoch"]})
+    return out
+
+
+def step_fields(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each pruning step of ``prune_steps`` > 1: its rule, sizes after it, groups removed,
+    top-1 right after it and after its fine-tune (the last step's is the final model's)."""
+    out = []
+    for s in state.get("steps") or []:
+        tuned = (s.get("finetune_history") or [{}])[-1]
+        out.append({"step": s["step"], "rule": s["rule"], "target_reached": s["target_reached"],
+                    "params_after": s["params_after"], "macs_after": s["macs_after"],
+                    "groups_removed": s["groups_removed"],
+                    "top1_before_finetune": s["before_finetune"]["top1"],
+                    "val_top1_before_finetune": s["before_finetune"]["val_top1"],
+                    "val_top1_after_finetune": tuned.get("val_acc"),
+                    "finetune_epochs": len(s.get("finetune_history") or [])})
     return out
 
 
 def vacl_fields(state: dict[str, Any]) -> dict[str, Any]:
     """The vacl-specific summary fields (module docstring) from the pipeline state."""
     base, pr = state["base"], state["prune"]
-    sparse_h, ft_h = state.get("sparse_history") or [], state.get("finetune_history") or []
-    detail = {"sparse": len(sparse_h), "finetune": len(ft_h)}
-    seconds = sum(r.get("seconds") or 0.0 for r in sparse_h + ft_h) + state.get(
+    trainings = _trainings(state)
+    detail = {"sparse": len(trainings[0][1]), "finetune": len(trainings[-1][1]),
+              "steps": sum(len(h) for _, h in trainings[1:-1])}
+    seconds = sum(r.get("seconds") or 0.0 for _, h in trainings for r in h) + state.get(
         "prune_seconds", 0.0)
     return {
         "base": base,
@@ -69,11 +99,12 @@ def vacl_fields(state: dict[str, Any]) -> dict[str, Any]:
         "prune": pr,
         "groups": state["groups"],
         "group_rms": rms_histogram(state["rms_before"], state["rms_after"], pr["cutoff"]),
+        "prune_steps": step_fields(state),
         "epochs": sum(detail.values()),
         "epochs_detail": detail,
         "seconds": round(seconds, 2),
         "cpu_threads": torch.get_num_threads(),
         "near_zero_share": state.get("near_zero_share"),
         "lam_target_share": state.get("lam_target_share"),
-        "lam_final": next((r["lam"] for r in reversed(sparse_h) if "lam" in r), None),
+        "lam_final": next((r["lam"] for r in reversed(trainings[0][1]) if "lam" in r), None),
     }
