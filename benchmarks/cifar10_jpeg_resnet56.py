@@ -40,7 +40,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-macs-450k``, ``r56-compress-params-450k``: row 3g at 3g's (and 4g's) MACs
   reduction as the target, its Taylor scores ranked per MAC (``--cost macs``) or per param
   (``--cost params``) each group saves instead of by score alone, which kept every residual
-  stream channel in 3g.
+  stream channel in 3g;
+- ``r56-compress-steps3-450k``: row 3g with its vacl stage pruning in 3 steps
+  (``--prune-steps 3 --step-epochs 5``, each step ranked afresh by Taylor importance), the final
+  fine-tune shortened so the budget stays 450,000 samples.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -174,6 +177,14 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs", "3", "--finetune-lr",
             LR_450K, "--finetune-final-epochs", "39", "--finetune-final-lr", LR_450K]
             for cost in ("macs", "params")},
+        # row 3g with its vacl stage in 3 steps (--prune-steps): 3 implode + 5 + 5 between the
+        # steps + 3 + 29 final fine-tuning epochs of 10,000 = 3g's 450,000 samples
+        "r56-compress-steps3-450k": [
+            "resprune", "compress", b, "--config", f"{CFG}/resnet56-compress.yaml",
+            "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
+            "--prune-steps", "3", "--step-epochs", "5", "--finetune-epochs", "3",
+            "--finetune-lr", LR_450K, "--finetune-final-epochs", "29", "--finetune-final-lr",
+            LR_450K],
     }
 
 
@@ -204,6 +215,7 @@ TITLES = {
     "r56-compress-macs-450k": "3h. row 3g at 3g's MACs, ranked per MAC saved (--cost macs)",
     "r56-compress-params-450k": "3i. row 3g at 3g's MACs, ranked per param saved "
                                 "(--cost params)",
+    "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
 }
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k"}
