@@ -43,7 +43,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   stream channel in 3g;
 - ``r56-compress-steps3-450k``: row 3g with its vacl stage pruning in 3 steps
   (``--prune-steps 3 --step-epochs 5``, each step ranked afresh by Taylor importance), the final
-  fine-tune shortened so the budget stays 450,000 samples.
+  fine-tune shortened so the budget stays 450,000 samples;
+- ``r56-tp-groupnorm-steps3``: row 4g's recipe at 3j's MACs, on the B that 3j started from.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -185,6 +186,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--prune-steps", "3", "--step-epochs", "5", "--finetune-epochs", "3",
             "--finetune-lr", LR_450K, "--finetune-final-epochs", "29", "--finetune-final-lr",
             LR_450K],
+        # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
+        "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
+                                    "groupnorm", "--metric", "macs", "--params-reduction",
+                                    "<3j's MACs reduction>", "--sparse-epochs", "6",
+                                    "--finetune-epochs", "39", "--epoch-size", "10000",
+                                    "--distill-alpha", "0.7", "--distill-temperature", "4"],
     }
 
 
@@ -216,9 +223,11 @@ TITLES = {
     "r56-compress-params-450k": "3i. row 3g at 3g's MACs, ranked per param saved "
                                 "(--cost params)",
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
+    "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
 }
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
-TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k"}
+TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
+            "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
 
 
 def run_row(name: str, runs: Path, threads: int = 1) -> int:
