@@ -148,6 +148,8 @@ def test_k_steps_equal_k_chained_runs_and_resume(trained, tmp_path, capsys, monk
     assert [s["top1_before_finetune"] for s in steps] == [one["top1_before_finetune"],
                                                           two["top1_before_finetune"]]
     assert steps[0]["val_top1_after_finetune"] == pytest.approx(one["val_top1"])
+    assert steps[1]["val_top1_after_finetune"] == pytest.approx(got["val_top1"])
+    assert [s["finetune_epochs"] for s in steps] == [2, 1]
     assert got["top1_before_finetune"] == two["top1_before_finetune"]
     assert got["top1"] == two["top1"]
     assert got["epochs"] == 3

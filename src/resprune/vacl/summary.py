@@ -66,16 +66,18 @@ def combined_history(state: dict[str, Any]) -> list[dict[str, Any]]:
 def step_fields(state: dict[str, Any]) -> list[dict[str, Any]]:
     """Each pruning step of ``prune_steps`` > 1: its rule, sizes after it, groups removed,
     top-1 right after it and after its fine-tune (the last step's is the final model's)."""
-    out = []
-    for s in state.get("steps") or []:
-        tuned = (s.get("finetune_history") or [{}])[-1]
+    out, steps = [], state.get("steps") or []
+    for s in steps:  # the last step's fine-tune is the final one
+        history = s.get("finetune_history") if s is not steps[-1] else state.get(
+            "finetune_history")
+        tuned = (history or [{}])[-1]
         out.append({"step": s["step"], "rule": s["rule"], "target_reached": s["target_reached"],
                     "params_after": s["params_after"], "macs_after": s["macs_after"],
                     "groups_removed": s["groups_removed"],
                     "top1_before_finetune": s["before_finetune"]["top1"],
                     "val_top1_before_finetune": s["before_finetune"]["val_top1"],
                     "val_top1_after_finetune": tuned.get("val_acc"),
-                    "finetune_epochs": len(s.get("finetune_history") or [])})
+                    "finetune_epochs": len(history or [])})
     return out
 
 
