@@ -72,9 +72,8 @@ STATE_FORMAT = 1
 STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
 # what state["steps"] keeps of each step's prune report (with prune_steps > 1)
-STEP_KEYS = ("target_reduction", "target_reached", "params_before", "params_after",
-             "macs_before", "macs_after", "groups_total", "groups_by_kind", "groups_removed",
-             "removed_by_kind")
+STEP_KEYS = ("target_reached", "params_after", "macs_after", "groups_total", "groups_by_kind",
+             "groups_removed", "removed_by_kind")
 
 
 @dataclass
@@ -164,21 +163,14 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
             log.info("pruning%s (%s)", f", step {k} of {steps}" if steps > 1 else "",
                      ", ".join(f"{n}={v}" for n, v in target.items()))
             t0 = time.perf_counter()
-            if k == 1:
-                auto = _auto_target(out, shape, reg, loaders.val, target, config,
-                                    state["base"]["val_top1"], device, state["rms_after"])
-                rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
-                src, step_reg, scores = stage_dir(out, "sparse"), reg, state["rms_after"]
-            else:
-                auto, src = None, _step_dir(out, "finetune", k - 1, steps)
-                step_model = load(src)
-                step_reg = Regularizer(step_model, include_bn=config.include_bn,
-                                       include_consumers=config.include_consumers,
-                                       input_shape=shape)
-                scores = _Scorer(step_reg, config, loaders.train)(step_model)
+            auto = None if k > 1 else _auto_target(out, shape, reg, loaders.val, target, config,
+                                                   state["base"]["val_top1"], device,
+                                                   state["rms_after"])
+            rule = target if auto is None else {"target_params_reduction": auto["chosen"]}
+            src, step_reg, scores, now = _step_input(out, k, steps, state, reg, config, shape,
+                                                     loaders.train)
             if steps > 1:  # a params or MACs target (validated), never auto
-                rule = step_rule(target, k, steps, state["base"], measures.sizes(load(src),
-                                                                                 shape))
+                rule = step_rule(target, k, steps, state["base"], now)
             pruned_at = _step_dir(out, "pruned", k, steps)
             got = _prune(src, pruned_at, shape, step_reg, rule, scores, config, table)
             if auto is not None:
@@ -362,6 +354,21 @@ def _step_dir(out: Path, name: str, k: int, steps: int) -> Path:
     """``stages/pruned`` / ``stages/finetune`` of the last (or only) pruning step, else
     ``stages/pruned-k`` / ``stages/finetune-k``."""
     return stage_dir(out, name if k == steps else f"{name}-{k}")
+
+
+def _step_input(out: Path, k: int, steps: int, state: dict[str, Any], reg: Regularizer,
+                config: VaclConfig, shape, train_loader) -> tuple[Path, Regularizer, Any, Any]:
+    """Pruning step ``k``'s input: its directory, its groups (``reg`` of the sparse model for
+    step 1, else one traced on the previous step's fine-tuned model), their scores and the
+    model's sizes (step 1: the input's, which sparsity training does not change)."""
+    if k == 1:
+        return stage_dir(out, "sparse"), reg, state["rms_after"], state["base"]
+    src = _step_dir(out, "finetune", k - 1, steps)
+    model = load(src)
+    step_reg = Regularizer(model, include_bn=config.include_bn,
+                           include_consumers=config.include_consumers, input_shape=shape)
+    scores = _Scorer(step_reg, config, train_loader)(model)
+    return src, step_reg, scores, measures.sizes(model, shape)
 
 
 def step_rule(target: dict[str, float], k: int, steps: int, base: dict[str, Any],
