@@ -44,7 +44,12 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-steps3-450k``: row 3g with its vacl stage pruning in 3 steps
   (``--prune-steps 3 --step-epochs 5``, each step ranked afresh by Taylor importance), the final
   fine-tune shortened so the budget stays 450,000 samples;
-- ``r56-tp-groupnorm-steps3``: row 4g's recipe at 3j's MACs, on the B that 3j started from.
+- ``r56-tp-groupnorm-steps3``: row 4g's recipe at 3j's MACs, on the B that 3j started from;
+- ``r56-implode-heldout``: row 1c deciding on a validation split B never saw: the layout of
+  :func:`heldout_layout` (``RUNS/cifar10-jpeg-heldout``: ``train/`` as it is, ``test/`` halved
+  per class into ``val/`` and ``test/``), at most 20 steps. Not in the report's table (half of
+  its ``test/`` was its validation split): ``--paired RUNS/r56-B RUNS/r56-implode-heldout
+  --data-dir RUNS/cifar10-jpeg-heldout`` compares it with B on the other half.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -63,6 +68,7 @@ every finished row (or the ``--rows`` given) and writes
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --runs runs \
         --rows r56-B r56-vacl-taylor-450k --out benchmarks/results/cifar10_jpeg_resnet56_450k.md
     .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --paired runs/r56-B runs/r56-vacl
+    .venv/bin/python benchmarks/cifar10_jpeg_resnet56.py --heldout runs/cifar10-jpeg-heldout
 """
 
 from __future__ import annotations
@@ -80,7 +86,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, correct, deployed, machine_info, md_table  # noqa: E402
 
 AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
+JPEG = REPO.parent / "shared/datasets/cifar10-jpeg"
 DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
+HELDOUT = "cifar10-jpeg-heldout"  # under --runs: see heldout_layout
 CFG = "configs/cifar10-jpeg"
 FIRST = "62967bd"  # the commit whose configs the first attempt's rows used
 # the recovery learning rate of the 450,000-sample rows: the r56-vacl-taylor-lr05 probe (row 2d
@@ -192,6 +200,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                     "<3j's MACs reduction>", "--sparse-epochs", "6",
                                     "--finetune-epochs", "39", "--epoch-size", "10000",
                                     "--distill-alpha", "0.7", "--distill-temperature", "4"],
+        # row 1c's recipe deciding on images B never saw (half of test/), up to 20 steps
+        "r56-implode-heldout": ["resprune", "implode", b, "--config",
+                                f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
+                                "--epoch-size", "10000", "--retrain-epochs", "1",
+                                "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
+                                "6", "--patience", "3", "--max-steps", "20",
+                                "--final-epochs", "2", "--data-dir", str(runs / HELDOUT)],
     }
 
 
@@ -224,7 +239,10 @@ TITLES = {
                                 "(--cost params)",
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
+    "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
 }
+# rows that decided on half of test/: compared with B on the other half only (--paired)
+ON_HELDOUT = {"r56-implode-heldout"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
@@ -235,6 +253,8 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
     if (out / "summary.json").is_file():
         return 0
     argv = commands(runs)[name]
+    if name in ON_HELDOUT:
+        heldout_layout(JPEG, runs / HELDOUT)
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
     if name in TP_MATCH:  # fill in the matched compress row's measured MACs reduction
@@ -248,6 +268,39 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
                 "--no-progress", *(["--resume"] if started else [])]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(argv, cwd=REPO, env=env).returncode
+
+
+def heldout_layout(src: Path, dst: Path, seed: int = 0) -> Path:
+    """An image-folder layout whose ``val/`` the models never saw, made of symbolic links.
+
+    ``dst/train`` is ``src/train``; ``src/test`` is halved per class (a seeded stratified
+    split, :func:`resprune.data.split.stratified_split`) into ``dst/val`` and ``dst/test``,
+    so a command given ``--data-dir dst`` decides on one half and reports on the other.
+    Built in a temporary folder and renamed, so it exists whole or not at all.
+    """
+    import shutil
+
+    import torch
+
+    from resprune.data import imagefolder
+    from resprune.data.split import stratified_split
+
+    if (dst / "test").is_dir():
+        return dst
+    classes = imagefolder.find_classes(src / "test")
+    files = imagefolder.scan(src / "test", classes)
+    _, val = stratified_split(torch.tensor([y for _, y in files]), 0.5, seed)
+    in_val = set(val.tolist())
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "train").symlink_to((src / "train").resolve(), target_is_directory=True)
+    for i, (path, y) in enumerate(files):
+        d = tmp / ("val" if i in in_val else "test") / classes[y]
+        d.mkdir(parents=True, exist_ok=True)
+        (d / Path(path).name).symlink_to(Path(path).resolve())
+    tmp.rename(dst)
+    return dst
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -276,13 +329,14 @@ def paired(hits, ref_hits) -> tuple[float, float]:
     return 100 * float(d.mean()), 100 * float(d.std(unbiased=True)) / math.sqrt(d.numel())
 
 
-def test_hits(run_dirs: list[Path]) -> dict[Path, Any]:
-    """Per-image test hits of each run, as the report evaluates them (the runs as saved)."""
+def test_hits(run_dirs: list[Path], data_dir: Path = JPEG) -> dict[Path, Any]:
+    """Per-image test hits of each run, as the report evaluates them (the runs as saved), on
+    ``data_dir``'s test split."""
     import resprune
     from resprune.data import load_dataset, make_loader
 
     models = {r: resprune.load(r) for r in run_dirs}
-    bundle = load_dataset("imagefolder", REPO.parent / "shared/datasets/cifar10-jpeg",
+    bundle = load_dataset("imagefolder", data_dir,
                           preprocess=models[run_dirs[0]].preprocess, progress=False)
     test = make_loader(bundle, "test", 500, train=False)
     return {r: correct(m, test) for r, m in models.items()}
@@ -296,13 +350,13 @@ def report(runs: Path, out: Path, repeats: int, rows: list[str] | None = None) -
     from resprune.measure.compare import time_models
 
     torch.set_num_threads(1)
-    done = [n for n in (rows or TITLES) if (runs / n / "summary.json").is_file()]
+    done = [n for n in (rows or TITLES) if (runs / n / "summary.json").is_file()
+            and n not in ON_HELDOUT]
     if "r56-B" not in done:
         raise SystemExit("B (r56-B) is not finished (or not in --rows); nothing to compare")
     summaries = {n: json.loads((runs / n / "summary.json").read_text()) for n in done}
     b_model = resprune.load(runs / "r56-B")
-    bundle = load_dataset("imagefolder", REPO.parent / "shared/datasets/cifar10-jpeg",
-                          preprocess=b_model.preprocess, progress=False)
+    bundle = load_dataset("imagefolder", JPEG, preprocess=b_model.preprocess, progress=False)
     test = make_loader(bundle, "test", 500, train=False)
     models, hits = {}, {}
     for n in done:
@@ -393,15 +447,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paired", nargs="+", type=Path, metavar="RUN",
                    help="print the test top-1 of each RUN after the first and its paired "
                         "difference to the first (no timing, nothing written)")
+    p.add_argument("--data-dir", type=Path, default=JPEG,
+                   help="--paired: the image folder whose test split is used (cifar10-jpeg)")
+    p.add_argument("--heldout", type=Path, metavar="DIR",
+                   help="build the held-out layout (heldout_layout) in DIR and exit")
     a = p.parse_args(argv)
     runs = Path(a.runs).resolve()
+    if a.heldout:
+        print(heldout_layout(JPEG, a.heldout.resolve()))
+        return 0
     if a.run:
         return max(run_row(n, runs, a.threads) for n in a.run)
     if a.paired:
         import torch
 
         torch.set_num_threads(1)
-        hits = test_hits(a.paired)
+        hits = test_hits(a.paired, a.data_dir)
         ref = a.paired[0]
         for r in a.paired[1:]:
             mean, se = paired(hits[r], hits[ref])

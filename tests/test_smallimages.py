@@ -143,3 +143,68 @@ def test_old_runs_without_preprocess_keep_working(tmp_path, capsys):
     old = json.loads((base / "summary.json").read_text())
     assert new["top1"] == old["top1"]  # same inputs as before: same accuracy
     assert json.loads((out / "arch.json").read_text())["preprocess"]["mean"] == [0.5] * 3
+
+
+def _decoded(folder: Path) -> tuple[torch.Tensor, list[int]]:
+    """The images under ``folder/<class>/`` in scan order, as uint8 [N, 3, H, W], and labels."""
+    xs, ys = [], []
+    for label, cls in enumerate(("a", "b", "c")):
+        for path in sorted((folder / cls).iterdir()):
+            xs.append(torch.from_numpy(np.array(Image.open(path).convert("RGB"))))
+            ys.append(label)
+    return torch.stack(xs).permute(0, 3, 1, 2), ys
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_held_out_val_folder_is_the_validation_split(tmp_path, capsys, in_memory):
+    """train/ + val/ + test/: val/ is the validation split, all of train/ trains, and
+    --val-fraction / --seed change nothing."""
+    root = _folder(tmp_path / "imgs", n_train=6, n_test=3)
+    (root / "test").rename(root / "val")
+    _folder(tmp_path / "other", n_train=1, n_test=2)
+    (tmp_path / "other" / "test").rename(root / "test")
+    for fraction, seed in ((0.1, 0), (0.5, 3)):
+        b = load_dataset("imagefolder", root, val_fraction=fraction, seed=seed, cache_dir="",
+                         in_memory=in_memory, progress=False)
+        assert (len(b.train), len(b.val), len(b.test)) == (18, 9, 6)
+        assert b.val_folder == str(root / "val") and b.describe()["val_folder"] == b.val_folder
+        assert resprune.data.data_info(b)["val"] == 9
+    if in_memory:
+        want, labels = _decoded(root / "val")
+        ev = make_loader(b, "val", 9, train=False)
+        x, y = next(iter(ev))
+        mean = torch.tensor(b.mean).view(1, 3, 1, 1)
+        std = torch.tensor(b.std).view(1, 3, 1, 1)
+        assert torch.allclose(x, (want.float() / 255 - mean) / std, atol=1e-6)
+        assert y.tolist() == labels
+        train_x, _ = next(iter(make_loader(b, "train", 18, train=False)))
+        want_train = _decoded(root / "train")[0]  # all of train/, in order: nothing carved
+        assert torch.allclose(train_x, (want_train.float() / 255 - mean) / std, atol=1e-6)
+    else:
+        assert [p for p, _ in b.val.samples] == [
+            str(p) for c in ("a", "b", "c") for p in sorted((root / "val" / c).iterdir())]
+    # a class in val/ that train/ lacks: one line, exit 2
+    (root / "val" / "zebra").mkdir()
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "val" / "zebra" / "0.png")
+    with pytest.raises(UserError, match=r"val has class folders missing from train: zebra"):
+        load_dataset("imagefolder", root, cache_dir="", progress=False)
+
+
+def test_commands_decide_on_the_held_out_val_folder(tmp_path, capsys):
+    root = _folder(tmp_path / "imgs", n_train=4, n_test=2)
+    (root / "test").rename(root / "val")
+    _folder(tmp_path / "other", n_train=1, n_test=1)
+    (tmp_path / "other" / "test").rename(root / "test")
+    run = tmp_path / "run"
+    assert main(["train", "--model", "resnet8", "--width", "4", "--data", "imagefolder",
+                 "--data-dir", str(root), "--cache-dir", "", "--epochs", "1", "--batch-size",
+                 "4", "--no-progress", "--out", str(run)]) == 0
+    data = json.loads((run / "summary.json").read_text())["data"]
+    assert (data["train"], data["val"], data["test"]) == (12, 6, 3)
+    assert data["val_folder"] == str(root / "val")
+    capsys.readouterr()
+    assert main(["eval", str(run), "--split", "val", "--cache-dir", "", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    b = load_dataset("imagefolder", root, cache_dir="", progress=False)
+    want = resprune.measure.evaluate(resprune.load(run), make_loader(b, "val", 6, train=False))
+    assert got["n"] == 6 and got["top1"] == want["top1"]

@@ -25,7 +25,7 @@ from .. import distributed
 from ..errors import UserError
 from ..models.preprocess import IMAGENET_MEAN, IMAGENET_STD, make_preprocess
 from . import cifar, digits, imagefolder, synthetic
-from .imagefolder import ImageFolderLoader
+from .imagefolder import ImageFolderLoader, Sample
 from .loader import InMemoryLoader, check_batch_size
 from .smallimages import SMALL_MAX, DecodedFolder, PendingImages, probe_size
 from .split import check_fraction, stratified_split
@@ -46,6 +46,7 @@ IMAGEFOLDER_DEFAULTS: dict[str, Any] = {
     "workers": 0, "progress": True,
 }
 TEST_FOLDERS = ("test", "val")  # the first that exists is the test split
+# ... and with both, val/ is the validation split (images the input model never saw)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class DataBundle:
     seed: int = 0
     resize_size: int | None = None  # image folders: eval resize of the shorter side
     source: str | None = None       # the directory read, if any
+    val_folder: str | None = None   # image folders: a val/ folder used as the validation split
 
     @property
     def in_memory(self) -> bool:
@@ -131,7 +133,7 @@ class DataBundle:
                 "input_shape": list(input_shape(self)), "train": len(self.train),
                 "val": len(self.val), "test": len(self.test), "val_fraction": self.val_fraction,
                 "seed": self.seed, "augment": self.augment, "source": self.source,
-                "in_memory": self.in_memory}
+                "val_folder": self.val_folder, "in_memory": self.in_memory}
 
 
 def input_shape(bundle: DataBundle) -> tuple[int, int, int]:
@@ -173,11 +175,12 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
     * ``cifar10`` / ``cifar100``: the official python layout under ``data_dir`` (the parent
       or the batches directory); ``download=True`` fetches it first if absent.
     * ``imagefolder``: ``data_dir/train`` plus ``data_dir/test`` or ``data_dir/val`` (the test
-      split; ``test/`` wins when both exist). Small images (at most 64 px, or
-      ``in_memory=True``) are decoded once into memory and cached (options ``in_memory``,
-      ``cache_dir``, ``workers``, ``progress``; see :mod:`resprune.data.smallimages`); large
-      ones are read by a DataLoader with the ImageNet transforms, options ``image_size`` (224)
-      and ``resize_size`` (256).
+      split). With both, ``test/`` is the test split and ``val/`` the validation split
+      (``val_fraction`` and ``seed`` are then unused; all of ``train/`` trains). Small images
+      (at most 64 px, or ``in_memory=True``) are decoded once into memory and cached (options
+      ``in_memory``, ``cache_dir``, ``workers``, ``progress``; see
+      :mod:`resprune.data.smallimages`); large ones are read by a DataLoader with the ImageNet
+      transforms, options ``image_size`` (224) and ``resize_size`` (256).
     * ``digits``: scikit-learn's handwritten digits, offline; ``data_dir`` is ignored.
     * ``synthetic``: options ``num_classes``, ``channels``, ``image_size``, ``train_size``,
       ``test_size``, ``noise``, ``data_seed``, ``augment`` (see :data:`SYNTHETIC_DEFAULTS`).
@@ -231,47 +234,61 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *,
 def _imagefolder(data_dir: str | os.PathLike | None, f: float, seed: int,
                  o: dict[str, Any]) -> DataBundle:
     root = _need_dir("imagefolder", data_dir)
-    layout = f"{root}/train/<class>/<image> and {root}/test/ (or val/)/<class>/<image>"
+    layout = (f"{root}/train/<class>/<image> and {root}/test/ (or val/)/<class>/<image> "
+              f"(with both, val/ is the validation split)")
     if not root.is_dir():
         raise UserError(f"data directory {root} does not exist; an image folder needs {layout}")
     if not (root / "train").is_dir():
         raise UserError(f"{root} has no train/ folder; an image folder dataset needs {layout}")
-    test_dir = next((root / t for t in TEST_FOLDERS if (root / t).is_dir()), None)
-    if test_dir is None:
+    found = [root / t for t in TEST_FOLDERS if (root / t).is_dir()]
+    if not found:
         raise UserError(f"{root} has no test/ or val/ folder; an image folder dataset needs "
                         f"{layout}")
+    test_dir, val_dir = found[0], (found[1] if len(found) > 1 else None)
     classes = imagefolder.find_classes(root / "train")
-    extra = sorted(set(imagefolder.find_classes(test_dir)) - set(classes))
-    if extra:
-        raise UserError(f"{test_dir} has class folders missing from train: "
-                        f"{', '.join(extra[:5])}; both need the same class names")
+    for d in (test_dir, val_dir):
+        extra = [] if d is None else sorted(set(imagefolder.find_classes(d)) - set(classes))
+        if extra:
+            raise UserError(f"{d} has class folders missing from train: "
+                            f"{', '.join(extra[:5])}; both need the same class names")
     train_s = imagefolder.scan(root / "train", classes)
     test_s = imagefolder.scan(test_dir, classes)
+    val_s = imagefolder.scan(val_dir, classes) if val_dir is not None else []
     train_y = torch.tensor([y for _, y in train_s], dtype=torch.int64)
     test_y = torch.tensor([y for _, y in test_s], dtype=torch.int64)
-    tr, va = stratified_split(train_y, f, seed)
+    val_y = torch.tensor([y for _, y in val_s], dtype=torch.int64)
+    if val_dir is None:
+        tr, va = stratified_split(train_y, f, seed)
+    else:  # a held-out folder: nothing is carved from train/
+        tr, va = torch.arange(len(train_s)), torch.empty(0, dtype=torch.int64)
     in_memory = o["in_memory"]
     native = max(probe_size(train_s[0][0]))
     if in_memory is None:
         in_memory = native <= SMALL_MAX
     common = dict(name="imagefolder", num_classes=len(classes), in_channels=3,
                   mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, classes=classes,
-                  val_fraction=f, seed=seed, source=str(root))
+                  val_fraction=f, seed=seed, source=str(root),
+                  val_folder=None if val_dir is None else str(val_dir))
     if in_memory:
         size = int(o["image_size"] or native)
         dec = dict(cache_dir=o["cache_dir"], workers=int(o["workers"]),
                    progress=bool(o["progress"]))
-        full = Split(train_y, pending=PendingImages(
-            DecodedFolder(train_s, size, name=f"{root.name}/train", **dec)))
-        test = Split(test_y, pending=PendingImages(
-            DecodedFolder(test_s, size, name=f"{root.name}/{test_dir.name}", **dec)))
-        return DataBundle(image_size=size, train=full.subset(tr), val=full.subset(va),
-                          test=test, **common)
-    size = int(o["image_size"] or 224)
-    full = Split(train_y, samples=train_s)
-    return DataBundle(image_size=size, train=full.subset(tr), val=full.subset(va),
-                      test=Split(test_y, samples=test_s),
-                      resize_size=int(o["resize_size"] or round(size * 256 / 224)), **common)
+
+        def folder(samples: list[Sample], labels: torch.Tensor, d: Path) -> Split:
+            return Split(labels, pending=PendingImages(
+                DecodedFolder(samples, size, name=f"{root.name}/{d.name}", **dec)))
+    else:
+        size = int(o["image_size"] or 224)
+
+        def folder(samples: list[Sample], labels: torch.Tensor, d: Path) -> Split:
+            return Split(labels, samples=samples)
+
+    full = folder(train_s, train_y, root / "train")
+    val = full.subset(va) if val_dir is None else folder(val_s, val_y, val_dir)
+    extra_fields = {} if in_memory else {
+        "resize_size": int(o["resize_size"] or round(size * 256 / 224))}
+    return DataBundle(image_size=size, train=full.subset(tr), val=val,
+                      test=folder(test_s, test_y, test_dir), **extra_fields, **common)
 
 
 def with_preprocess(bundle: DataBundle, pre: dict[str, Any] | None) -> DataBundle:
@@ -361,6 +378,7 @@ def data_info(bundle: DataBundle, data_dir: str | os.PathLike | None = None) -> 
     return {"name": bundle.name,
             "data_dir": str(data_dir) if data_dir is not None else bundle.source,
             "val_fraction": bundle.val_fraction, "seed": bundle.seed,
+            "val_folder": bundle.val_folder,
             "num_classes": bundle.num_classes, "train": len(bundle.train),
             "val": len(bundle.val), "test": len(bundle.test)}
 
