@@ -73,12 +73,14 @@ def add_data(p: argparse.ArgumentParser, required: bool = True) -> None:
                    help="dataset (digits and synthetic need no files)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="dataset directory (CIFAR: the folder holding cifar-10-batches-py/; "
-                        "imagefolder: the folder holding train/ and val/)")
+                        "imagefolder: the folder holding train/ and test/ or val/; with "
+                        "both test/ and val/, val/ is the validation split)")
     g.add_argument("--download", action="store_true",
                    help="download CIFAR into --data-dir if it is missing (needs a network)")
     g.add_argument("--val-fraction", type=fraction, default=0.1,
                    help="fraction of the training set held out as the validation split that "
-                        "every decision uses (default 0.1)")
+                        "every decision uses (default 0.1; unused when an image folder "
+                        "has val/ beside test/)")
     g.add_argument("--workers", type=nonneg_int, default=0,
                    help="image folders: DataLoader workers for large images (default 0 = in "
                         "the main process); processes decoding small images (0 = all cores)")
