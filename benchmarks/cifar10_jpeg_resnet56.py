@@ -49,7 +49,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   :func:`heldout_layout` (``RUNS/cifar10-jpeg-heldout``: ``train/`` as it is, ``test/`` halved
   per class into ``val/`` and ``test/``), at most 20 steps. Not in the report's table (half of
   its ``test/`` was its validation split): ``--paired RUNS/r56-B RUNS/r56-implode-heldout
-  --data-dir RUNS/cifar10-jpeg-heldout`` compares it with B on the other half.
+  --data-dir RUNS/cifar10-jpeg-heldout`` compares it with B on the other half;
+- ``r56-implode-heldout-r2``: row 1h retraining 20,000 samples a step, at most 10 steps.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -207,6 +208,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                 "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
                                 "6", "--patience", "3", "--max-steps", "20",
                                 "--final-epochs", "2", "--data-dir", str(runs / HELDOUT)],
+        # row 1h with twice the retraining per step (20,000 samples), at most 10 steps
+        "r56-implode-heldout-r2": ["resprune", "implode", b, "--config",
+                                   f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
+                                   "--epoch-size", "10000", "--retrain-epochs", "2",
+                                   "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
+                                   "6", "--patience", "3", "--max-steps", "10",
+                                   "--final-epochs", "2", "--data-dir", str(runs / HELDOUT)],
     }
 
 
@@ -240,9 +248,10 @@ TITLES = {
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
+    "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
-ON_HELDOUT = {"r56-implode-heldout"}
+ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
