@@ -100,6 +100,17 @@ LR_450K = "0.01"
 MACS_3G = "0.7858361800854179"
 
 
+def one_unit(b: str, retrain_epochs: int, max_steps: int,
+             data_dir: Path | None = None) -> list[str]:
+    """The one-unit-a-step implosion recipe (row 1c): each unit faded out over a retraining
+    of ``retrain_epochs`` x 10,000 samples, 8 candidates screened, patience 3."""
+    return ["resprune", "implode", b, "--config", f"{CFG}/resnet56-implode.yaml", "--per-step",
+            "1", "--epoch-size", "10000", "--retrain-epochs", str(retrain_epochs),
+            "--retrain-lr", "0.01", "--screen", "8", "--screen-batches", "6", "--patience", "3",
+            "--max-steps", str(max_steps), "--final-epochs", "2",
+            *(["--data-dir", str(data_dir)] if data_dir else [])]
+
+
 def commands(runs: Path) -> dict[str, list[str]]:
     """Each row's command (run from the repository root), ``--out`` last."""
     b = str(runs / "r56-B")
@@ -143,12 +154,7 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                  "--sparse-epochs", "6", "--finetune-epochs", "12",
                                  "--epoch-size", "10000", "--distill-alpha", "0.7",
                                  "--distill-temperature", "4"],
-        "r56-implode-p1-lr0.01": ["resprune", "implode", b, "--config",
-                                  f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
-                                  "--epoch-size", "10000", "--retrain-epochs", "1",
-                                  "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
-                                  "6", "--patience", "3", "--max-steps", "16",
-                                  "--final-epochs", "2"],
+        "r56-implode-p1-lr0.01": one_unit(b, retrain_epochs=1, max_steps=16),
         "r56-vacl-taylor": ["resprune", "vacl", b, "--config", f"{CFG}/resnet56-vacl.yaml",
                             "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
                             "--finetune-epochs", "10"],
@@ -202,19 +208,11 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                     "--finetune-epochs", "39", "--epoch-size", "10000",
                                     "--distill-alpha", "0.7", "--distill-temperature", "4"],
         # row 1c's recipe deciding on images B never saw (half of test/), up to 20 steps
-        "r56-implode-heldout": ["resprune", "implode", b, "--config",
-                                f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
-                                "--epoch-size", "10000", "--retrain-epochs", "1",
-                                "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
-                                "6", "--patience", "3", "--max-steps", "20",
-                                "--final-epochs", "2", "--data-dir", str(runs / HELDOUT)],
+        "r56-implode-heldout": one_unit(b, retrain_epochs=1, max_steps=20,
+                                        data_dir=runs / HELDOUT),
         # row 1h with twice the retraining per step (20,000 samples), at most 10 steps
-        "r56-implode-heldout-r2": ["resprune", "implode", b, "--config",
-                                   f"{CFG}/resnet56-implode.yaml", "--per-step", "1",
-                                   "--epoch-size", "10000", "--retrain-epochs", "2",
-                                   "--retrain-lr", "0.01", "--screen", "8", "--screen-batches",
-                                   "6", "--patience", "3", "--max-steps", "10",
-                                   "--final-epochs", "2", "--data-dir", str(runs / HELDOUT)],
+        "r56-implode-heldout-r2": one_unit(b, retrain_epochs=2, max_steps=10,
+                                           data_dir=runs / HELDOUT),
     }
 
 
