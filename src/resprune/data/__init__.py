@@ -246,49 +246,40 @@ def _imagefolder(data_dir: str | os.PathLike | None, f: float, seed: int,
                         f"{layout}")
     test_dir, val_dir = found[0], (found[1] if len(found) > 1 else None)
     classes = imagefolder.find_classes(root / "train")
-    for d in (test_dir, val_dir):
-        extra = [] if d is None else sorted(set(imagefolder.find_classes(d)) - set(classes))
+    for d in found:
+        extra = sorted(set(imagefolder.find_classes(d)) - set(classes))
         if extra:
             raise UserError(f"{d} has class folders missing from train: "
                             f"{', '.join(extra[:5])}; both need the same class names")
     train_s = imagefolder.scan(root / "train", classes)
-    test_s = imagefolder.scan(test_dir, classes)
-    val_s = imagefolder.scan(val_dir, classes) if val_dir is not None else []
-    train_y = torch.tensor([y for _, y in train_s], dtype=torch.int64)
-    test_y = torch.tensor([y for _, y in test_s], dtype=torch.int64)
-    val_y = torch.tensor([y for _, y in val_s], dtype=torch.int64)
-    if val_dir is None:
-        tr, va = stratified_split(train_y, f, seed)
-    else:  # a held-out folder: nothing is carved from train/
-        tr, va = torch.arange(len(train_s)), torch.empty(0, dtype=torch.int64)
     in_memory = o["in_memory"]
     native = max(probe_size(train_s[0][0]))
     if in_memory is None:
         in_memory = native <= SMALL_MAX
-    common = dict(name="imagefolder", num_classes=len(classes), in_channels=3,
-                  mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, classes=classes,
-                  val_fraction=f, seed=seed, source=str(root),
-                  val_folder=None if val_dir is None else str(val_dir))
-    if in_memory:
-        size = int(o["image_size"] or native)
-        dec = dict(cache_dir=o["cache_dir"], workers=int(o["workers"]),
-                   progress=bool(o["progress"]))
+    size = int(o["image_size"] or (native if in_memory else 224))
+    dec = dict(cache_dir=o["cache_dir"], workers=int(o["workers"]), progress=bool(o["progress"]))
 
-        def folder(samples: list[Sample], labels: torch.Tensor, d: Path) -> Split:
-            return Split(labels, pending=PendingImages(
-                DecodedFolder(samples, size, name=f"{root.name}/{d.name}", **dec)))
-    else:
-        size = int(o["image_size"] or 224)
-
-        def folder(samples: list[Sample], labels: torch.Tensor, d: Path) -> Split:
+    def folder(samples: list[Sample], d: Path) -> Split:
+        labels = torch.tensor([y for _, y in samples], dtype=torch.int64)
+        if not in_memory:
             return Split(labels, samples=samples)
+        return Split(labels, pending=PendingImages(
+            DecodedFolder(samples, size, name=f"{root.name}/{d.name}", **dec)))
 
-    full = folder(train_s, train_y, root / "train")
-    val = full.subset(va) if val_dir is None else folder(val_s, val_y, val_dir)
-    extra_fields = {} if in_memory else {
-        "resize_size": int(o["resize_size"] or round(size * 256 / 224))}
-    return DataBundle(image_size=size, train=full.subset(tr), val=val,
-                      test=folder(test_s, test_y, test_dir), **extra_fields, **common)
+    train = folder(train_s, root / "train")
+    if val_dir is None:
+        tr, va = stratified_split(train.labels, f, seed)
+        train, val = train.subset(tr), train.subset(va)
+    else:  # a held-out folder: nothing is carved from train/
+        val = folder(imagefolder.scan(val_dir, classes), val_dir)
+    resize = {} if in_memory else {"resize_size": int(o["resize_size"]
+                                                       or round(size * 256 / 224))}
+    return DataBundle(name="imagefolder", num_classes=len(classes), in_channels=3,
+                      image_size=size, train=train, val=val,
+                      test=folder(imagefolder.scan(test_dir, classes), test_dir),
+                      mean=IMAGENET_MEAN, std=IMAGENET_STD, augment=True, classes=classes,
+                      val_fraction=f, seed=seed, source=str(root),
+                      val_folder=None if val_dir is None else str(val_dir), **resize)
 
 
 def with_preprocess(bundle: DataBundle, pre: dict[str, Any] | None) -> DataBundle:
