@@ -51,6 +51,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   its ``test/`` was its validation split): ``--paired RUNS/r56-B RUNS/r56-implode-heldout
   --data-dir RUNS/cifar10-jpeg-heldout`` compares it with B on the other half;
 - ``r56-implode-heldout-r2``: row 1h retraining 20,000 samples a step, at most 10 steps.
+- ``r56-B-s1``, ``r56-compress-steps3-450k-s1``: B and row 3j again with ``--seed 1`` (the
+  seed of the carved validation split and of every training); 3j's second seed starts from B.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -114,6 +116,13 @@ def one_unit(b: str, retrain_epochs: int, max_steps: int,
 def commands(runs: Path) -> dict[str, list[str]]:
     """Each row's command (run from the repository root), ``--out`` last."""
     b = str(runs / "r56-B")
+    # row 3g with its vacl stage in 3 steps (--prune-steps): 3 implode + 5 + 5 between the
+    # steps + 3 + 29 final fine-tuning epochs of 10,000 = 3g's 450,000 samples
+    steps3 = ["resprune", "compress", b, "--config", f"{CFG}/resnet56-compress.yaml",
+              "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
+              "--prune-steps", "3", "--step-epochs", "5", "--finetune-epochs", "3",
+              "--finetune-lr", LR_450K, "--finetune-final-epochs", "29", "--finetune-final-lr",
+              LR_450K]
     return {
         "r56-imported": ["resprune", "import", AKAMASTER, "--model", "resnet56", *DATA],
         "r56-B": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
@@ -193,14 +202,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs", "3", "--finetune-lr",
             LR_450K, "--finetune-final-epochs", "39", "--finetune-final-lr", LR_450K]
             for cost in ("macs", "params")},
-        # row 3g with its vacl stage in 3 steps (--prune-steps): 3 implode + 5 + 5 between the
-        # steps + 3 + 29 final fine-tuning epochs of 10,000 = 3g's 450,000 samples
-        "r56-compress-steps3-450k": [
-            "resprune", "compress", b, "--config", f"{CFG}/resnet56-compress.yaml",
-            "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
-            "--prune-steps", "3", "--step-epochs", "5", "--finetune-epochs", "3",
-            "--finetune-lr", LR_450K, "--finetune-final-epochs", "29", "--finetune-final-lr",
-            LR_450K],
+        "r56-compress-steps3-450k": steps3,
+        # second seeds (the issue's "when time allows"): --seed is the seed of the carved
+        # validation split and of every training, so both change with it
+        "r56-B-s1": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
+                     f"{CFG}/resnet56-adapt.yaml", "--seed", "1"],
+        "r56-compress-steps3-450k-s1": [*steps3, "--seed", "1"],
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -244,6 +251,8 @@ TITLES = {
     "r56-compress-params-450k": "3i. row 3g at 3g's MACs, ranked per param saved "
                                 "(--cost params)",
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
+    "r56-B-s1": "B, second seed (--seed 1)",
+    "r56-compress-steps3-450k-s1": "3j, second seed (--seed 1)",
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
