@@ -51,6 +51,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   its ``test/`` was its validation split): ``--paired RUNS/r56-B RUNS/r56-implode-heldout
   --data-dir RUNS/cifar10-jpeg-heldout`` compares it with B on the other half;
 - ``r56-implode-heldout-r2``: row 1h retraining 20,000 samples a step, at most 10 steps.
+- ``r56-implode-heldout-r2-more``: row 1i continued from its output for at most 9 more steps
+  with the same acceptance floor (its tolerance is 1i's final val top-1 minus 1i's floor).
 - ``r56-B-s1``, ``r56-compress-steps3-450k-s1``: B and row 3j again with ``--seed 1`` (the
   seed of the carved validation split and of every training); 3j's second seed starts from B.
 
@@ -103,12 +105,13 @@ MACS_3G = "0.7858361800854179"
 
 
 def one_unit(b: str, retrain_epochs: int, max_steps: int,
-             data_dir: Path | None = None) -> list[str]:
+             data_dir: Path | None = None, screen: int = 8) -> list[str]:
     """The one-unit-a-step implosion recipe (row 1c): each unit faded out over a retraining
-    of ``retrain_epochs`` x 10,000 samples, 8 candidates screened, patience 3."""
+    of ``retrain_epochs`` x 10,000 samples, ``screen`` candidates screened, patience 3."""
     return ["resprune", "implode", b, "--config", f"{CFG}/resnet56-implode.yaml", "--per-step",
             "1", "--epoch-size", "10000", "--retrain-epochs", str(retrain_epochs),
-            "--retrain-lr", "0.01", "--screen", "8", "--screen-batches", "6", "--patience", "3",
+            "--retrain-lr", "0.01", "--screen", str(screen), "--screen-batches", "6",
+            "--patience", "3",
             "--max-steps", str(max_steps), "--final-epochs", "2",
             *(["--data-dir", str(data_dir)] if data_dir else [])]
 
@@ -220,6 +223,15 @@ def commands(runs: Path) -> dict[str, list[str]]:
         # row 1h with twice the retraining per step (20,000 samples), at most 10 steps
         "r56-implode-heldout-r2": one_unit(b, retrain_epochs=2, max_steps=10,
                                            data_dir=runs / HELDOUT),
+        # row 1i stopped at its 10-step cap within tolerance: 9 more steps from its output, to
+        # the same floor (1i's start val top-1 - 0.5; "<...>" filled in by run_row), B as the
+        # teacher, no gate adaptation (its gates were folded: all 21 units screened instead),
+        # another seed for fresh retraining subsets; 230,000 + 200,000 samples in all
+        "r56-implode-heldout-r2-more": [
+            *one_unit(str(runs / "r56-implode-heldout-r2"), retrain_epochs=2, max_steps=9,
+                      data_dir=runs / HELDOUT, screen=21),
+            "--adapt-epochs", "0", "--tolerance", "<to 1i's floor>",
+            "--distill-from", b, "--seed", "1"],
     }
 
 
@@ -256,9 +268,12 @@ TITLES = {
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
+    "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
-ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2"}
+ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more"}
+# an implosion row continuing another's output: its tolerance keeps the first row's floor
+CONTINUES = {"r56-implode-heldout-r2-more": "r56-implode-heldout-r2"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
@@ -276,6 +291,10 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
     if name in TP_MATCH:  # fill in the matched compress row's measured MACs reduction
         s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
         argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
+    if name in CONTINUES:  # tolerance = the first row's val top-1 at its end - its floor
+        s = json.loads((runs / CONTINUES[name] / "summary.json").read_text())
+        tol = 100 * s["val_top1"] - (100 * s["start"]["val_top1"] - s["config"]["tolerance"])
+        argv = [a if not a.startswith("<") else f"{tol:.2f}" for a in argv]
     if name.startswith("r56-tp-groupnorm"):
         argv = [sys.executable, *argv[1:], "--out", str(out), "--threads", str(threads)]
     else:
