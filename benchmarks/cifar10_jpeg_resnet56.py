@@ -54,7 +54,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-implode-heldout-r2-more``: row 1i continued from its output for at most 9 more steps
   with the same acceptance floor (its tolerance is 1i's final val top-1 minus 1i's floor).
 - ``r56-B-s1``, ``r56-compress-steps3-450k-s1``: B and row 3j again with ``--seed 1`` (the
-  seed of the carved validation split and of every training); 3j's second seed starts from B.
+  seed of the carved validation split and of every training); 3j's second seed starts from B;
+- ``r56-implode-heldout-r2-s1``: row 1i with ``--seed 1`` (on the held-out layout the seed
+  changes only the training: the validation split is the folder's ``val/``).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -211,6 +213,8 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-B-s1": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
                      f"{CFG}/resnet56-adapt.yaml", "--seed", "1"],
         "r56-compress-steps3-450k-s1": [*steps3, "--seed", "1"],
+        "r56-implode-heldout-r2-s1": [*one_unit(b, retrain_epochs=2, max_steps=10,
+                                                data_dir=runs / HELDOUT), "--seed", "1"],
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -265,13 +269,15 @@ TITLES = {
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
     "r56-B-s1": "B, second seed (--seed 1)",
     "r56-compress-steps3-450k-s1": "3j, second seed (--seed 1)",
+    "r56-implode-heldout-r2-s1": "1i, second seed (--seed 1)",
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
-ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more"}
+ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
+              "r56-implode-heldout-r2-s1"}
 # an implosion row continuing another's output: its tolerance keeps the first row's floor
 CONTINUES = {"r56-implode-heldout-r2-more": "r56-implode-heldout-r2"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
