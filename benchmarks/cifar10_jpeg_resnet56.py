@@ -278,11 +278,23 @@ TITLES = {
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
               "r56-implode-heldout-r2-s1"}
-# an implosion row continuing another's output: its tolerance keeps the first row's floor
-CONTINUES = {"r56-implode-heldout-r2-more": "r56-implode-heldout-r2"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
+
+
+def _macs_reduction(s: dict[str, Any]) -> str:
+    return str(s["macs_removed_pct"] / 100)
+
+
+def _same_floor(s: dict[str, Any]) -> str:
+    """The tolerance that keeps an implosion row's floor: its final val top-1 - its floor."""
+    return f"{100 * s['val_top1'] - (100 * s['start']['val_top1'] - s['config']['tolerance']):.2f}"
+
+
+# a row whose "<...>" argument is measured on another row: (that row, value from its summary)
+DERIVED = {**{tp: (row, _macs_reduction) for tp, row in TP_MATCH.items()},
+           "r56-implode-heldout-r2-more": ("r56-implode-heldout-r2", _same_floor)}
 
 
 def run_row(name: str, runs: Path, threads: int = 1) -> int:
@@ -294,13 +306,10 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
         heldout_layout(JPEG, runs / HELDOUT)
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
-    if name in TP_MATCH:  # fill in the matched compress row's measured MACs reduction
-        s = json.loads((runs / TP_MATCH[name] / "summary.json").read_text())
-        argv = [a if not a.startswith("<") else str(s["macs_removed_pct"] / 100) for a in argv]
-    if name in CONTINUES:  # tolerance = the first row's val top-1 at its end - its floor
-        s = json.loads((runs / CONTINUES[name] / "summary.json").read_text())
-        tol = 100 * s["val_top1"] - (100 * s["start"]["val_top1"] - s["config"]["tolerance"])
-        argv = [a if not a.startswith("<") else f"{tol:.2f}" for a in argv]
+    if name in DERIVED:
+        row, value = DERIVED[name]
+        s = json.loads((runs / row / "summary.json").read_text())
+        argv = [value(s) if a.startswith("<") else a for a in argv]
     if name.startswith("r56-tp-groupnorm"):
         argv = [sys.executable, *argv[1:], "--out", str(out), "--threads", str(threads)]
     else:
