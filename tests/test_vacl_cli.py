@@ -376,3 +376,67 @@ def test_taylor_score_removes_the_groups_with_the_least_taylor_importance(traine
     report = json.loads((out / "stages" / "pruned" / "prune_report.json").read_text())
     assert report["removed_groups"] == want["removed_groups"]
     assert report["score"] == "taylor"
+
+
+# -- --plan -----------------------------------------------------------------------------------
+
+PLAN = ["--group-score", "taylor", "--target-macs-reduction", "0.5"]
+
+
+def test_plan_prints_what_each_ranking_removes_and_writes_nothing(trained, tmp_path, capsys,
+                                                                  monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = sorted(p.name for p in trained.iterdir())
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *PLAN, "--plan", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert [r["cost"] for r in rows] == ["none", "params", "macs"]
+    assert sorted(p.name for p in trained.iterdir()) == before and not any(tmp_path.iterdir())
+    # each row is exactly what a run with that ranking and no sparsity training prunes
+    for row in rows[:2]:
+        out = tmp_path / row["cost"]
+        code, _, err = run_cli(["vacl", trained, *QUIET, *PLAN, "--cost", row["cost"],
+                                "--sparse-epochs", "0", "--finetune-epochs", "0", "--out", out],
+                               capsys)
+        assert code == 0, err
+        pr = read_summary(out)["prune"]
+        for key in ("params_after", "macs_after", "groups_removed", "removed_by_kind",
+                    "target_reached"):
+            assert row[key] == pr[key], key
+        model = resprune.load(out)
+        assert row["params_after"] == count_params(model)
+        assert row["macs_after"] == count_macs(model, CIFAR)
+        assert row["macs_reduction"] >= 0.5
+    code, stdout, _ = run_cli(["vacl", trained, *QUIET, *PLAN, "--plan"], capsys)
+    assert code == 0 and stdout.startswith("plan: --target-macs-reduction 0.5, --group-score "
+                                           "taylor")
+    for row in rows:
+        assert f"{100 * row['macs_reduction']:.2f} %" in stdout
+
+
+def test_plan_of_a_threshold_has_one_row_and_leaves_the_model(trained):
+    model = resprune.load(trained)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = vacl.plan(model, load_dataset("synthetic", val_fraction=0.1, seed=0),
+                     vacl.VaclConfig(threshold=0.5, group_score="rms"))
+    assert [r["cost"] for r in rows] == ["none"]
+    assert same_weights(model.state_dict(), state)
+    report = vacl.prune(resprune.load(trained), CIFAR, threshold=0.5, score="rms")
+    assert rows[0]["params_after"] == report["params_after"] > 0
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["--target-params-reduction", "0.5"], "--out is required (or --plan, which writes nothing)"),
+    (["--plan", "--threshold", "0.1", "--out", "x"],
+     "--plan trains and writes nothing: drop --out, --resume and --overwrite"),
+    (["--plan", "--auto-tolerance", "0.5"], "a plan compares rankings on the analytic size "
+                                            "model"),
+    (["--plan", "--target-latency-reduction", "0.3"], "a plan compares rankings"),
+])
+def test_plan_and_out_bad_options_one_line_exit_2(trained, tmp_path, capsys, monkeypatch,
+                                                  extra, msg):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *extra], capsys)
+    assert code == 2 and stdout == ""
+    assert err.count("\n") == 1 and err.startswith("resprune: error: ") and msg in err, err
+    assert not any(tmp_path.iterdir())

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..report import fmt_acc, fmt_count
+from ..report import fmt_acc, fmt_count, text_table
 from ..vacl import VaclConfig, run_pipeline
 from ..vacl.config import RULES
 from . import common, options
@@ -52,7 +52,11 @@ def add_parser(subs) -> None:
     options.add_data(p, required=False)
     options.add_train(p, epochs=False, title="training (both stages)",
                       seed_of="both trainings")
-    options.add_output(p)
+    options.add_output(p, required=False)
+    p.add_argument("--plan", action="store_true",
+                   help="print what the pruning rule removes from RUN (params, MACs, channel "
+                        "groups) under each ranking cost (none, params, macs), ranked as RUN "
+                        "is, and exit: trains and writes nothing, so --out is not needed")
     options.add_config(p)
     p.set_defaults(func=run)
 
@@ -72,6 +76,10 @@ def prune_target(args: argparse.Namespace) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
+    if args.plan:
+        return plan(args)
+    if not args.out:
+        raise UserError("--out is required (or --plan, which writes nothing)")
     start = common.open_input(args, "vacl")
     model = start.model
     config = vacl_config(args)
@@ -83,6 +91,42 @@ def run(args: argparse.Namespace) -> int:
     common.check_teacher(teacher, model)
     return common.run_pipeline(args, start, "vacl", run_pipeline, config, teacher, started,
                                terminal_text)
+
+
+def plan(args: argparse.Namespace) -> int:
+    """``--plan``: the library's :func:`resprune.vacl.plan` on the input run, printed."""
+    from ..vacl import plan as make_plan
+
+    if args.out or args.resume or args.overwrite:
+        raise UserError("--plan trains and writes nothing: drop --out, --resume and "
+                        "--overwrite")
+    start = common.open_input(args, "vacl")
+    config = vacl_config(args)
+    rows = make_plan(start.model, common.make_loaders(start.bundle, args, start.device),
+                     config, input_shape=start.input_shape)
+    common.emit(args, rows, plan_text(rows, config))
+    return 0
+
+
+def plan_text(rows: list[dict[str, Any]], config: VaclConfig) -> str:
+    (key, value), = config.rule().items()
+    rule = (f"--threshold {value:g}" if key == "threshold" else
+            f"--{key.replace('_', '-')} {value:g}")
+    body = [[r["cost"], f"{100 * r['params_reduction']:.2f} %",
+             f"{100 * r['macs_reduction']:.2f} %",
+             f"{fmt_count(r['params_before'])} -> {fmt_count(r['params_after'])}",
+             f"{fmt_count(r['macs_before'])} -> {fmt_count(r['macs_after'])}",
+             f"{r['groups_removed']} of {r['groups_total']}",
+             r["removed_by_kind"].get("cross", 0),
+             "yes" if r["target_reached"] else "no"] for r in rows]
+    table = text_table(["--cost", "params removed", "MACs removed", "params", "MACs",
+                        "groups removed", "cross-layer", "target reached"], body)
+    note = ("" if config.group_score == "taylor" or len(rows) == 1 else
+            f"\n--cost params / macs divide the score by what a group saves; "
+            f"{config.group_score} averages over a group's layers, so the cost alone decides "
+            "(docs/vacl.md): rank with --group-score taylor")
+    return (f"plan: {rule}, --group-score {config.group_score}, input ranked as it is (no "
+            f"sparsity training)\n{table}{note}")
 
 
 def _latency_word(pr: dict[str, Any]) -> str:

@@ -30,6 +30,9 @@ directory ``resprune vacl`` writes)::
 
     result = vacl.run_pipeline(model, data, vacl.VaclConfig(target_params_reduction=0.5),
                                out="runs/resnet56-vacl")
+
+Before a long run, :func:`plan` shows what the rule removes under each ranking cost (params and
+MACs), without training or writing anything.
 """
 
 from .config import VaclConfig
@@ -44,6 +47,7 @@ from .groups import (
     discover_groups,
 )
 from .pipeline import VaclResult, run_pipeline
+from .plan import PLAN_COSTS, plan
 from .prune import prune, remove_members
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
@@ -52,5 +56,5 @@ __all__ = [
     "CROSS", "FILTER", "FORMS", "LAM_SCHEDULES", "ChannelGroup", "GroupSet", "LamSchedule",
     "Member", "PadShortcutPruner", "Regularizer", "SCORES", "discover_groups", "group_scores",
     "group_slices", "VaclConfig", "VaclResult", "run_pipeline",
-    "near_zero_share", "prune", "remove_members",
+    "near_zero_share", "PLAN_COSTS", "plan", "prune", "remove_members",
 ]
