@@ -109,8 +109,8 @@ LR_450K = "0.01"
 MACS_3G = "0.7858361800854179"
 # row 3k's params target: ranked per param saved (--cost params), B pruned in one step to 85 %
 # fewer params keeps 32.1 % of its MACs (67.9 % removed, short of the compress target's 70 %);
-# to 87 %: 72.5 % of MACs removed (dry runs: `resprune vacl RUNS/r56-B --target-params-reduction
-# R --cost params --group-score taylor --sparse-epochs 0 --finetune-epochs 0`)
+# to 87 %: 72.5 % of MACs removed (`resprune vacl RUNS/r56-B --plan --group-score taylor
+# --target-params-reduction R`, its --cost params row)
 PARAMS_3K = "0.87"
 
 
