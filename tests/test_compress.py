@@ -301,3 +301,43 @@ def test_library_config_checks_name_the_option():
         CompressConfig(fade="cubic").validate()
     with pytest.raises(resprune.UserError, match="the train stage can only come first"):
         CompressConfig(stages=("implode", "train")).validate()
+
+
+# -- --plan -----------------------------------------------------------------------------------
+
+def test_plan_is_the_vacl_stages_plan_of_the_input(reference, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = str(reference[0] / "stages/1-train")
+    rule = ["--target-params-reduction", "0.6", "--group-score", "taylor", "--batch-size", "32"]
+    assert main(["compress", run, *rule, "--plan", "--json"]) == 0
+    mine = json.loads(capsys.readouterr().out)
+    assert main(["vacl", run, *rule, "--plan", "--json"]) == 0
+    assert mine == json.loads(capsys.readouterr().out)
+    assert [r["cost"] for r in mine] == ["none", "params", "macs"]
+    assert all(r["params_reduction"] >= 0.6 and r["target_reached"] for r in mine)
+    assert main(["compress", run, *rule, "--plan"]) == 0
+    assert capsys.readouterr().out.startswith(
+        "compress, vacl stage if implosion erases nothing: plan: --target-params-reduction 0.6")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("extra, msg", [
+    (["RUN", "--target-params-reduction", "0.5"],
+     "--out is required (or --plan, which writes nothing)"),
+    (["RUN", "--plan", "--target-params-reduction", "0.5", "--out", "x"],
+     "--plan trains and writes nothing: drop --out, --resume and --overwrite"),
+    ([*MODEL, "--plan", "--target-params-reduction", "0.5"],
+     "--plan ranks the channel groups of a trained run: give RUN, not --model"),
+    (["RUN", "--plan"], "--plan needs --target-params-reduction, --target-macs-reduction or "
+                        "--threshold"),
+    (["RUN", "--plan", "--stages", "implode,finetune"],
+     "--plan shows the vacl stage's pruning, which --stages implode,finetune leaves out"),
+])
+def test_plan_and_out_bad_options_one_line_exit_2(reference, tmp_path, capsys, monkeypatch,
+                                                  extra, msg):
+    monkeypatch.chdir(tmp_path)
+    run = str(reference[0] / "stages/1-train")
+    assert main(["compress", *[run if a == "RUN" else a for a in extra]]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("resprune: error: ") and msg in err, err
+    assert not any(tmp_path.iterdir())

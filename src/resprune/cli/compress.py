@@ -90,7 +90,12 @@ def add_parser(subs) -> None:
         "lr": "peak learning rate of the base training (--model only; default 0.1)",
         "warmup_epochs": "linear warm-up epochs of the base training (--model only; 0); the "
                          "stages that start from trained weights never warm up"})
-    options.add_output(p)
+    options.add_output(p, required=False)
+    p.add_argument("--plan", action="store_true",
+                   help="print what the vacl stage's rule removes from RUN (params, MACs, "
+                        "channel groups) under each ranking cost (none, params, macs) if "
+                        "implosion erases nothing, and exit: trains and writes nothing, so "
+                        "--out is not needed")
     seen = set(options.add_fields(
         p.add_argument_group("implode stage (Network Implosion)"), ImplosionConfig, helps={
             "cost": "none: rank by priority (implode) and score (vacl); params, macs: by "
@@ -161,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_spec
     from ..data import input_shape, with_preprocess
 
+    if args.plan:
+        return print_plan(args)
+    if not args.out:
+        raise UserError("--out is required (or --plan, which writes nothing)")
     resuming = bool(args.resume)
     if resuming:  # the saved options win (record_command), so read them first
         out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=True,
@@ -194,6 +203,43 @@ def run(args: argparse.Namespace) -> int:
                       summary_extra={"data": common.data_info(bundle, args),
                                      "config": resolved(args)})
     common.emit(args, result.summary, terminal_text(result.summary, out))
+    return 0
+
+
+def print_plan(args: argparse.Namespace) -> int:
+    """``--plan``: :func:`resprune.vacl.plan` of the vacl stage's rule on the input run, as if
+    implosion erased nothing (each unit it erases leaves the vacl stage less to remove)."""
+    from ..data import input_shape, with_preprocess
+    from ..vacl import plan as vacl_plan
+    from .vacl import check_plan_args, plan_text
+
+    check_plan_args(args)
+    if args.run is None:
+        raise UserError("--plan ranks the channel groups of a trained run: give RUN, not "
+                        "--model")
+    stages = plan(args)
+    if "vacl" not in stages:
+        raise UserError(f"--plan shows the vacl stage's pruning, which --stages "
+                        f"{','.join(stages)} leaves out")
+    _, spec, summary_in = common.load_input_run(args.run, "compress")
+    inherit_data_options(args, summary_in)
+    config = compress_config(args, stages)
+    b = config.budget()
+    rule = ({f"target_{b['mode']}_reduction": b["target_reduction"]}
+            if b["mode"] in ("params", "macs") else
+            {"threshold": b["threshold"]} if b["mode"] == "threshold" else None)
+    if rule is None:
+        raise UserError("--plan needs --target-params-reduction, --target-macs-reduction or "
+                        "--threshold (latency targets need a measured table; without a "
+                        "target the stages go as far as validation accuracy holds)")
+    bundle = common.load_data(args)
+    with_preprocess(bundle, spec.get("preprocess"))
+    model = _input_model(args, stages, bundle)
+    vacl_config = config.vacl_config(rule)
+    rows = vacl_plan(model, common.make_loaders(bundle, args, common.resolve_device(
+        args.device)), vacl_config, input_shape=input_shape(bundle))
+    common.emit(args, rows, "compress, vacl stage if implosion erases nothing: "
+                + plan_text(rows, vacl_config))
     return 0
 
 

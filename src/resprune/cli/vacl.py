@@ -97,15 +97,19 @@ def plan(args: argparse.Namespace) -> int:
     """``--plan``: the library's :func:`resprune.vacl.plan` on the input run, printed."""
     from ..vacl import plan as make_plan
 
-    if args.out or args.resume or args.overwrite:
-        raise UserError("--plan trains and writes nothing: drop --out, --resume and "
-                        "--overwrite")
+    check_plan_args(args)
     start = common.open_input(args, "vacl")
     config = vacl_config(args)
     rows = make_plan(start.model, common.make_loaders(start.bundle, args, start.device),
                      config, input_shape=start.input_shape)
     common.emit(args, rows, plan_text(rows, config))
     return 0
+
+
+def check_plan_args(args: argparse.Namespace) -> None:
+    if args.out or args.resume or args.overwrite:
+        raise UserError("--plan trains and writes nothing: drop --out, --resume and "
+                        "--overwrite")
 
 
 def plan_text(rows: list[dict[str, Any]], config: VaclConfig) -> str:
