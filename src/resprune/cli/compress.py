@@ -165,11 +165,11 @@ def _input_model(args: argparse.Namespace, stages: list[str], bundle) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_spec
     from ..data import input_shape, with_preprocess
+    from .vacl import check_plan_args
 
+    check_plan_args(args)
     if args.plan:
         return print_plan(args)
-    if not args.out:
-        raise UserError("--out is required (or --plan, which writes nothing)")
     resuming = bool(args.resume)
     if resuming:  # the saved options win (record_command), so read them first
         out, resuming = prepare_out(args.out, overwrite=args.overwrite, resume=True,
@@ -211,9 +211,8 @@ def print_plan(args: argparse.Namespace) -> int:
     implosion erased nothing (each unit it erases leaves the vacl stage less to remove)."""
     from ..data import input_shape, with_preprocess
     from ..vacl import plan as vacl_plan
-    from .vacl import check_plan_args, plan_text
+    from .vacl import plan_text
 
-    check_plan_args(args)
     if args.run is None:
         raise UserError("--plan ranks the channel groups of a trained run: give RUN, not "
                         "--model")

@@ -76,10 +76,9 @@ def prune_target(args: argparse.Namespace) -> dict[str, float]:
 
 def run(args: argparse.Namespace) -> int:
     started = time.time()
+    check_plan_args(args)
     if args.plan:
         return plan(args)
-    if not args.out:
-        raise UserError("--out is required (or --plan, which writes nothing)")
     start = common.open_input(args, "vacl")
     model = start.model
     config = vacl_config(args)
@@ -97,7 +96,6 @@ def plan(args: argparse.Namespace) -> int:
     """``--plan``: the library's :func:`resprune.vacl.plan` on the input run, printed."""
     from ..vacl import plan as make_plan
 
-    check_plan_args(args)
     start = common.open_input(args, "vacl")
     config = vacl_config(args)
     rows = make_plan(start.model, common.make_loaders(start.bundle, args, start.device),
@@ -107,9 +105,13 @@ def plan(args: argparse.Namespace) -> int:
 
 
 def check_plan_args(args: argparse.Namespace) -> None:
-    if args.out or args.resume or args.overwrite:
+    """``--plan`` writes nothing, so it takes no output options; without it ``--out`` is
+    required (shared by ``vacl`` and ``compress``)."""
+    if args.plan and (args.out or args.resume or args.overwrite):
         raise UserError("--plan trains and writes nothing: drop --out, --resume and "
                         "--overwrite")
+    if not args.plan and not args.out:
+        raise UserError("--out is required (or --plan, which writes nothing)")
 
 
 def plan_text(rows: list[dict[str, Any]], config: VaclConfig) -> str:
