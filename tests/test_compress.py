@@ -107,7 +107,8 @@ def test_summary_figures_follow_the_arithmetic(reference):
     share = 1 - (1 - 0.6) * base["params"] / implode["params"]
     assert stage["vacl"]["prune"]["target_reduction"] == pytest.approx(share)
     assert recs[2]["rule"]["target_reduction"] == pytest.approx(share)
-    assert s["budget"] == {"mode": "params", "target_reduction": 0.6, "reached": True}
+    assert s["budget"] == {"mode": "params", "targets": {"params": 0.6},
+                           "target_reduction": 0.6, "reached": True}
     assert s["params_removed_pct"] >= 60.0
     assert s["data"] == stage["finetune"]["data"] and s["input_shape"] == [3, 32, 32]
 
@@ -171,6 +172,29 @@ def test_resume_after_kills_within_and_between_stages_matches(reference, tmp_pat
         assert s[k] == ref[k]
 
 
+def test_params_and_macs_budget_together(reference, tmp_path, capsys):
+    """Both targets: the vacl stage gets each metric's missing share of the base (what
+    implosion left), the result reaches both, and summary, terminal and report say so."""
+    run = reference[0] / "stages/1-train"
+    out = tmp_path / "both"
+    assert main(["compress", str(run), *FAST, "--target-params-reduction", "0.5",
+                 "--target-macs-reduction", "0.6", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    s = read_summary(out)
+    assert s["budget"] == {"mode": "params+macs", "targets": {"params": 0.5, "macs": 0.6},
+                           "reached": True}
+    assert s["params_removed_pct"] >= 50.0 and s["macs_removed_pct"] >= 60.0
+    base, implode = s["base"], read_summary(out / s["stages"][0]["dir"])
+    vacl_s = read_summary(out / s["stages"][1]["dir"])
+    assert vacl_s["prune"]["targets"] == {
+        m: pytest.approx(1 - (1 - r) * base[m] / implode[m])
+        for m, r in (("params", 0.5), ("macs", 0.6))}
+    assert s["stages"][1]["rule"]["targets"] == vacl_s["prune"]["targets"]
+    assert "target params reduction 50.00 %, macs reduction 60.00 % reached" in stdout
+    assert ("Budget: reduce the base's parameters by at least 50.00 % and MACs by at least "
+            "60.00 % (reached)") in (out / "report.md").read_text()
+
+
 def test_stage_order_vacl_then_implode_from_a_run(reference, tmp_path, capsys):
     ref_out, _ = reference
     run = ref_out / "stages/1-train"  # a trained run (with priority gates)
@@ -230,10 +254,11 @@ def test_yaml_config_gives_stages_as_a_list(tmp_path):
      "argument --target-params-reduction: must be a number >= 0 and < 1, got 1"),
     ([*MODEL, "--target-macs-reduction", "-0.1"],
      "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
-    ([*MODEL, "--target-params-reduction", "0.5", "--target-macs-reduction", "0.5"],
+    ([*MODEL, "--target-params-reduction", "0.5", "--target-latency-reduction", "0.5"],
      "give at most one of --target-params-reduction, --target-macs-reduction, "
-     "--target-latency-reduction, --target-latency, --threshold, --auto-tolerance (got "
-     "--target-params-reduction, --target-macs-reduction)"),
+     "--target-latency-reduction, --target-latency, --threshold, --auto-tolerance, or both "
+     "--target-params-reduction and --target-macs-reduction (got "
+     "--target-params-reduction, --target-latency-reduction)"),
     ([*MODEL, "--stages", "implode,finetune", "--target-params-reduction", "0.5"],
      "--target-params-reduction applies to the vacl stage, which --stages implode,finetune "
      "leaves out"),
@@ -305,19 +330,23 @@ def test_library_config_checks_name_the_option():
 
 # -- --plan -----------------------------------------------------------------------------------
 
-def test_plan_is_the_vacl_stages_plan_of_the_input(reference, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("targets", [{"params": 0.6}, {"params": 0.6, "macs": 0.7}])
+def test_plan_is_the_vacl_stages_plan_of_the_input(reference, tmp_path, capsys, monkeypatch,
+                                                   targets):
     monkeypatch.chdir(tmp_path)
     run = str(reference[0] / "stages/1-train")
-    rule = ["--target-params-reduction", "0.6", "--group-score", "taylor", "--batch-size", "32"]
+    given = [a for k, r in targets.items() for a in (f"--target-{k}-reduction", str(r))]
+    rule = [*given, "--group-score", "taylor", "--batch-size", "32"]
     assert main(["compress", run, *rule, "--plan", "--json"]) == 0
     mine = json.loads(capsys.readouterr().out)
     assert main(["vacl", run, *rule, "--plan", "--json"]) == 0
     assert mine == json.loads(capsys.readouterr().out)
     assert [r["cost"] for r in mine] == ["none", "params", "macs"]
-    assert all(r["params_reduction"] >= 0.6 and r["target_reached"] for r in mine)
+    assert all(r[f"{k}_reduction"] >= v for r in mine for k, v in targets.items())
+    assert all(r["target_reached"] for r in mine)
     assert main(["compress", run, *rule, "--plan"]) == 0
     assert capsys.readouterr().out.startswith(
-        "compress, vacl stage if implosion erases nothing: plan: --target-params-reduction 0.6")
+        "compress, vacl stage if implosion erases nothing: plan: " + " ".join(given))
     assert not any(tmp_path.iterdir())  # nothing written
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 import resprune
 from resprune import UserError, vacl
+from resprune.measure import count_macs, count_params
 from resprune.models import PadShortcut, build, create, model_spec, spec_of
 from resprune.vacl.groups import BN, CROSS, FILTER, IN, OUT, PAD_IN, PAD_OUT
 
@@ -443,6 +444,43 @@ def test_round_to_keeps_widths_multiples_and_reaches_the_target(shortcut, target
     assert sum(w % 4 != 0 for w in r_exact["widths_after"].values()) > 0  # it did something
     with torch.no_grad():
         assert torch.isfinite(model(torch.randn(2, *CIFAR))).all()
+
+
+@pytest.mark.parametrize("cost, targets, binding", [
+    ("none", {"params": 0.5, "macs": 0.6}, "macs"),
+    ("params", {"params": 0.6, "macs": 0.5}, "params")])
+@pytest.mark.parametrize("round_to", [None, 4])
+def test_params_and_macs_targets_together_stop_when_both_are_reached(cost, targets, binding,
+                                                                     round_to):
+    """Both targets: the walk down the ranking stops where the later of the two single
+    targets stops, so exactly the larger single selection is removed (without rounding), and
+    both reductions are reached; the report names both."""
+    torch.manual_seed(0)
+    model = create("resnet20", shortcut="A", width=10)
+    randomize_bn(model)
+    kw = {"cost": cost, "round_to": round_to}
+    alone = {k: vacl.prune(copy.deepcopy(model), CIFAR, **{f"target_{k}_reduction": r}, **kw)
+             for k, r in targets.items()}
+    # the single targets stop at different places, the binding one later: alone, the other
+    # one falls short of the binding target, so the pair must go further than it
+    other = next(k for k in targets if k != binding)
+    assert alone[binding]["groups_removed"] > alone[other]["groups_removed"]
+    assert alone[other][f"{binding}_reduction"] < targets[binding]
+    report = vacl.prune(model, CIFAR, **{f"target_{k}_reduction": r for k, r in targets.items()},
+                        **kw)
+    assert report["mode"] == "params+macs" and report["target_reduction"] is None
+    assert report["targets"] == targets and report["target_reached"]
+    assert all(report[f"{k}_reduction"] >= r for k, r in targets.items())
+    assert report["params_after"] == count_params(model)
+    assert report["macs_after"] == count_macs(model, CIFAR)
+    if round_to is None:
+        assert report["removed_groups"] == alone[binding]["removed_groups"]
+    else:
+        for name, w in report["widths_after"].items():
+            assert w % 4 == 0 or w == report["widths_before"][name], (name, w)
+    with pytest.raises(UserError, match="or both target_params_reduction and "
+                                        "target_macs_reduction"):
+        vacl.prune(copy.deepcopy(model), CIFAR, target_params_reduction=0.5, threshold=0.1)
 
 
 @pytest.mark.parametrize("round_to", [None, 4])

@@ -148,7 +148,8 @@ def test_vacl_auto_tolerance_decides_on_val_and_records_it(trained, tmp_path, mo
 @pytest.mark.parametrize("extra, msg", [
     (["--auto-tolerance", "1", "--threshold", "0.1"],
      "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction, "
-     "--target-latency-reduction, --target-latency and --auto-tolerance (got --threshold, "
+     "--target-latency-reduction, --target-latency and --auto-tolerance, or both "
+     "--target-params-reduction and --target-macs-reduction (got --threshold, "
      "--auto-tolerance)"),
     (["--auto-tolerance", "-1"], "argument --auto-tolerance: must be a number >= 0, got -1"),
     (["--auto-tolerance", "1", "--val-fraction", "0"],

@@ -293,11 +293,16 @@ def test_resume_of_a_finished_run_trains_nothing(reference, trained, tmp_path, c
      "argument --target-macs-reduction: must be a number >= 0 and < 1, got -0.1"),
     (["--threshold", "0.1", "--target-params-reduction", "0.5"],
      "give exactly one of --threshold, --target-params-reduction, --target-macs-reduction, "
-     "--target-latency-reduction, --target-latency and --auto-tolerance (got --threshold, "
+     "--target-latency-reduction, --target-latency and --auto-tolerance, or both "
+     "--target-params-reduction and --target-macs-reduction (got --threshold, "
      "--target-params-reduction)"),
+    (["--target-macs-reduction", "0.5", "--target-latency-reduction", "0.3"],
+     "or both --target-params-reduction and --target-macs-reduction (got "
+     "--target-macs-reduction, --target-latency-reduction)"),
     ([], "give exactly one of --threshold, --target-params-reduction, "
          "--target-macs-reduction, --target-latency-reduction, --target-latency and "
-         "--auto-tolerance (got none)"),
+         "--auto-tolerance, or both --target-params-reduction and --target-macs-reduction "
+         "(got none)"),
     (["--threshold", "-1"], "argument --threshold: must be a number >= 0, got -1"),
     (["--form", "l1", "--threshold", "0.1"], "argument --form: invalid choice: 'l1'"),
     (["--sparse-lr", "0", "--threshold", "0.1"],
@@ -412,6 +417,31 @@ def test_plan_prints_what_each_ranking_removes_and_writes_nothing(trained, tmp_p
                                            "taylor")
     for row in rows:
         assert f"{100 * row['macs_reduction']:.2f} %" in stdout
+
+
+def test_params_and_macs_targets_together_run_as_planned(trained, tmp_path, capsys):
+    """vacl with both targets prunes what its plan shows, reaches both, and says so in the
+    summary, the terminal and report.md."""
+    both = ["--group-score", "taylor", "--target-params-reduction", "0.5",
+            "--target-macs-reduction", "0.6"]
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *both, "--plan", "--json"], capsys)
+    assert code == 0, err
+    plan_row = json.loads(stdout)[0]
+    out = tmp_path / "both"
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *both, "--sparse-epochs", "0",
+                                 "--finetune-epochs", "0", "--out", out], capsys)
+    assert code == 0, err
+    s = read_summary(out)
+    pr = s["prune"]
+    assert pr["mode"] == "params+macs" and pr["targets"] == {"params": 0.5, "macs": 0.6}
+    assert pr["target_reached"] and pr["params_reduction"] >= 0.5
+    assert pr["macs_reduction"] >= 0.6
+    for key in ("params_after", "macs_after", "groups_removed", "target_reached"):
+        assert plan_row[key] == pr[key], key
+    assert "target params reduction 50.00 %, MACs reduction 60.00 %" in stdout
+    report = (out / "report.md").read_text()
+    assert "until parameters fell by at least 50.00 % and MACs fell by at least 60.00 % " \
+           "(reached)" in report
 
 
 def test_plan_of_a_threshold_has_one_row_and_leaves_the_model(trained):

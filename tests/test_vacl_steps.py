@@ -52,6 +52,11 @@ def test_step_rule_leaves_a_geometric_share_of_the_input():
     # one step is the target itself
     assert step_rule({"target_params_reduction": 0.3}, 1, 1, base, base) == {
         "target_params_reduction": pytest.approx(0.3)}
+    # both targets: each metric gets its own geometric share
+    assert step_rule({"target_params_reduction": 0.75, "target_macs_reduction": 0.875}, 1, 3,
+                     base, {"params": 800, "macs": 300}) == {
+        "target_params_reduction": pytest.approx(1 - 0.25 ** (1 / 3) * 1000 / 800),
+        "target_macs_reduction": pytest.approx(1 - 200 / 300)}
 
 
 class Interrupt(Callback):

@@ -21,6 +21,7 @@ from ..compression import CompressConfig, compress
 from ..errors import UserError
 from ..implosion import ImplosionConfig
 from ..report import fmt_acc, fmt_pct
+from ..report.tables import targets_of
 from ..runs import prepare_out
 from ..vacl import VaclConfig
 from . import common, options
@@ -78,7 +79,8 @@ def add_parser(subs) -> None:
                    help=f"stages in order, comma-separated, each at most once (default "
                         f"{DEFAULT_STAGES}); with --model a train stage comes first")
     options.add_fields(g, CompressConfig, ("finetune_final_epochs", "finetune_final_lr"))
-    options.add_fields(p.add_argument_group("budget (at most one of)"), CompressConfig,
+    options.add_fields(p.add_argument_group(
+        "budget (at most one of, or params and MACs together)"), CompressConfig,
                        [k for k, _ in RULES])
     add_model_options(p.add_argument_group(
         "base model (with --model: trained from scratch first)"))
@@ -124,8 +126,10 @@ def plan(args: argparse.Namespace) -> list[str]:
     if args.model is not None and args.data is None:
         raise UserError("--data is required with --model (the dataset to train on)")
     given = [flag for dest, flag in RULES if getattr(args, dest, None) is not None]
-    if len(given) > 1:
-        raise UserError(f"give at most one of {', '.join(f for _, f in RULES)} (got "
+    both = {"--target-params-reduction", "--target-macs-reduction"}
+    if len(given) > 1 and set(given) != both:
+        raise UserError(f"give at most one of {', '.join(f for _, f in RULES)}, or both "
+                        f"--target-params-reduction and --target-macs-reduction (got "
                         f"{', '.join(given)})")
     stages = list(args.stages)
     if given and "vacl" not in stages:
@@ -224,8 +228,8 @@ def print_plan(args: argparse.Namespace) -> int:
     inherit_data_options(args, summary_in)
     config = compress_config(args, stages)
     b = config.budget()
-    rule = ({f"target_{b['mode']}_reduction": b["target_reduction"]}
-            if b["mode"] in ("params", "macs") else
+    rule = ({f"target_{m}_reduction": r for m, r in b["targets"].items()}
+            if b.get("targets") else
             {"threshold": b["threshold"]} if b["mode"] == "threshold" else None)
     if rule is None:
         raise UserError("--plan needs --target-params-reduction, --target-macs-reduction or "
@@ -247,8 +251,12 @@ def terminal_text(summary: dict[str, Any], out: Path) -> str:
              summary["base"])]
     rows += [(f"after {r['name']}", r) for r in summary["stages"] if r["name"] != "train"]
     b = summary["budget"]
-    target = (f"; target {b['mode']} reduction {fmt_pct(100 * b['target_reduction'])} "
-              + ("reached" if b["reached"] else "NOT reached")) if "reached" in b else ""
+    target = ""
+    if "reached" in b:
+        goals = ([f"{m} reduction {fmt_pct(100 * r)}" for m, r in targets_of(b).items()]
+                 or [f"latency at most {b.get('target_ms')} ms"])
+        target = f"; target {', '.join(goals)} " + ("reached" if b["reached"] else
+                                                    "NOT reached")
     return "\n".join([
         common.metrics_table(rows), "",
         f"removed {fmt_pct(summary['params_removed_pct'])} of params, "

@@ -25,7 +25,7 @@ INTERNAL = {"func", "command", "config", "_parser"}
 def _exclusive() -> tuple[str, ...]:
     from ..vacl.config import RULES
 
-    return RULES  # the budget: at most one of them
+    return RULES  # the budget: one of them, or the params and MACs targets together
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -15,11 +15,12 @@ from typing import Any
 
 from ..errors import UserError
 from ..report import fmt_acc, fmt_count, text_table
+from ..report.tables import targets_of
 from ..vacl import VaclConfig, run_pipeline
 from ..vacl.config import RULES
 from . import common, options
 
-RULES_GROUP = "pruning (exactly one of)"
+RULES_GROUP = "pruning (exactly one of, or params and MACs together)"
 METRIC = {"params": "params", "macs": "MACs"}
 # the command's option groups of VaclConfig fields (compress shows them as its vacl stage's)
 GROUPS = {
@@ -44,7 +45,9 @@ def add_parser(subs) -> None:
                     "default to the input run's, so its validation split is reproduced; the "
                     "test set is only reported. Give exactly one of --threshold, "
                     "--target-params-reduction, --target-macs-reduction, "
-                    "--target-latency-reduction, --target-latency and --auto-tolerance.")
+                    "--target-latency-reduction, --target-latency and --auto-tolerance, or "
+                    "both --target-params-reduction and --target-macs-reduction (pruning "
+                    "stops once both are reached).")
     p.add_argument("run", metavar="RUN", help="input run directory (model.safetensors + "
                    "arch.json, e.g. written by 'resprune train')")
     for title, names in GROUPS.items():
@@ -67,11 +70,6 @@ def vacl_config(args: argparse.Namespace) -> VaclConfig:
     fields = options.field_values(args, VaclConfig)
     fields["epoch_size"] = args.epoch_size
     return VaclConfig(**fields, train=common.train_config(args, prefix="sparse-")).validate()
-
-
-def prune_target(args: argparse.Namespace) -> dict[str, float]:
-    """The one pruning rule given, as keyword arguments of :func:`resprune.vacl.prune`."""
-    return VaclConfig(**{k: getattr(args, k, None) for k in RULES}).rule()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -115,9 +113,8 @@ def check_plan_args(args: argparse.Namespace) -> None:
 
 
 def plan_text(rows: list[dict[str, Any]], config: VaclConfig) -> str:
-    (key, value), = config.rule().items()
-    rule = (f"--threshold {value:g}" if key == "threshold" else
-            f"--{key.replace('_', '-')} {value:g}")
+    rule = " ".join(f"--{key.replace('_', '-')} {value:g}"
+                    for key, value in config.rule().items())
     body = [[r["cost"], f"{100 * r['params_reduction']:.2f} %",
              f"{100 * r['macs_reduction']:.2f} %",
              f"{fmt_count(r['params_before'])} -> {fmt_count(r['params_after'])}",
@@ -146,8 +143,8 @@ def _latency_word(pr: dict[str, Any]) -> str:
 def terminal_text(summary: dict[str, Any], out: Path) -> str:
     pr = summary["prune"]
     rule = (f"RMS < {pr['threshold']:g}" if pr["mode"] == "threshold" else
-            f"target {METRIC.get(pr['mode'], _latency_word(pr))} reduction "
-            f"{100 * pr['target_reduction']:.2f} %"
+            "target " + ", ".join(f"{METRIC.get(m, _latency_word(pr))} reduction "
+                                  f"{100 * v:.2f} %" for m, v in targets_of(pr).items())
             + ("" if pr["target_reached"] else " (not reached)")
             + (f", chosen on val with --auto-tolerance {pr['auto']['tolerance']:g}"
                if pr.get("auto") else ""))

@@ -18,7 +18,7 @@ from ..fields import LR, Float, Int, check_fields, opt
 from ..implosion import ImplosionConfig
 from ..train import TrainConfig
 from ..vacl import VaclConfig
-from ..vacl.config import REDUCTION, RULES
+from ..vacl.config import BOTH, REDUCTION, RULES
 
 STAGES = ("train", "implode", "vacl", "finetune")
 DEFAULT_STAGES = ("implode", "vacl", "finetune")
@@ -42,9 +42,11 @@ class _Methods:
         if "train" in stages and stages[0] != "train":
             raise UserError("the train stage can only come first")
         given = [k for k in RULES if getattr(self, k) is not None]
-        if len(given) > 1:
+        if len(given) > 1 and set(given) != set(BOTH):
             raise UserError("give at most one of " + ", ".join("--" + k.replace("_", "-")
                                                                for k in RULES)
+                            + ", or both --target-params-reduction and "
+                            "--target-macs-reduction"
                             + f" (got {', '.join('--' + k.replace('_', '-') for k in given)})")
         if given and "vacl" not in stages:
             raise UserError(f"--{given[0].replace('_', '-')} applies to the vacl stage, which "
@@ -85,12 +87,16 @@ class _Methods:
                           train=self.stage_train("vacl")).validate()
 
     def budget(self) -> dict[str, Any]:
-        """How much the pipeline is asked to remove: ``mode`` params / macs / threshold /
-        auto / none, with ``target_reduction``, ``threshold`` or ``auto_tolerance``."""
-        for metric in ("params", "macs", "latency"):
-            r = getattr(self, f"target_{metric}_reduction")
-            if r is not None:
-                return {"mode": metric, "target_reduction": float(r)}
+        """How much the pipeline is asked to remove: ``mode`` params / macs / params+macs /
+        latency / threshold / auto / none, with ``targets`` (``{metric: reduction}``) and,
+        for one target, ``target_reduction``, or ``threshold`` or ``auto_tolerance``."""
+        targets = {m: float(getattr(self, f"target_{m}_reduction")) for m in ("params", "macs")
+                   if getattr(self, f"target_{m}_reduction") is not None}
+        if targets:
+            one = {"target_reduction": next(iter(targets.values()))} if len(targets) == 1 else {}
+            return {"mode": "+".join(targets), "targets": targets, **one}
+        if self.target_latency_reduction is not None:
+            return {"mode": "latency", "target_reduction": float(self.target_latency_reduction)}
         if self.target_latency is not None:
             return {"mode": "latency", "target_ms": float(self.target_latency)}
         if "vacl" not in self.stages:
@@ -102,8 +108,10 @@ class _Methods:
 
     def vacl_rule_example(self) -> dict[str, float]:
         b = self.budget()
-        if b["mode"] in ("params", "macs", "latency"):
-            return {f"target_{b['mode']}_reduction": b.get("target_reduction", 0.5)}
+        if b.get("targets"):
+            return {f"target_{m}_reduction": r for m, r in b["targets"].items()}
+        if b["mode"] == "latency":
+            return {"target_latency_reduction": b.get("target_reduction", 0.5)}
         return {k: v for k, v in b.items() if k != "mode"}
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,8 +140,9 @@ _OWN_FIELDS = [
     ("target_params_reduction", "float | None", opt(
         None, "remove at least the fraction R in [0, 1) of the input's params in all: "
         "implosion goes by accuracy, VACL removes the rest", REDUCTION, metavar="R")),
-    ("target_macs_reduction", "float | None", opt(None, "the same for MACs", REDUCTION,
-                                                  metavar="R")),
+    ("target_macs_reduction", "float | None", opt(
+        None, "the same for MACs (with --target-params-reduction too: both must be met)",
+        REDUCTION, metavar="R")),
     ("target_latency_reduction", "float | None", opt(
         None, "remove at least the fraction R in [0, 1) of the input's latency as measured in "
         "--latency-runtime at --latency-batch: implosion goes by accuracy, VACL removes the "

@@ -198,24 +198,26 @@ def _base_sizes(config, model: nn.Module, shape, out: Path) -> dict[str, float]:
 
 def _vacl_rule(config, base_sizes: dict[str, float] | None, model: nn.Module,
                shape, where: Path) -> dict[str, float]:
-    """The vacl stage's one pruning rule, from the pipeline's budget. A latency budget is
+    """The vacl stage's pruning rule, from the pipeline's budget. A latency budget is
     turned into a reduction of the stage input's latency, as its own table (measured into
     the stage directory, where the stage finds it) has it."""
     b = config.budget()
-    if b["mode"] in ("params", "macs", "latency"):
+    if b.get("targets"):  # params, MACs or both
         assert base_sizes is not None
-        if b["mode"] == "latency":
-            from ..measure import latency_table
+        now = sizes(model, shape)
+        return {f"target_{m}_reduction": vacl_share(r, base_sizes[m], now[m])
+                for m, r in b["targets"].items()}
+    if b["mode"] == "latency":
+        assert base_sizes is not None
+        from ..measure import latency_table
 
-            now = {"latency": latency_table.run_table(
-                where, model, shape, config.latency_runtime, config.latency_batch).model_ms}
-            target = b.get("target_reduction")
-            if target is None:  # an absolute goal: the reduction of the base it means
-                target = max(0.0, 1 - b["target_ms"] / base_sizes["latency"])
-        else:
-            now, target = sizes(model, shape), b["target_reduction"]
-        share = vacl_share(target, base_sizes[b["mode"]], now[b["mode"]])
-        return {f"target_{b['mode']}_reduction": share}
+        now = {"latency": latency_table.run_table(
+            where, model, shape, config.latency_runtime, config.latency_batch).model_ms}
+        target = b.get("target_reduction")
+        if target is None:  # an absolute goal: the reduction of the base it means
+            target = max(0.0, 1 - b["target_ms"] / base_sizes["latency"])
+        return {"target_latency_reduction": vacl_share(target, base_sizes["latency"],
+                                                       now["latency"])}
     return {k: v for k, v in b.items() if k != "mode"}
 
 

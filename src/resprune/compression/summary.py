@@ -13,9 +13,11 @@ and ``seconds`` summed over the stages:
 - ``params_removed_pct``, ``macs_removed_pct``, ``layers_removed_pct``: the final model vs
   ``base``;
 - ``budget``: how much the pipeline was asked to remove (``mode``: ``params`` / ``macs`` /
-  ``latency`` / ``threshold`` / ``auto`` / ``none``; ``target_reduction`` (or ``target_ms``)
-  and ``reached`` for a target; a latency budget also has ``base_ms``, the input's time in
-  its latency table, and ``predicted_ms``, the vacl stage's prediction of the result; with
+  ``params+macs`` / ``latency`` / ``threshold`` / ``auto`` / ``none``; ``targets``
+  (``{metric: reduction}``) for params and MACs targets, ``target_reduction`` for one target
+  (or ``target_ms``) and ``reached`` (every target) for a target; a latency budget also has
+  ``base_ms``, the input's time in its latency table, and ``predicted_ms``, the vacl stage's
+  prediction of the result; with
   ``latency_check: measured`` also ``check``, ``vacl_input_ms`` and ``measured_ms``, the vacl
   stage's input and result timed against each other, which decide ``reached``).
 """
@@ -46,7 +48,7 @@ def stage_record(name: str, where: Path, out: Path, s: dict[str, Any],
     if name == "vacl":
         pr = s.get("prune") or {}
         rec["rule"] = {k: pr.get(k) for k in ("mode", "threshold", "target_reduction",
-                                               "target_reached")}
+                                               "targets", "target_reached")}
         if pr.get("auto"):
             rec["rule"]["auto_tolerance"] = pr["auto"]["tolerance"]
     return rec
@@ -62,9 +64,9 @@ def compress_summary(out: Path, done: list[tuple[str, Path, dict[str, Any]]],
         prev = s
     last = done[-1][2]
     b = dict(budget)
-    if b["mode"] in ("params", "macs"):
-        b["reached"] = pct_removed(base[b["mode"]], last[b["mode"]]) >= (
-            100 * b["target_reduction"] - 1e-9)
+    if b.get("targets"):  # params, MACs or both: every one must be reached
+        b["reached"] = all(pct_removed(base[m], last[m]) >= 100 * r - 1e-9
+                           for m, r in b["targets"].items())
     if b["mode"] == "latency" and base_latency_ms is not None:
         vacl = next((s for name, _, s in done if name == "vacl"), {})
         lat = (vacl.get("prune") or {}).get("latency") or {}

@@ -20,7 +20,16 @@ import numpy as np
 from ..io import atomic_write_text
 from .implosion import STOP_REASONS
 from .plots import plt, save_figure
-from .tables import data_name, fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
+from .tables import (
+    data_name,
+    fmt_acc,
+    fmt_count,
+    fmt_ms,
+    fmt_pct,
+    fmt_targets,
+    markdown_table,
+    targets_of,
+)
 
 SIZES_PNG = "sizes.png"
 STAGE_TITLES = {"train": "base training", "implode": "Network Implosion (depth)",
@@ -99,12 +108,10 @@ def _budget_text(summary: dict[str, Any]) -> str:
     tol = cfg.get("tolerance")
     depth = (f"Network Implosion erased units while validation top-1 stayed within {tol} "
              "percentage points of its start net's")
-    if b["mode"] in ("params", "macs"):
-        what = "parameters" if b["mode"] == "params" else "MACs"
+    if b["mode"] != "latency" and targets_of(b):  # params, MACs or both
         reached = "reached" if b.get("reached") else "**not reached**"
-        return (f"Budget: remove at least {100 * b['target_reduction']:.2f} % of the base's "
-                f"{what} ({reached}). {depth} (where it ran); VACL removed what was still "
-                "missing.")
+        return (f"Budget: reduce the base's {fmt_targets(targets_of(b))} ({reached}). "
+                f"{depth} (where it ran); VACL removed what was still missing.")
     if b["mode"] == "latency":
         reached = "reached" if b.get("reached") else "**not reached**"
         goal = (f"at most {b['target_ms']:g} ms" if "target_ms" in b else
@@ -137,8 +144,9 @@ def _stage_note(r: dict[str, Any]) -> str:
         if rule.get("mode") == "threshold":
             how = f"groups with RMS below {rule.get('threshold'):g} removed"
         else:
-            share = 100 * (rule.get("target_reduction") or 0.0)
-            how = (f"target {rule.get('mode')} reduction {share:.2f} % of this stage's input"
+            how = ("target " + ", ".join(f"{m} reduction {100 * v:.2f} %"
+                                         for m, v in targets_of(rule).items())
+                   + " of this stage's input"
                    + ("" if rule.get("target_reached") else " (not reached)"))
             if rule.get("auto_tolerance") is not None:
                 how += f", chosen on the validation split (tolerance {rule['auto_tolerance']:g})"

@@ -53,3 +53,25 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def pct_removed(before: float, after: float) -> float:
     return 0.0 if not before else 100.0 * (before - after) / before
+
+
+METRIC_NAMES = {"params": "parameters", "macs": "MACs",
+                "latency": "the latency predicted by the per-layer table"}
+
+
+def targets_of(rule: dict[str, Any]) -> dict[str, float]:
+    """The reduction targets of a prune report or compress budget (``targets``, or the one
+    ``mode`` / ``target_reduction`` of runs written before targets could be combined)."""
+    if rule.get("targets"):
+        return dict(rule["targets"])
+    if rule.get("target_reduction") is not None:
+        return {rule["mode"]: float(rule["target_reduction"])}
+    return {}
+
+
+def fmt_targets(targets: dict[str, float], names: dict[str, str] = METRIC_NAMES,
+                verb: str = "by") -> str:
+    """``{"params": 0.85, "macs": 0.7}`` -> 'parameters by at least 85.00 % and MACs by at
+    least 70.00 %' (``verb`` replaces 'by')."""
+    return " and ".join(f"{names.get(m, m)} {verb} at least {100 * v:.2f} %"
+                        for m, v in targets.items())

@@ -26,7 +26,17 @@ from matplotlib.ticker import FuncFormatter
 
 from ..io import atomic_write_text
 from .plots import plt, save_figure, training_curves
-from .tables import data_name, fmt_acc, fmt_count, fmt_ms, fmt_pct, markdown_table
+from .tables import (
+    METRIC_NAMES,
+    data_name,
+    fmt_acc,
+    fmt_count,
+    fmt_ms,
+    fmt_pct,
+    fmt_targets,
+    markdown_table,
+    targets_of,
+)
 
 RMS_PNG = "group_rms.png"
 WIDTHS_PNG = "widths.png"
@@ -163,8 +173,7 @@ def widths_table(summary: dict[str, Any]) -> str:
 def _rule(pr: dict[str, Any]) -> str:
     if pr["mode"] == "threshold":
         return f"every group with RMS below {pr['threshold']:g} removed"
-    what = {"params": "parameters", "macs": "MACs"}.get(
-        pr["mode"], "the latency predicted by the per-layer table")
+    names = dict(METRIC_NAMES)
     reached = "reached" if pr["target_reached"] else (
         "**not reached**: every remaining group was needed to keep at least one channel per "
         "layer")
@@ -178,13 +187,13 @@ def _rule(pr: dict[str, Any]) -> str:
                  f"{lat['predicted_before_ms']:.2f} -> {lat['predicted_after_ms']:.2f} ms"
                  if lat else "")
     if lat and lat.get("check") == "measured":
-        what = "the latency measured against the input"
+        names["latency"] = "the latency measured against the input"
         predicted += (f"; measured: {lat['input_ms']:.2f} -> {lat['pruned_ms']:.2f} ms "
                       f"({100 * lat['measured_reduction']:.2f} % less; table goal "
                       f"{100 * lat['goal']:.2f} % after {len(lat['rounds'])} timing "
                       "round(s))")
-    return (f"{order} until {what} fell by at least "
-            f"{100 * pr['target_reduction']:.2f} % ({reached}){predicted}")
+    return (f"{order} until {fmt_targets(targets_of(pr), names, 'fell by')}"
+            f" ({reached}){predicted}")
 
 
 def _steps_note(summary: dict[str, Any]) -> str:

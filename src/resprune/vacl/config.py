@@ -19,7 +19,9 @@ from .latency_fit import CHECK_HELP, CHECKS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES
 
-#: the pruning rules, exactly one of which a run gives
+#: the two targets that may be given together (pruning stops once both are reached)
+BOTH = ("target_params_reduction", "target_macs_reduction")
+#: the pruning rules: a run gives exactly one, or both of BOTH
 RULES = ("threshold", "target_params_reduction", "target_macs_reduction",
          "target_latency_reduction", "target_latency", "auto_tolerance")
 REG_GROUPS = ("all", "pruned")
@@ -59,7 +61,9 @@ class VaclConfig:
     ``prune_steps=K`` prunes progressively (a geometric share of a params or MACs target per
     step, ``step_epochs`` of fine-tuning after each step but the last).
     Pruning: exactly one of ``threshold``, ``target_params_reduction``,
-    ``target_macs_reduction``, ``auto_tolerance`` (percentage points of val top-1);
+    ``target_macs_reduction``, ``auto_tolerance`` (percentage points of val top-1), or both
+    ``target_params_reduction`` and ``target_macs_reduction`` (removal stops once both are
+    reached);
     ``group_score`` ranks the groups; ``round_to=N`` keeps every pruned width a multiple of N
     (runtimes such as onnxruntime compute in blocks of 8 or 16 channels);
     ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels.
@@ -109,10 +113,11 @@ class VaclConfig:
                                   metavar="T")
     target_params_reduction: float | None = opt(
         None, "remove the lowest-scoring groups until params fall by at least the fraction R "
-        "in [0, 1)", REDUCTION, metavar="R")
+        "in [0, 1) (with --target-macs-reduction too: until both have fallen that far)", REDUCTION,
+        metavar="R")
     target_macs_reduction: float | None = opt(
         None, "remove the lowest-scoring groups until MACs fall by at least the fraction R in "
-        "[0, 1)", REDUCTION, metavar="R")
+        "[0, 1) (may be combined with --target-params-reduction)", REDUCTION, metavar="R")
     target_latency_reduction: float | None = opt(
         None, "remove the lowest-ranked groups until the latency the table of --latency-runtime "
         "predicts falls by at least the fraction R in [0, 1) (measured per conv layer on this "
@@ -173,11 +178,12 @@ class VaclConfig:
         """The one pruning rule, as keyword arguments of :func:`resprune.vacl.prune` (or
         ``auto_tolerance``)."""
         given = {k: float(getattr(self, k)) for k in RULES if getattr(self, k) is not None}
-        if len(given) != 1:
+        if len(given) != 1 and set(given) != set(BOTH):
             names = ", ".join("--" + k.replace("_", "-") for k in given) or "none"
             raise UserError("give exactly one of --threshold, --target-params-reduction, "
                             "--target-macs-reduction, --target-latency-reduction, "
-                            f"--target-latency and --auto-tolerance (got {names})")
+                            "--target-latency and --auto-tolerance, or both "
+                            f"--target-params-reduction and --target-macs-reduction (got {names})")
         return given
 
     def stage(self, name: str) -> TrainConfig:
@@ -191,7 +197,8 @@ class VaclConfig:
     def validate(self) -> VaclConfig:
         """Check every option; raise :class:`UserError` naming the first bad one."""
         check_fields(self)
-        (key,) = self.rule()
+        rule = self.rule()
+        key = "target_params_reduction" if len(rule) > 1 else next(iter(rule))
         if self.cost == "latency" and not key.startswith("target_"):
             raise UserError("--cost latency ranks for a params, MACs or latency target; "
                             "--threshold and --auto-tolerance remove by score alone")

@@ -53,6 +53,7 @@ from ..io import atomic_write_json, atomic_write_text, remove
 from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
+from ..report.tables import fmt_targets, targets_of
 from ..report.vacl import write_report
 from ..runstate import comparable, config_json, fingerprint, read_state, write_state
 from ..train import STATE_FILE as TRAIN_STATE_FILE
@@ -376,10 +377,12 @@ def step_rule(target: dict[str, float], k: int, steps: int, base: dict[str, Any]
     """Step ``k`` of ``steps`` of a params or MACs ``target`` (a reduction of ``base``): the
     reduction of the step's input (sizes ``now``) that leaves ``(1 - R) ** (k / steps)`` of
     ``base``, so the last step leaves the target's ``1 - R`` (never below 0: nothing to do)."""
-    (key, r), = target.items()
-    metric = key[len("target_"):-len("_reduction")]
-    left = (1.0 - r) ** (k / steps) * base[metric]
-    return {key: max(0.0, 1.0 - left / now[metric])}
+    rule = {}
+    for key, r in target.items():  # params, MACs or both
+        metric = key[len("target_"):-len("_reduction")]
+        left = (1.0 - r) ** (k / steps) * base[metric]
+        rule[key] = max(0.0, 1.0 - left / now[metric])
+    return rule
 
 
 def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float]
@@ -389,7 +392,9 @@ def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float
     input's, the target the user gave."""
     first, pr = state["steps"][0], dict(got["prune"])
     base = state["base"]
-    pr.update(target_reduction=float(next(iter(target.values()))),
+    targets = {key[len("target_"):-len("_reduction")]: float(r) for key, r in target.items()}
+    pr.update(targets=targets,
+              target_reduction=next(iter(targets.values())) if len(targets) == 1 else None,
               params_before=base["params"], macs_before=base["macs"],
               params_reduction=1 - pr["params_after"] / base["params"],
               macs_reduction=1 - pr["macs_after"] / base["macs"],
@@ -452,8 +457,9 @@ def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[st
 
 def _warn_target(pr: dict[str, Any]) -> None:
     if not pr["target_reached"]:
-        what = {"params": "params", "macs": "MACs"}.get(pr["mode"], "predicted latency")
-        log.warning("warning: the target %s reduction %g was not reached (%.2f %% removed): "
-                    "every remaining channel group is needed to keep the channels each layer "
-                    "must keep", what, pr["target_reduction"],
-                    100 * (pr.get(pr["mode"] + "_reduction") or 0.0))
+        names = {"params": "params", "macs": "MACs", "latency": "predicted latency"}
+        got = ", ".join(f"{100 * (pr.get(m + '_reduction') or 0.0):.2f} % of {names[m]}"
+                        for m in targets_of(pr))
+        log.warning("warning: the target (%s) was not reached (%s removed): every remaining "
+                    "channel group is needed to keep the channels each layer must keep",
+                    fmt_targets(targets_of(pr), names), got)

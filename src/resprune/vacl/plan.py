@@ -56,18 +56,18 @@ def plan(model: nn.Module, data: Any, config: VaclConfig | None = None, *,
     """
     config = (config or VaclConfig()).validate()
     target = config.rule()
-    (key,) = target
-    if key in ("auto_tolerance", "target_latency_reduction", "target_latency") or (
+    if set(target) & {"auto_tolerance", "target_latency_reduction", "target_latency"} or (
             config.cost == "latency" or config.round_to == "auto"):
         raise UserError("a plan compares rankings on the analytic size model: give "
-                        "--threshold, --target-params-reduction or --target-macs-reduction, "
-                        "without --cost latency or --round-to auto (latency needs a table "
-                        "measured on this machine; --auto-tolerance evaluates candidates)")
+                        "--threshold, --target-params-reduction or --target-macs-reduction "
+                        "(or both), without --cost latency or --round-to auto (latency needs "
+                        "a table measured on this machine; --auto-tolerance evaluates "
+                        "candidates)")
     unknown = [c for c in costs if c not in PLAN_COSTS]
     if unknown or not costs:
         raise UserError(f"plan costs must be some of {', '.join(PLAN_COSTS)}, got "
                         f"{', '.join(map(str, costs)) or 'none'}")
-    if key == "threshold":
+    if "threshold" in target:
         costs = ("none",)
     t = config.train
     loaders, shape, _ = resolve_loaders(

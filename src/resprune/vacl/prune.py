@@ -15,7 +15,8 @@ two rules:
 Stop rule: ``threshold=T`` removes every unit scoring below ``T``; ``target_params_reduction``
 / ``target_macs_reduction=R`` removes units until the whole model's parameters / MACs have
 fallen by at least ``R`` (an analytical count of conv/linear/BN sizes drives the search; the
-report gives the counts of :mod:`resprune.measure` before and after).
+report gives the counts of :mod:`resprune.measure` before and after); both together remove
+units until both have fallen that far.
 
 Removal edits the modules in place: conv/linear weights and biases, BN channels and running
 statistics, and PadShortcut index maps (kept outputs point at the new positions of their
@@ -69,62 +70,84 @@ _BATCHNORM = nn.modules.batchnorm._BatchNorm
 
 # -- options ----------------------------------------------------------------------------------
 def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = None,
-                   latency_ms: Any = None) -> tuple[str, float]:
+                   latency_ms: Any = None) -> dict[str, float]:
+    """The stop rule as goals: ``{"threshold": T}``, ``{"latency_ms": MS}`` or reductions by
+    metric; a params and a MACs reduction may be given together (both must be reached)."""
     given = [(k, v) for k, v in (("threshold", threshold), ("target_params_reduction", params_r),
                                  ("target_macs_reduction", macs_r),
                                  ("target_latency_reduction", latency_r),
                                  ("target_latency", latency_ms)) if v is not None]
-    if len(given) != 1:
+    keys = {k for k, _ in given}
+    if not given or (len(given) > 1 and keys != {"target_params_reduction",
+                                                 "target_macs_reduction"}):
         raise UserError("give exactly one of threshold, target_params_reduction and "
-                        "target_macs_reduction (or target_latency_reduction, target_latency) "
+                        "target_macs_reduction (or target_latency_reduction, target_latency), "
+                        "or both target_params_reduction and target_macs_reduction "
                         f"(got {', '.join(k for k, _ in given) or 'none'})")
-    key, value = given[0]
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-        raise UserError(f"{key} must be a number, got {value!r}")
-    if key == "threshold":
-        if value < 0:
-            raise UserError(f"threshold must be >= 0, got {value!r}")
-        return "threshold", float(value)
-    if key == "target_latency":
-        if value <= 0:
-            raise UserError(f"target_latency must be > 0 ms, got {value!r}")
-        return "latency_ms", float(value)
-    if not 0 <= value < 1:
-        raise UserError(f"{key} must be in [0, 1) (a fraction of the model to remove), "
-                        f"got {value!r}")
-    return key.split("_")[1], float(value)
+    goals: dict[str, float] = {}
+    for key, value in given:
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not math.isfinite(value)):
+            raise UserError(f"{key} must be a number, got {value!r}")
+        if key == "threshold":
+            if value < 0:
+                raise UserError(f"threshold must be >= 0, got {value!r}")
+            goals["threshold"] = float(value)
+        elif key == "target_latency":
+            if value <= 0:
+                raise UserError(f"target_latency must be > 0 ms, got {value!r}")
+            goals["latency_ms"] = float(value)
+        elif not 0 <= value < 1:
+            raise UserError(f"{key} must be in [0, 1) (a fraction of the model to remove), "
+                            f"got {value!r}")
+        else:
+            goals[key.split("_")[1]] = float(value)
+    return goals
 
 
-# -- removal units (ResNeXt bundles) ------------------------------------------------------------
-def _rounded_selection(model, groups, units, chosen, mode, value, multiple, shape,
+def _raised(goals: dict[str, float], t: float) -> dict[str, float]:
+    """Every reduction goal moved the fraction ``t`` of the way to 0.999."""
+    return {m: v + t * (0.999 - v) for m, v in goals.items()}
+
+
+def goals_reached(model: nn.Module, groups: GroupSet, picked: list[int],
+                  goals: dict[str, float], shape, params_before: int, macs_before: int,
+                  table: Any = None) -> bool:
+    """Whether removing ``picked`` reaches every reduction goal (analytical size model)."""
+    return all(saved_fraction(model, groups, picked, m, shape, params_before, macs_before,
+                              table) >= v - 1e-12 for m, v in goals.items())
+
+
+def _rounded_selection(model, groups, units, chosen, goals, multiple, shape,
                        params_before, macs_before, cap: float, table
                        ) -> tuple[list[int], bool]:
-    """Round the selection's widths; with a target, find by bisection the smallest selection
-    goal whose rounded widths still reach it (rounding may keep channels back)."""
+    """Round the selection's widths; with targets, find by bisection the smallest raise of
+    the selection goals (toward 0.999) whose rounded widths still reach them all (rounding
+    may keep channels back)."""
     size, least = sizes_and_minimums(model, groups, cap)
-
-    def rounded(goal: float) -> tuple[list[int], float]:
-        picked = chosen if goal == value else select(
-            model, groups, units, mode, goal, SizeModel(model, shape, params_before,
-                                                        macs_before, table), cap)[0]
-        picked = round_widths(groups, units, picked, multiple, size, least)
-        return picked, saved_fraction(model, groups, picked, mode, shape, params_before,
-                                      macs_before, table)
-
-    if mode == "threshold":
+    if "threshold" in goals:
         return round_widths(groups, units, chosen, multiple, size, least), True
-    best, got = rounded(value)
-    if got >= value - 1e-12:
+
+    def rounded(t: float) -> tuple[list[int], bool]:
+        picked = chosen if t == 0 else select(
+            model, groups, units, _raised(goals, t), SizeModel(model, shape, params_before,
+                                                               macs_before, table), cap)[0]
+        picked = round_widths(groups, units, picked, multiple, size, least)
+        return picked, goals_reached(model, groups, picked, goals, shape, params_before,
+                                     macs_before, table)
+
+    best, ok = rounded(0.0)
+    if ok:
         return best, True
-    lo, hi = value, 0.999
-    top, top_got = rounded(hi)
-    if top_got < value - 1e-12:
+    lo, hi = 0.0, 1.0
+    top, ok = rounded(hi)
+    if not ok:
         return top, False
     best = top
     for _ in range(12):
         mid = (lo + hi) / 2
-        picked, got = rounded(mid)
-        if got >= value - 1e-12:
+        picked, ok = rounded(mid)
+        if ok:
             hi, best = mid, picked
         else:
             lo = mid
@@ -218,7 +241,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
     ``target_params_reduction`` or ``target_macs_reduction`` (a fraction in [0, 1) of the whole
-    model's parameters / MACs to remove). ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
+    model's parameters / MACs to remove), or both of the last two (units go until both are
+    reached; the report's ``mode`` is ``"params+macs"`` and ``targets`` holds both). ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
     ``groups`` reuses a :class:`GroupSet` discovered on this model; ``include_bn`` /
     ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer);
     ``score`` is ``"rms"``, ``"layer_rms"`` or ``"taylor"`` (see
@@ -253,12 +277,13 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     """
     from ..measure import count_macs, count_params
 
-    mode, value = _check_options(threshold, target_params_reduction, target_macs_reduction,
-                                 target_latency_reduction, target_latency)
-    latency_ms = value if mode == "latency_ms" else None
+    goals = _check_options(threshold, target_params_reduction, target_macs_reduction,
+                           target_latency_reduction, target_latency)
+    latency_ms = goals.get("latency_ms")
+    is_latency = "latency" in goals or latency_ms is not None
     if cost not in COSTS:
         raise UserError(f"unknown ranking cost {cost!r}; choose one of: {', '.join(COSTS)}")
-    needs_table = mode in ("latency", "latency_ms") or cost == "latency" or round_to == "auto"
+    needs_table = is_latency or cost == "latency" or round_to == "auto"
     if needs_table and latency_table is None:
         raise UserError("target_latency_reduction, target_latency, cost='latency' and "
                         "round_to='auto' need a latency table "
@@ -266,10 +291,10 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     if latency_check not in CHECKS:
         raise UserError(f"unknown latency check {latency_check!r}; choose one of: "
                         f"{', '.join(CHECKS)}")
-    if latency_check == "measured" and mode not in ("latency", "latency_ms"):
+    if latency_check == "measured" and not is_latency:
         raise UserError("latency_check='measured' checks a latency target "
                         "(target_latency_reduction or target_latency)")
-    if cost != "none" and mode == "threshold":
+    if cost != "none" and "threshold" in goals:
         raise UserError(f"cost={cost!r} ranks for a params, MACs or latency target; a "
                         "threshold removes by score alone")
     if round_to is None and cost == "latency":
@@ -299,32 +324,34 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     units, fixed = removal_units(model, groups, scores)
     params_before, macs_before = count_params(model), count_macs(model, shape)
     widths_before = _widths(model)
-    sizes = None if mode == "threshold" else SizeModel(model, shape, params_before, macs_before,
+    sizes = None if "threshold" in goals else SizeModel(model, shape, params_before, macs_before,
                                                        latency_table)
     if cost != "none":
         units = rank_by_cost(units, unit_savings(sizes, groups, units, cost))
     latency_before = sizes.total("latency") if sizes is not None and latency_table else None
     if latency_ms is not None:  # an absolute target is a reduction of the predicted total
-        mode, value = "latency", max(0.0, 1 - latency_ms / latency_before)
+        goals = {"latency": max(0.0, 1 - latency_ms / latency_before)}
     if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)
                                  or round_to < 1):
         raise UserError(f"round_to must be an integer >= 1 (channels) or 'auto', got "
                         f"{round_to!r}")
 
-    def choose(goal: float, sizes: SizeModel | None) -> tuple[list[int], dict[str, Any]]:
-        picked, stats = select(model, groups, units, mode, goal, sizes, cap)
+    def choose(goal: dict[str, float], sizes: SizeModel | None
+               ) -> tuple[list[int], dict[str, Any]]:
+        picked, stats = select(model, groups, units, goal, sizes, cap)
         if round_to is not None:
             picked, stats["reached"] = _rounded_selection(
-                model, groups, units, picked, mode, goal, round_to, shape, params_before,
+                model, groups, units, picked, goal, round_to, shape, params_before,
                 macs_before, cap, latency_table)
         return picked, stats
 
-    chosen, stats = choose(value, sizes)
+    chosen, stats = choose(goals, sizes)
     fit = None
     if latency_check == "measured":
         timer = latency_timer or latency_fit.model_timer(latency_table, shape)
+        value = goals["latency"]
         chosen, fit = fit_goal(
-            lambda goal: chosen if goal == value else choose(goal, SizeModel(
+            lambda goal: chosen if goal == value else choose({"latency": goal}, SizeModel(
                 model, shape, params_before, macs_before, latency_table))[0],
             lambda picked: timer(model, pruned_copy(
                 model, [m for gi in picked for m in groups[gi].members])),
@@ -357,9 +384,11 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     for name, width in widths_before.items():
         kept_out[name] = _keep(width, dropped.get(name, set()))
     return {
-        "mode": mode,
-        "threshold": value if mode == "threshold" else None,
-        "target_reduction": None if mode == "threshold" else value,
+        "mode": "+".join(goals),
+        "threshold": goals.get("threshold"),
+        "target_reduction": (None if "threshold" in goals or len(goals) > 1
+                             else next(iter(goals.values()))),
+        "targets": None if "threshold" in goals else dict(goals),
         "target_reached": stats["reached"],
         "include_bn": include_bn,
         "include_consumers": include_consumers,

@@ -228,27 +228,36 @@ def sizes_and_minimums(model: nn.Module, groups: GroupSet, max_layer_reduction: 
     return size, least
 
 
-def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, value: float,
+def select(model: nn.Module, groups: GroupSet, units: list[Unit], goals: dict[str, float],
            sizes: SizeModel | None = None, max_layer_reduction: float = 1.0
            ) -> tuple[list[int], dict[str, Any]]:
     """Walk the units lowest score first; return the removed group indices and statistics.
 
+    ``goals``: ``{"threshold": T}`` removes every unit scoring below T; otherwise one or more
+    reductions by metric (``{"params": R}``, ``{"params": P, "macs": M}``, ``{"latency": R}``,
+    as fractions of ``sizes``' totals): the walk stops once *every* goal is reached (the walk's
+    order does not depend on the goals, so two goals stop where the later of the two would).
     A unit that would take any layer below its minimum (:func:`sizes_and_minimums`) is
     skipped."""
     size, least = sizes_and_minimums(model, groups, max_layer_reduction)
     dec_of = [Counter((m.module, m.role) for m in g.members) for g in groups]
     chosen: list[int] = []
-    stats = {"skipped_to_keep_layers": 0, "reached": mode == "threshold"}
-    total = None
-    saved = 0
-    if mode != "threshold":
+    threshold = goals.get("threshold")
+    stats = {"skipped_to_keep_layers": 0, "reached": threshold is not None}
+    need: dict[str, float] = {}
+    saved: dict[str, float] = {}
+    if threshold is None:
         assert sizes is not None
-        total = sizes.total(mode)
+        need = {m: v * sizes.total(m) for m, v in goals.items()}
+        saved = dict.fromkeys(need, 0.0)
+
+    def done() -> bool:
+        return bool(need) and all(saved[m] >= need[m] for m in need)
+
     for unit in units:
-        if mode == "threshold" and unit.score >= value:
+        if threshold is not None and unit.score >= threshold:
             break
-        if total is not None and saved >= value * total:
-            stats["reached"] = True
+        if done():
             break
         dec: Counter = Counter()
         for gi in unit.groups:
@@ -259,13 +268,13 @@ def select(model: nn.Module, groups: GroupSet, units: list[Unit], mode: str, val
         for k, v in dec.items():
             size[k] -= v
         if sizes is not None:
-            dp, dm, dl = sizes.delta(dec)
+            delta = dict(zip(("params", "macs", "latency"), sizes.delta(dec)))
             sizes.apply(dec)
-            saved += {"params": dp, "macs": dm, "latency": dl}.get(mode, 0)
+            for m in saved:
+                saved[m] += delta[m]
         chosen.extend(unit.groups)
-    else:
-        if total is not None and saved >= value * total:
-            stats["reached"] = True
+    if done():
+        stats["reached"] = True
     return sorted(chosen), stats
 
 

@@ -37,7 +37,7 @@ from ..report.vacl import rms_histogram
 
 # the parts of vacl.prune's report that go into summary.json (the full one is in stages/pruned)
 PRUNE_KEYS = ("mode", "score", "round_to", "max_layer_reduction", "cost", "latency",
-              "threshold", "target_reduction", "target_reached", "groups_total",
+              "threshold", "target_reduction", "targets", "target_reached", "groups_total",
               "groups_by_kind", "groups_fixed", "groups_removed", "removed_by_kind",
               "units_skipped_to_keep_layers", "params_before", "params_after",
               "params_reduction", "macs_before", "macs_after", "macs_reduction",
