@@ -242,7 +242,8 @@ def prune(model: nn.Module, input_shape: Sequence[int], threshold: float | None 
     Give exactly one of ``threshold`` (remove groups whose RMS is below it),
     ``target_params_reduction`` or ``target_macs_reduction`` (a fraction in [0, 1) of the whole
     model's parameters / MACs to remove), or both of the last two (units go until both are
-    reached; the report's ``mode`` is ``"params+macs"`` and ``targets`` holds both). ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
+    reached; the report's ``mode`` is ``"params+macs"`` and ``targets`` holds both).
+    ``input_shape`` is ``[C, H, W]`` (MACs depend on it).
     ``groups`` reuses a :class:`GroupSet` discovered on this model; ``include_bn`` /
     ``include_consumers`` choose the group vector whose RMS is the score (as in the regularizer);
     ``score`` is ``"rms"``, ``"layer_rms"`` or ``"taylor"`` (see
