@@ -110,7 +110,7 @@ def _raised(goals: dict[str, float], t: float) -> dict[str, float]:
     return {m: v + t * (0.999 - v) for m, v in goals.items()}
 
 
-def goals_reached(model: nn.Module, groups: GroupSet, picked: list[int],
+def _all_reached(model: nn.Module, groups: GroupSet, picked: list[int],
                   goals: dict[str, float], shape, params_before: int, macs_before: int,
                   table: Any = None) -> bool:
     """Whether removing ``picked`` reaches every reduction goal (analytical size model)."""
@@ -133,7 +133,7 @@ def _rounded_selection(model, groups, units, chosen, goals, multiple, shape,
             model, groups, units, _raised(goals, t), SizeModel(model, shape, params_before,
                                                                macs_before, table), cap)[0]
         picked = round_widths(groups, units, picked, multiple, size, least)
-        return picked, goals_reached(model, groups, picked, goals, shape, params_before,
+        return picked, _all_reached(model, groups, picked, goals, shape, params_before,
                                      macs_before, table)
 
     best, ok = rounded(0.0)
