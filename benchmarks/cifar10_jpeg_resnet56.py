@@ -47,6 +47,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-params87-450k``: row 3g ranked per param saved (``--cost params``) to 87 %
   fewer params: the ranking that reaches both compress targets (85 % params, 70 % MACs) while
   keeping the most MACs (3g's and 3j's rankings removed 78.6 % and 82.6 % of MACs);
+- ``r56-compress-both-450k``: row 3k with the compress target given as it reads,
+  ``--target-params-reduction 0.85 --target-macs-reduction 0.7`` (both at once, session 16);
 - ``r56-tp-groupnorm-steps3``: row 4g's recipe at 3j's MACs, on the B that 3j started from;
 - ``r56-implode-heldout``: row 1c deciding on a validation split B never saw: the layout of
   :func:`heldout_layout` (``RUNS/cifar10-jpeg-heldout``: ``train/`` as it is, ``test/`` halved
@@ -225,6 +227,14 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "taylor", "--fade", "off", "--sparse-epochs", "0", "--finetune-epochs", "3",
             "--finetune-lr", LR_450K, "--finetune-final-epochs", "39", "--finetune-final-lr",
             LR_450K],
+        # row 3k with the compress target stated as it reads: both size targets at once
+        # (session 16); ranked per param saved, the plan on B stops at 86.24 % / 70.04 %
+        "r56-compress-both-450k": [
+            "resprune", "compress", b, "--config", f"{CFG}/resnet56-compress.yaml",
+            "--target-params-reduction", "0.85", "--target-macs-reduction", "0.7", "--cost",
+            "params", "--group-score", "taylor", "--fade", "off", "--sparse-epochs", "0",
+            "--finetune-epochs", "3", "--finetune-lr", LR_450K, "--finetune-final-epochs",
+            "39", "--finetune-final-lr", LR_450K],
         # second seeds (the "when time allows"): --seed is the seed of the carved
         # validation split and of every training, so both change with it
         "r56-B-s1": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
@@ -286,6 +296,8 @@ TITLES = {
     "r56-compress-steps3-450k": "3j. row 3g pruning in 3 steps (--prune-steps 3)",
     "r56-compress-params87-450k": "3k. row 3g ranked per param saved (--cost params) to 87 % "
                                   "params, just past 70 % MACs",
+    "r56-compress-both-450k": "3l. row 3k with both size targets given (85 % params and 70 % "
+                              "MACs, --cost params)",
     "r56-B-s1": "B, second seed (--seed 1)",
     "r56-compress-steps3-450k-s1": "3j, second seed (--seed 1)",
     "r56-implode-heldout-r2-s1": "1i, second seed (--seed 1)",
