@@ -24,6 +24,7 @@ from ..report import fmt_acc, fmt_pct
 from ..report.tables import targets_of
 from ..runs import prepare_out
 from ..vacl import VaclConfig
+from ..vacl.config import one_rule
 from . import common, options
 from .config import resolved
 from .evaluate import inherit_data_options
@@ -125,9 +126,9 @@ def plan(args: argparse.Namespace) -> list[str]:
                         "apply with --model")
     if args.model is not None and args.data is None:
         raise UserError("--data is required with --model (the dataset to train on)")
-    given = [flag for dest, flag in RULES if getattr(args, dest, None) is not None]
-    both = {"--target-params-reduction", "--target-macs-reduction"}
-    if len(given) > 1 and set(given) != both:
+    dests = [dest for dest, _ in RULES if getattr(args, dest, None) is not None]
+    given = [flag for dest, flag in RULES if dest in dests]
+    if dests and not one_rule(dests):
         raise UserError(f"give at most one of {', '.join(f for _, f in RULES)}, or both "
                         f"--target-params-reduction and --target-macs-reduction (got "
                         f"{', '.join(given)})")

@@ -18,7 +18,7 @@ from ..fields import LR, Float, Int, check_fields, opt
 from ..implosion import ImplosionConfig
 from ..train import TrainConfig
 from ..vacl import VaclConfig
-from ..vacl.config import BOTH, REDUCTION, RULES
+from ..vacl.config import REDUCTION, RULES, one_rule
 
 STAGES = ("train", "implode", "vacl", "finetune")
 DEFAULT_STAGES = ("implode", "vacl", "finetune")
@@ -42,7 +42,7 @@ class _Methods:
         if "train" in stages and stages[0] != "train":
             raise UserError("the train stage can only come first")
         given = [k for k in RULES if getattr(self, k) is not None]
-        if len(given) > 1 and set(given) != set(BOTH):
+        if given and not one_rule(given):
             raise UserError("give at most one of " + ", ".join("--" + k.replace("_", "-")
                                                                for k in RULES)
                             + ", or both --target-params-reduction and "

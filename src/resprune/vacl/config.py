@@ -24,6 +24,13 @@ BOTH = ("target_params_reduction", "target_macs_reduction")
 #: the pruning rules: a run gives exactly one, or both of BOTH
 RULES = ("threshold", "target_params_reduction", "target_macs_reduction",
          "target_latency_reduction", "target_latency", "auto_tolerance")
+
+
+def one_rule(given) -> bool:
+    """Whether the rule names ``given`` (keys of RULES) form one pruning rule: a single
+    rule, or the params and MACs targets together."""
+    names = set(given)
+    return len(names) == 1 or names == set(BOTH)
 REG_GROUPS = ("all", "pruned")
 
 
@@ -178,7 +185,7 @@ class VaclConfig:
         """The one pruning rule, as keyword arguments of :func:`resprune.vacl.prune` (or
         ``auto_tolerance``)."""
         given = {k: float(getattr(self, k)) for k in RULES if getattr(self, k) is not None}
-        if len(given) != 1 and set(given) != set(BOTH):
+        if not one_rule(given):
             names = ", ".join("--" + k.replace("_", "-") for k in given) or "none"
             raise UserError("give exactly one of --threshold, --target-params-reduction, "
                             "--target-macs-reduction, --target-latency-reduction, "

@@ -379,10 +379,14 @@ def step_rule(target: dict[str, float], k: int, steps: int, base: dict[str, Any]
     ``base``, so the last step leaves the target's ``1 - R`` (never below 0: nothing to do)."""
     rule = {}
     for key, r in target.items():  # params, MACs or both
-        metric = key[len("target_"):-len("_reduction")]
-        left = (1.0 - r) ** (k / steps) * base[metric]
-        rule[key] = max(0.0, 1.0 - left / now[metric])
+        left = (1.0 - r) ** (k / steps) * base[_metric(key)]
+        rule[key] = max(0.0, 1.0 - left / now[_metric(key)])
     return rule
+
+
+def _metric(key: str) -> str:
+    """``target_macs_reduction`` -> ``macs``."""
+    return key[len("target_"):-len("_reduction")]
 
 
 def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float]
@@ -392,7 +396,7 @@ def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float
     input's, the target the user gave."""
     first, pr = state["steps"][0], dict(got["prune"])
     base = state["base"]
-    targets = {key[len("target_"):-len("_reduction")]: float(r) for key, r in target.items()}
+    targets = {_metric(key): float(r) for key, r in target.items()}
     pr.update(targets=targets,
               target_reduction=next(iter(targets.values())) if len(targets) == 1 else None,
               params_before=base["params"], macs_before=base["macs"],

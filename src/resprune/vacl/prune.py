@@ -38,6 +38,7 @@ from ..errors import UserError
 from ..measure.latency_table import COSTS
 from ..models import PadShortcut, ResNet, validate_spec
 from . import latency_fit
+from .config import one_rule
 from .groups import (
     BN,
     IN,
@@ -77,9 +78,7 @@ def _check_options(threshold: Any, params_r: Any, macs_r: Any, latency_r: Any = 
                                  ("target_macs_reduction", macs_r),
                                  ("target_latency_reduction", latency_r),
                                  ("target_latency", latency_ms)) if v is not None]
-    keys = {k for k, _ in given}
-    if not given or (len(given) > 1 and keys != {"target_params_reduction",
-                                                 "target_macs_reduction"}):
+    if not one_rule([k for k, _ in given]):
         raise UserError("give exactly one of threshold, target_params_reduction and "
                         "target_macs_reduction (or target_latency_reduction, target_latency), "
                         "or both target_params_reduction and target_macs_reduction "
