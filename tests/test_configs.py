@@ -58,3 +58,52 @@ def test_config_parses_and_builds(path, tmp_path):
     assert set(stages.split(",")) <= {"implode", "vacl", "finetune"}
     if path.parent.name != "mini":
         assert args.device == "cuda"
+
+
+# the recipe configs of the best converged-network rows, and the benchmark row each reproduces
+RECIPES = {"resnet56-compress-450k.yaml": "r56-compress-steps3-450k",
+           "resnet56-vacl-450k.yaml": "r56-vacl-taylor-450k",
+           "resnet56-implode-heldout.yaml": "r56-implode-heldout-r2"}
+
+
+def _row_commands(tmp_path: Path) -> tuple[object, dict[str, list[str]]]:
+    import importlib.util
+    import sys
+
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        spec = importlib.util.spec_from_file_location("_bench_jpeg_rows",
+                                                      bench / "cifar10_jpeg_resnet56.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module, module.commands(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_config_is_exactly_its_rows_options(name, tmp_path):
+    """A recipe config resolves to the very options its benchmark row ran with, so the
+    numbers its header quotes are the numbers a user of the file gets."""
+    path = Path(__file__).resolve().parents[1] / "configs" / "cifar10-jpeg" / name
+    assert path in STAGE_CONFIGS
+    module, rows = _row_commands(tmp_path)
+    row = rows[RECIPES[name]]
+    assert row[0] == "resprune"
+    cmd, start = row[1], row[2]
+    extra = row[row.index("--data-dir"):row.index("--data-dir") + 2] if "--data-dir" in row \
+        else []
+    out = ["--out", str(tmp_path / "r")]
+
+    def options(argv):
+        return {k: v for k, v in vars(parse(argv)).items()
+                if k not in ("config", "_parser", "func")}
+
+    ran = options(row[1:] + out)
+    recipe = options([cmd, start, "--config", str(path), *extra] + out)
+    assert recipe == ran
+    # and the file is not a copy of the row's base config (it holds the row's overrides)
+    base = options([cmd, start, "--config", str(path.with_name(f"resnet56-{cmd}.yaml")),
+                    *extra] + out)
+    assert base != ran
