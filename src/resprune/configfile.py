@@ -1,0 +1,96 @@
+"""YAML config files in Python: :func:`read_config` turns a ``--config`` file into the options
+object of :func:`resprune.compress`, :func:`resprune.run_vacl`, :func:`resprune.run_implosion`
+or :func:`resprune.train.train`.
+
+The file is read by the command line's own parser (:mod:`resprune.cli.config`): the same keys,
+types, checks, defaults and error lines, so a recipe behaves alike from a shell and from Python.
+What the Python call takes as arguments instead of options (the data, the teacher) comes back
+beside the config: :attr:`FileConfig.data` and :meth:`FileConfig.distillation`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .errors import UserError
+
+COMMANDS = ("compress", "vacl", "implode", "train")
+# the data options a file may hold; in Python they describe the data the caller loads
+DATA_KEYS = ("data", "data_dir", "val_fraction", "workers", "in_memory", "cache_dir")
+
+
+@dataclass(frozen=True)
+class FileConfig:
+    """A config file read for one command: its options object and what the call takes
+    besides it."""
+
+    command: str
+    config: Any  # CompressConfig, VaclConfig, ImplosionConfig or TrainConfig
+    data: dict[str, Any] = field(default_factory=dict)  # the file's data options (None: unset)
+    distill_from: str | None = None  # "input", a run directory, or None
+    distill_alpha: float = 0.7
+    distill_temperature: float = 4.0
+
+    def distillation(self, model: nn.Module):
+        """The teacher the file asks for: ``distill-from: input`` -> a frozen copy of ``model``
+        (the unpruned input, taken before the call changes it), a run directory -> that run's
+        model, none -> ``None``. Pass it as ``distill=``."""
+        from .checkpoint import load
+        from .train import Distillation
+
+        if self.distill_from in (None, "none"):
+            return None
+        teacher = copy.deepcopy(model) if self.distill_from == "input" else load(self.distill_from)
+        return Distillation(teacher, self.distill_alpha, self.distill_temperature)
+
+
+def read_config(path: str | Path, command: str = "compress") -> FileConfig:
+    """Read the YAML config ``path`` as ``resprune COMMAND --config PATH`` would.
+
+    Unknown keys, values of the wrong type and option combinations the command refuses raise
+    :class:`~resprune.errors.UserError` with the command line's message. Options left out of the
+    file take the command's defaults; ``seed`` defaults to 0 (the command line would take the
+    input run's). A ``compress`` file with ``model`` starts with the ``train`` stage.
+    """
+    from .cli import common
+    from .cli.compress import compress_config
+    from .cli.config import apply_config, restore_held
+    from .cli.implode import implosion_config
+    from .cli.main import build_parser
+    from .cli.vacl import vacl_config
+
+    if command not in COMMANDS:
+        raise UserError(f"read_config: command must be one of {', '.join(COMMANDS)}, got "
+                        f"{command!r}")
+    parser = build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = subs.choices[command]
+    held = apply_config(sub, path)
+    run = [] if command in ("compress", "train") else ["RUN"]  # placeholders, never opened
+    args = parser.parse_args([command, *run, "--out", "OUT"])
+    restore_held(args, held)
+    if args.seed is None:
+        args.seed = 0
+    if command == "compress":
+        if args.model is not None and args.distill_from == "input":
+            raise UserError(f"config file {path}: distill-from input needs an input model; "
+                            "with model, train the base first or name a teacher run")
+        stages = (["train"] if args.model is not None else []) + list(args.stages)
+        config = compress_config(args, stages)
+    elif command == "vacl":
+        config = vacl_config(args)
+    elif command == "implode":
+        config = implosion_config(args)
+    else:
+        config = common.train_config(args)
+    return FileConfig(command=command, config=config,
+                      data={k: getattr(args, k) for k in DATA_KEYS if hasattr(args, k)},
+                      distill_from=getattr(args, "distill_from", None),
+                      distill_alpha=getattr(args, "distill_alpha", 0.7),
+                      distill_temperature=getattr(args, "distill_temperature", 4.0))

@@ -1,0 +1,108 @@
+"""resprune.read_config: a --config file gives Python exactly the options the command builds."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import resprune
+from resprune.cli import common
+from resprune.cli.compress import compress_config
+from resprune.cli.implode import implosion_config
+from resprune.cli.main import parse
+from resprune.cli.vacl import vacl_config
+from resprune.errors import UserError
+from resprune.models import create
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+JPEG = sorted((CONFIGS / "cifar10-jpeg").glob("*.yaml"))
+
+
+def _cli_config(command: str, path: Path, tmp_path: Path):
+    """What ``resprune COMMAND ... --config PATH`` builds before it runs."""
+    start = ["--init", "B"] if command == "train" else ["B"]
+    args = parse([command, *start, "--config", str(path), "--out", str(tmp_path / "r")])
+    if args.seed is None:  # the command takes the input run's; read_config says 0
+        args.seed = 0
+    if command == "compress":
+        return compress_config(args, list(args.stages))
+    return {"vacl": vacl_config, "implode": implosion_config,
+            "train": common.train_config}[command](args)
+
+
+@pytest.mark.parametrize("path", JPEG, ids=lambda p: p.name)
+def test_read_config_builds_what_the_command_builds(path, tmp_path):
+    command = re.search(r"Run:\s+resprune (\w+)", path.read_text()).group(1)
+    got = resprune.read_config(path, command)
+    expected = _cli_config(command, path, tmp_path)
+    assert type(got.config) is type(expected) and got.config == expected
+    assert got.command == command
+    if command != "train":
+        assert (got.distill_from, got.distill_alpha, got.distill_temperature) == \
+            ("input", 0.7, 4.0)
+    else:
+        assert got.data["data"] == "imagefolder" and got.data["val_fraction"] == 0.1
+
+
+def test_recipe_options_reach_the_config():
+    c = resprune.read_config(CONFIGS / "cifar10-jpeg" / "resnet56-compress-450k.yaml").config
+    assert isinstance(c, resprune.CompressConfig)
+    assert (c.prune_steps, c.step_epochs, c.group_score, c.sparse_epochs) == (3, 5, "taylor", 0)
+    assert (c.target_params_reduction, c.finetune_final_epochs, c.epoch_size) == (0.85, 29, 10000)
+    assert c.budget() == {"mode": "params", "targets": {"params": 0.85},
+                          "target_reduction": 0.85}
+    assert c.train.device == "cpu" and c.train.seed == 0
+
+
+def test_distillation_from_input_is_a_frozen_copy_of_the_model():
+    torch.manual_seed(0)
+    model = create("resnet8", num_classes=10, width=4).eval()
+    fc = resprune.read_config(CONFIGS / "cifar10-jpeg" / "resnet56-vacl-450k.yaml", "vacl")
+    d = fc.distillation(model)
+    x = torch.randn(3, 3, 32, 32)
+    before = model(x).detach()
+    assert torch.equal(d.teacher_logits(x), before)
+    assert (d.alpha, d.temperature) == (0.7, 4.0)
+    with torch.no_grad():  # the call prunes and trains the model; the teacher stays
+        for p in model.parameters():
+            p.zero_()
+    assert not torch.equal(model(x), before)
+    assert torch.equal(d.teacher_logits(x), before)
+
+
+def test_no_distillation_and_a_teacher_run(tmp_path, trained):
+    none = tmp_path / "none.yaml"
+    none.write_text("distill-from: none\ntarget-params-reduction: 0.5\n")
+    model = create("resnet8", num_classes=10, width=4)
+    assert resprune.read_config(none, "vacl").distillation(model) is None
+    run = tmp_path / "run.yaml"
+    run.write_text(f"distill-from: {trained}\ndistill-alpha: 0.5\n")
+    d = resprune.read_config(run, "implode").distillation(model)
+    x = torch.randn(2, 3, 32, 32)
+    assert d.alpha == 0.5
+    assert torch.equal(d.teacher_logits(x), resprune.load(trained).eval()(x))
+
+
+@pytest.mark.parametrize("text, command, message", [
+    ("retrain-epochs: 2\nbogus-key: 1\n", "implode",
+     "unknown option 'bogus-key' for 'resprune implode'"),
+    ("finetune-epochs: two\n", "vacl",
+     "option 'finetune-epochs': must be an integer >= 0, got 'two'"),
+    ("target-params-reduction: 0.5\nthreshold: 0.1\n", "compress", "give at most one of"),
+    ("epochs: 1\n", "export", "read_config: command must be one of compress, vacl, implode, "
+                              "train, got 'export'"),
+])
+def test_bad_files_are_refused_with_the_command_lines_message(tmp_path, text, command, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=re.escape(message)):
+        resprune.read_config(path, command)
+
+
+def test_a_missing_file_is_named(tmp_path):
+    with pytest.raises(UserError, match=re.escape(f"config file {tmp_path / 'no.yaml'} does "
+                                                  "not exist")):
+        resprune.read_config(tmp_path / "no.yaml")
