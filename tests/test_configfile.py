@@ -106,3 +106,63 @@ def test_a_missing_file_is_named(tmp_path):
     with pytest.raises(UserError, match=re.escape(f"config file {tmp_path / 'no.yaml'} does "
                                                   "not exist")):
         resprune.read_config(tmp_path / "no.yaml")
+
+
+def _options(args) -> dict:
+    from resprune.cli.config import INTERNAL, RUN_CONTROL
+
+    return {k: v for k, v in vars(args).items()
+            if k not in INTERNAL and k not in RUN_CONTROL and not k.startswith("_")}
+
+
+ROUND_TRIP = [
+    ["compress", "B", "--config", str(CONFIGS / "cifar10-jpeg" / "resnet56-compress-450k.yaml"),
+     "--finetune-final-epochs", "3", "--target-macs-reduction", "0.7", "--seed", "2"],
+    ["vacl", "B", "--config", str(CONFIGS / "cifar10-jpeg" / "resnet56-vacl-450k.yaml"),
+     "--round-to", "auto", "--no-include-bn"],
+    ["implode", "B", "--config", str(CONFIGS / "cifar10-jpeg" / "resnet56-implode-heldout.yaml"),
+     "--data-dir", "somewhere"],
+    ["train", "--init", "B", "--config", str(CONFIGS / "cifar10-jpeg" / "resnet56-adapt.yaml"),
+     "--milestones", "0.3", "0.6", "--schedule", "multistep"],
+    ["compress", "--config", str(CONFIGS / "mini" / "cifar10-resnet56-compress.yaml")],
+]
+
+
+@pytest.mark.parametrize("argv", ROUND_TRIP,
+                         ids=lambda a: f"{a[0]}-{Path(a[a.index('--config') + 1]).stem}")
+def test_print_config_gives_back_the_same_options(argv, tmp_path, capsys):
+    """--print-config writes a config file that, given back, yields every option unchanged
+    (the config file's and the flags' alike)."""
+    from resprune.cli.main import main
+
+    out = ["--out", str(tmp_path / "r")]
+    assert main([*argv, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert not (tmp_path / "r").exists()
+    dumped = tmp_path / "printed.yaml"
+    dumped.write_text(printed)
+    start = argv[:argv.index("--config")]
+    again = parse([*start, "--config", str(dumped), *out])
+    assert _options(again) == _options(parse([*argv, *out]))
+
+
+def test_print_config_shows_flags_over_the_file_and_needs_no_out(capsys):
+    import yaml
+
+    from resprune.cli.main import main
+
+    path = CONFIGS / "cifar10-jpeg" / "resnet56-implode-heldout.yaml"
+    assert main(["implode", "B", "--config", str(path), "--retrain-epochs", "3",
+                 "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["retrain-epochs"] == 3 and printed["per-step"] == 1
+    assert printed["screen-batches"] == 6 and printed["distill-from"] == "input"
+    assert "out" not in printed and "seed" not in printed  # seed: the input run's
+
+
+def test_print_config_still_refuses_bad_options(capsys):
+    from resprune.cli.main import main
+
+    assert main(["vacl", "B", "--lam", "-1", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("resprune: error: ") and "--lam" in err and len(err.splitlines()) == 1

@@ -19,7 +19,7 @@ import yaml
 
 from ..errors import UserError
 
-INTERNAL = {"func", "command", "config", "_parser"}
+INTERNAL = {"func", "command", "config", "_parser", "print_config"}
 
 
 def _exclusive() -> tuple[str, ...]:
@@ -120,3 +120,31 @@ def resolved(args: argparse.Namespace) -> dict[str, Any]:
             continue
         out[k] = str(v) if isinstance(v, Path) else v
     return out
+
+
+# run control, modes and messages: how a command runs, not what it computes (not printed)
+RUN_CONTROL = {"out", "overwrite", "resume", "json", "no_progress", "quiet", "verbose", "plan"}
+
+
+def as_yaml(args: argparse.Namespace) -> str:
+    """The options of ``args`` as a YAML config file that gives the same options back
+    (``--print-config``): every set option of the command in its parser's order, dashed keys,
+    without the positional arguments, run control (output, resume, messages) and unset
+    (None) options."""
+    sub = args._parser
+    lines = [f"# resprune {args.command}: the options of this command line "
+             "(resprune ... --config FILE)"]
+    body = {}
+    for action in sub._actions:
+        dest = action.dest
+        if (not action.option_strings or dest in INTERNAL or dest in RUN_CONTROL
+                or dest == "help" or dest in body):
+            continue
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        if isinstance(value, tuple):
+            value = list(value)
+        body[dest.replace("_", "-")] = str(value) if isinstance(value, Path) else value
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
+    return "\n".join(lines) + "\n" + text

@@ -15,7 +15,7 @@ import sys
 from .. import __version__, distributed
 from ..errors import UserError
 from . import logs
-from .config import apply_config, restore_held
+from .config import apply_config, as_yaml, restore_held
 
 
 class Parser(argparse.ArgumentParser):
@@ -62,6 +62,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         known, _ = pre.parse_known_args(argv[argv.index(command) + 1:])
         if known.config:
             held = apply_config(subs.choices[command], known.config)
+    if "--print-config" in argv and command in subs.choices:  # prints, runs nothing
+        for action in subs.choices[command]._actions:
+            action.required = False
     args = parser.parse_args(argv)
     restore_held(args, held)
     return args
@@ -72,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     rank 0 alone prints, logs and shows progress, the others say only their errors."""
     try:
         args = parse(argv)
+        if getattr(args, "print_config", False):
+            print(as_yaml(args), end="")
+            return 0
         started = distributed.setup(getattr(args, "device", None))
         main_rank = distributed.is_main()
         logs.configure(quiet=getattr(args, "quiet", False) or not main_rank,

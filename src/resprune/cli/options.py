@@ -49,6 +49,9 @@ multiple_or_auto = _converter(RoundTo())  # a channel multiple >= 1, or auto
 def add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE",
                    help="YAML file of options (keys = option names); command-line flags win")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the options the command would run with (config file and flags "
+                        "merged) as a YAML config file, and exit without running")
 
 
 def add_output(p: argparse.ArgumentParser, required: bool = True) -> None:
