@@ -146,5 +146,5 @@ def as_yaml(args: argparse.Namespace) -> str:
         if isinstance(value, tuple):
             value = list(value)
         body[dest.replace("_", "-")] = str(value) if isinstance(value, Path) else value
-    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=None)
+    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=False) if body else ""
     return "\n".join(lines) + "\n" + text
