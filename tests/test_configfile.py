@@ -166,3 +166,19 @@ def test_print_config_still_refuses_bad_options(capsys):
     assert main(["vacl", "B", "--lam", "-1", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("resprune: error: ") and "--lam" in err and len(err.splitlines()) == 1
+
+
+def test_distilling_from_the_input_needs_an_input_run(tmp_path, capsys):
+    from resprune.cli.main import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: resnet8\ndata: synthetic\ntarget-params-reduction: 0.5\n"
+                    "distill-from: input\n")
+    message = "--distill-from input needs an input run; with --model, train the base first"
+    with pytest.raises(UserError, match=re.escape(message)):
+        resprune.read_config(path)
+    assert main(["compress", "--config", str(path), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "r").exists()
+    # a whole compress experiment (model given) starts with the train stage
+    path.write_text("model: resnet8\ndata: synthetic\ntarget-params-reduction: 0.5\n")
+    assert resprune.read_config(path).config.stages == ("train", "implode", "vacl", "finetune")

@@ -10,8 +10,6 @@ beside the config: :attr:`FileConfig.data` and :meth:`FileConfig.distillation`.
 
 from __future__ import annotations
 
-import argparse
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,8 +44,8 @@ class FileConfig:
 
         if self.distill_from in (None, "none"):
             return None
-        teacher = copy.deepcopy(model) if self.distill_from == "input" else load(self.distill_from)
-        return Distillation(teacher, self.distill_alpha, self.distill_temperature)
+        teacher = model if self.distill_from == "input" else load(self.distill_from)
+        return Distillation(teacher, self.distill_alpha, self.distill_temperature)  # a copy
 
 
 def read_config(path: str | Path, command: str = "compress") -> FileConfig:
@@ -59,30 +57,22 @@ def read_config(path: str | Path, command: str = "compress") -> FileConfig:
     input run's). A ``compress`` file with ``model`` starts with the ``train`` stage.
     """
     from .cli import common
-    from .cli.compress import compress_config
-    from .cli.config import apply_config, restore_held
+    from .cli.compress import compress_config, plan
     from .cli.implode import implosion_config
-    from .cli.main import build_parser
+    from .cli.main import parse
     from .cli.vacl import vacl_config
 
     if command not in COMMANDS:
         raise UserError(f"read_config: command must be one of {', '.join(COMMANDS)}, got "
                         f"{command!r}")
-    parser = build_parser()
-    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    sub = subs.choices[command]
-    held = apply_config(sub, path)
     run = [] if command in ("compress", "train") else ["RUN"]  # placeholders, never opened
-    args = parser.parse_args([command, *run, "--out", "OUT"])
-    restore_held(args, held)
+    args = parse([command, *run, "--config", str(path), "--out", "OUT"])
     if args.seed is None:
         args.seed = 0
     if command == "compress":
-        if args.model is not None and args.distill_from == "input":
-            raise UserError(f"config file {path}: distill-from input needs an input model; "
-                            "with model, train the base first or name a teacher run")
-        stages = (["train"] if args.model is not None else []) + list(args.stages)
-        config = compress_config(args, stages)
+        if args.model is None:
+            args.run = "RUN"
+        config = compress_config(args, plan(args))
     elif command == "vacl":
         config = vacl_config(args)
     elif command == "implode":

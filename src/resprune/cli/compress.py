@@ -132,6 +132,9 @@ def plan(args: argparse.Namespace) -> list[str]:
         raise UserError(f"give at most one of {', '.join(f for _, f in RULES)}, or both "
                         f"--target-params-reduction and --target-macs-reduction (got "
                         f"{', '.join(given)})")
+    if args.model is not None and getattr(args, "distill_from", None) == "input":
+        raise UserError("--distill-from input needs an input run; with --model, train the "
+                        "base first and compress it, or pass --distill-from RUN")
     stages = list(args.stages)
     if given and "vacl" not in stages:
         raise UserError(f"{given[0]} applies to the vacl stage, which --stages "
@@ -187,9 +190,6 @@ def run(args: argparse.Namespace) -> int:
         inherit_data_options(args, summary_in)
     elif args.seed is None:
         args.seed = 0
-    if args.model is not None and getattr(args, "distill_from", None) == "input":
-        raise UserError("--distill-from input needs an input run; with --model, train the "
-                        "base first and compress it, or pass --distill-from RUN")
     config = compress_config(args, stages)
     bundle = common.load_data(args)
     if args.run is not None:
