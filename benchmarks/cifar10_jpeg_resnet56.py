@@ -62,6 +62,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   seed of the carved validation split and of every training); 3j's second seed starts from B;
 - ``r56-implode-heldout-r2-s1``: row 1i with ``--seed 1`` (on the held-out layout the seed
   changes only the training: the validation split is the folder's ``val/``).
+- ``r56-vacl-taylor-100k``, ``r56-vacl-taylor-100k-kd1``: a paired probe of the distillation
+  weight on the B the later rows start from: row 2d's options (the 2g recipe file with 10
+  fine-tuning epochs: 100,000 samples) at ``--distill-alpha`` 0.7 (the default of every row)
+  and 1.0 (the teacher's soft targets alone, no label term).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -242,6 +246,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-compress-steps3-450k-s1": [*steps3, "--seed", "1"],
         "r56-implode-heldout-r2-s1": [*one_unit(b, retrain_epochs=2, max_steps=10,
                                                 data_dir=runs / HELDOUT), "--seed", "1"],
+        # the distillation-weight probe: row 2d's options (100,000 samples) on this B, at the
+        # alpha of every row and with the teacher's soft targets alone
+        **{f"r56-vacl-taylor-100k{tag}": ["resprune", "vacl", b, "--config",
+                                           f"{CFG}/resnet56-vacl-450k.yaml", "--finetune-epochs",
+                                           "10", *extra]
+           for tag, extra in (("", []), ("-kd1", ["--distill-alpha", "1.0"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -302,6 +312,8 @@ TITLES = {
     "r56-compress-steps3-450k-s1": "3j, second seed (--seed 1)",
     "r56-implode-heldout-r2-s1": "1i, second seed (--seed 1)",
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
+    "r56-vacl-taylor-100k": "2h. row 2d's options on the B of rows 3j-3l (--distill-alpha 0.7)",
+    "r56-vacl-taylor-100k-kd1": "2i. row 2h with --distill-alpha 1.0 (soft targets alone)",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
