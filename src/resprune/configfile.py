@@ -19,8 +19,6 @@ from torch import nn
 from .errors import UserError
 
 COMMANDS = ("compress", "vacl", "implode", "train")
-# the data options a file may hold; in Python they describe the data the caller loads
-DATA_KEYS = ("data", "data_dir", "val_fraction", "workers", "in_memory", "cache_dir")
 
 
 @dataclass(frozen=True)
@@ -80,7 +78,14 @@ def read_config(path: str | Path, command: str = "compress") -> FileConfig:
     else:
         config = common.train_config(args)
     return FileConfig(command=command, config=config,
-                      data={k: getattr(args, k) for k in DATA_KEYS if hasattr(args, k)},
+                      data=_data_options(args),
                       distill_from=getattr(args, "distill_from", None),
                       distill_alpha=getattr(args, "distill_alpha", 0.7),
                       distill_temperature=getattr(args, "distill_temperature", 4.0))
+
+
+def _data_options(args) -> dict[str, Any]:
+    """The command's ``data`` option group (``--data``, ``--data-dir``, ...) as parsed: in
+    Python they describe the data the caller loads."""
+    group = next(g for g in args._parser._action_groups if g.title == "data")
+    return {a.dest: getattr(args, a.dest) for a in group._group_actions}

@@ -128,23 +128,17 @@ RUN_CONTROL = {"out", "overwrite", "resume", "json", "no_progress", "quiet", "ve
 
 def as_yaml(args: argparse.Namespace) -> str:
     """The options of ``args`` as a YAML config file that gives the same options back
-    (``--print-config``): every set option of the command in its parser's order, dashed keys,
+    (``--print-config``): the :func:`resolved` options in the parser's order, dashed keys,
     without the positional arguments, run control (output, resume, messages) and unset
     (None) options."""
-    sub = args._parser
-    lines = [f"# resprune {args.command}: the options of this command line "
-             "(resprune ... --config FILE)"]
+    values = resolved(args)
     body = {}
-    for action in sub._actions:
-        dest = action.dest
-        if (not action.option_strings or dest in INTERNAL or dest in RUN_CONTROL
-                or dest == "help" or dest in body):
-            continue
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        if isinstance(value, tuple):
-            value = list(value)
-        body[dest.replace("_", "-")] = str(value) if isinstance(value, Path) else value
-    text = yaml.safe_dump(body, sort_keys=False, default_flow_style=False) if body else ""
-    return "\n".join(lines) + "\n" + text
+    for action in args._parser._actions:
+        value = values.get(action.dest)
+        if action.option_strings and action.dest not in RUN_CONTROL and value is not None:
+            body[action.dest.replace("_", "-")] = list(value) if isinstance(value, tuple) \
+                else value
+    header = (f"# resprune {args.command}: the options of this command line "
+              "(resprune ... --config FILE)\n")
+    return header + (yaml.safe_dump(body, sort_keys=False, default_flow_style=False)
+                     if body else "")
