@@ -66,6 +66,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   weight on the B the later rows start from: row 2d's options (the 2g recipe file with 10
   fine-tuning epochs: 100,000 samples) at ``--distill-alpha`` 0.7 (the default of every row)
   and 1.0 (the teacher's soft targets alone, no label term).
+- ``r56-vacl-taylor-100k-cap06``, ``r56-vacl-taylor-100k-lr005``: the same probe (paired with
+  ``r56-vacl-taylor-100k``) with ``--max-layer-reduction 0.6`` (Taylor ranking kept every
+  residual-stream channel and took inner widths to 2-9 of 16-64; the cap makes it thin the
+  streams too) and with half the fine-tuning learning rate (0.005; 0.05 was much worse, row 2f).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -251,7 +255,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
         **{f"r56-vacl-taylor-100k{tag}": ["resprune", "vacl", b, "--config",
                                            f"{CFG}/resnet56-vacl-450k.yaml", "--finetune-epochs",
                                            "10", *extra]
-           for tag, extra in (("", []), ("-kd1", ["--distill-alpha", "1.0"]))},
+           for tag, extra in (("", []), ("-kd1", ["--distill-alpha", "1.0"]),
+                              # session 18: two more levers on the same probe, paired
+                              # with 2h: a per-layer cap that makes the ranking thin the
+                              # residual streams too, and half the fine-tuning lr
+                              ("-cap06", ["--max-layer-reduction", "0.6"]),
+                              ("-lr005", ["--finetune-lr", "0.005"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -314,6 +323,8 @@ TITLES = {
     "r56-tp-groupnorm-steps3": "4j. torch-pruning GroupNormPruner at 3j's MACs, 3j's budget",
     "r56-vacl-taylor-100k": "2h. row 2d's options on the B of rows 3j-3l (--distill-alpha 0.7)",
     "r56-vacl-taylor-100k-kd1": "2i. row 2h with --distill-alpha 1.0 (soft targets alone)",
+    "r56-vacl-taylor-100k-cap06": "2j. row 2h with --max-layer-reduction 0.6",
+    "r56-vacl-taylor-100k-lr005": "2k. row 2h with --finetune-lr 0.005",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
