@@ -330,13 +330,15 @@ def test_library_config_checks_name_the_option():
 
 # -- --plan -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("targets", [{"params": 0.6}, {"params": 0.6, "macs": 0.7}])
+@pytest.mark.parametrize("targets, scored", [({"params": 0.6}, []),
+                                             ({"params": 0.6, "macs": 0.7},
+                                              ["--plan-recalibrate", "32"])])
 def test_plan_is_the_vacl_stages_plan_of_the_input(reference, tmp_path, capsys, monkeypatch,
-                                                   targets):
+                                                   targets, scored):
     monkeypatch.chdir(tmp_path)
     run = str(reference[0] / "stages/1-train")
     given = [a for k, r in targets.items() for a in (f"--target-{k}-reduction", str(r))]
-    rule = [*given, "--group-score", "taylor", "--batch-size", "32"]
+    rule = [*given, "--group-score", "taylor", "--batch-size", "32", *scored]
     assert main(["compress", run, *rule, "--plan", "--json"]) == 0
     mine = json.loads(capsys.readouterr().out)
     assert main(["vacl", run, *rule, "--plan", "--json"]) == 0
@@ -344,6 +346,7 @@ def test_plan_is_the_vacl_stages_plan_of_the_input(reference, tmp_path, capsys, 
     assert [r["cost"] for r in mine] == ["none", "params", "macs"]
     assert all(r[f"{k}_reduction"] >= v for r in mine for k, v in targets.items())
     assert all(r["target_reached"] for r in mine)
+    assert all(("val_top1" in r) == bool(scored) for r in mine)
     assert main(["compress", run, *rule, "--plan"]) == 0
     assert capsys.readouterr().out.startswith(
         "compress, vacl stage if implosion erases nothing: plan: " + " ".join(given))

@@ -3,12 +3,22 @@ exact accuracy on known outputs, latency, profile."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 from resprune import UserError, create
-from resprune.measure import count_macs, count_params, depth, evaluate, latency, profile
+from resprune.measure import (
+    count_macs,
+    count_params,
+    depth,
+    evaluate,
+    latency,
+    profile,
+    recalibrate_batchnorm,
+)
 
 
 def cifar_resnet_params(n: int, num_classes: int = 10, shortcut: str = "A") -> int:
@@ -161,6 +171,61 @@ def test_evaluate_restores_mode_and_refuses_empty():
     assert evaluate(net, [(x, torch.zeros(5, dtype=torch.long))], precision="bf16")["n"] == 5
     with pytest.raises(UserError, match="empty"):
         evaluate(net, [])
+
+
+# -- BatchNorm re-estimation ------------------------------------------------------------------
+
+def _bn_inputs(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Each BatchNorm layer's input on each batch, seen in train mode (batch statistics, so
+    independent of the running statistics) without touching the model's buffers."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    probe = copy.deepcopy(model).train()
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: seen.setdefault(n, []).append(
+        i[0].detach())) for n, m in probe.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        for x in batches:
+            probe(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def test_recalibrate_batchnorm_sets_exact_statistics_of_the_images_read():
+    torch.manual_seed(0)
+    model = create("resnet8", num_classes=10).eval()
+    for m in model.modules():  # stale statistics, as after a cut
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.fill_(5.0)
+            m.running_var.fill_(9.0)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    batches = [torch.randn(4, 3, 32, 32) for _ in range(3)]
+    loader = [(x, torch.zeros(4, dtype=torch.long)) for x in batches]
+    # 5 images asked: whole batches are read, so 2 batches (8 images)
+    assert recalibrate_batchnorm(model, loader, samples=5) == 8
+    assert not model.training
+    inputs = _bn_inputs(model, batches[:2])
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            # momentum None while reading: the plain average of the two batches' statistics
+            want_mean = sum(x.mean((0, 2, 3)) for x in inputs[name]) / 2
+            want_var = sum(x.var((0, 2, 3), unbiased=True) for x in inputs[name]) / 2
+            torch.testing.assert_close(m.running_mean, want_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(m.running_var, want_var, rtol=1e-5, atol=1e-6)
+            assert m.momentum == 0.1 and int(m.num_batches_tracked) == 2
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in weights.items())
+
+
+def test_recalibrate_batchnorm_restores_train_mode_and_refuses_bad_input():
+    model = create("resnet8", num_classes=10).train()
+    loader = [(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))]
+    assert recalibrate_batchnorm(model, loader, samples=100) == 2 and model.training
+    assert recalibrate_batchnorm(nn.Linear(3, 2), loader, samples=10) == 0
+    with pytest.raises(UserError, match="at least 1 image, got 0"):
+        recalibrate_batchnorm(model, loader, samples=0)
+    with pytest.raises(UserError, match="read no images: the training loader is empty"):
+        recalibrate_batchnorm(model, [], samples=10)
 
 
 def test_latency_positive_medians_for_requested_batch_sizes():

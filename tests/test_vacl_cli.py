@@ -455,6 +455,53 @@ def test_plan_of_a_threshold_has_one_row_and_leaves_the_model(trained):
     assert rows[0]["params_after"] == report["params_after"] > 0
 
 
+def test_plan_scores_each_row_after_batchnorm_re_estimation(trained):
+    """recalibrate=N: each row's val top-1 and loss are exactly those of the pruned model with
+    its BatchNorm statistics re-estimated on the first N training images of the same loader."""
+    bundle = load_dataset("synthetic", val_fraction=0.25, seed=0)
+    loaders = tuple(make_loader(bundle, split, 32, train=split == "train")
+                    for split in ("train", "val", "test"))
+    config = vacl.VaclConfig(target_params_reduction=0.5, group_score="rms")
+    model = resprune.load(trained)
+    rows = vacl.plan(model, loaders, config, costs=("none", "macs"), recalibrate=64)
+    assert [r["recalibrated_on"] for r in rows] == [64, 64]
+    for row in rows:
+        pruned = resprune.load(trained)
+        vacl.prune(pruned, CIFAR, target_params_reduction=0.5, score="rms", cost=row["cost"])
+        stale = evaluate(pruned, loaders[1])
+        resprune.measure.recalibrate_batchnorm(pruned, loaders[0], 64, seed=0)
+        want = evaluate(pruned, loaders[1])
+        assert (row["val_top1"], row["val_loss"]) == (want["top1"], want["loss"])
+        assert row["val_loss"] != stale["loss"]  # the statistics did change
+    # the input model is left as it was, and without recalibrate no row is scored
+    assert same_weights(model.state_dict(), weights(trained))
+    assert "val_top1" not in vacl.plan(model, loaders, config, costs=("none",))[0]
+
+
+def test_plan_recalibrate_prints_a_val_column_and_needs_plan(trained, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *PLAN, "--plan", "--plan-recalibrate",
+                                 "64", "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(stdout)
+    code, text, err = run_cli(["vacl", trained, *QUIET, *PLAN, "--plan", "--plan-recalibrate",
+                               "64"], capsys)
+    assert code == 0, err
+    assert "val top-1 (BN re-estimated)" in text
+    assert "after BatchNorm re-estimation on 64 training images" in text
+    for row in rows:
+        assert f"{100 * row['val_top1']:.2f} %" in text
+    code, stdout, err = run_cli(["vacl", trained, *QUIET, *PLAN, "--plan-recalibrate", "64"],
+                                capsys)
+    assert (code, stdout) == (2, "")
+    assert err.strip().endswith("--plan-recalibrate scores the rows of a plan: add --plan")
+    assert len(err.strip().splitlines()) == 1 and not any(tmp_path.iterdir())
+    code, stdout, err = run_cli(["vacl", trained, *PLAN, "--plan", "--plan-recalibrate", "0"],
+                                capsys)
+    assert (code, stdout) == (2, "") and "--plan-recalibrate" in err
+
+
 @pytest.mark.parametrize("extra, msg", [
     (["--target-params-reduction", "0.5"], "--out is required (or --plan, which writes nothing)"),
     (["--plan", "--threshold", "0.1", "--out", "x"],

@@ -28,6 +28,8 @@ from ..vacl.config import one_rule
 from . import common, options
 from .config import resolved
 from .evaluate import inherit_data_options
+from .vacl import GROUPS as VACL_GROUPS
+from .vacl import RULES_GROUP, add_plan, check_plan_args, plan_text
 
 STAGES = ("implode", "vacl", "finetune")
 DEFAULT_STAGES = "implode,vacl,finetune"
@@ -57,11 +59,8 @@ def stage_list(value: Any) -> list[str]:
     return names
 
 
-
 def add_parser(subs) -> None:
     from .train import add_model_options
-    from .vacl import GROUPS as VACL_GROUPS
-    from .vacl import RULES_GROUP
 
     p = subs.add_parser(
         "compress", help="depth (implosion) and width (VACL) pruning in one resumable pipeline",
@@ -94,11 +93,9 @@ def add_parser(subs) -> None:
         "warmup_epochs": "linear warm-up epochs of the base training (--model only; 0); the "
                          "stages that start from trained weights never warm up"})
     options.add_output(p, required=False)
-    p.add_argument("--plan", action="store_true",
-                   help="print what the vacl stage's rule removes from RUN (params, MACs, "
-                        "channel groups) under each ranking cost (none, params, macs) if "
-                        "implosion erases nothing, and exit: trains and writes nothing, so "
-                        "--out is not needed")
+    add_plan(p, "print what the vacl stage's rule removes from RUN (params, MACs, channel "
+                "groups) under each ranking cost (none, params, macs) if implosion erases "
+                "nothing, and exit: trains and writes nothing, so --out is not needed")
     seen = set(options.add_fields(
         p.add_argument_group("implode stage (Network Implosion)"), ImplosionConfig, helps={
             "cost": "none: rank by priority (implode) and score (vacl); params, macs: by "
@@ -173,7 +170,6 @@ def _input_model(args: argparse.Namespace, stages: list[str], bundle) -> Any:
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load_spec
     from ..data import input_shape, with_preprocess
-    from .vacl import check_plan_args
 
     check_plan_args(args)
     if args.plan:
@@ -216,7 +212,6 @@ def print_plan(args: argparse.Namespace) -> int:
     implosion erased nothing (each unit it erases leaves the vacl stage less to remove)."""
     from ..data import input_shape, with_preprocess
     from ..vacl import plan as vacl_plan
-    from .vacl import plan_text
 
     if args.run is None:
         raise UserError("--plan ranks the channel groups of a trained run: give RUN, not "
@@ -241,7 +236,8 @@ def print_plan(args: argparse.Namespace) -> int:
     model = _input_model(args, stages, bundle)
     vacl_config = config.vacl_config(rule)
     rows = vacl_plan(model, common.make_loaders(bundle, args, common.resolve_device(
-        args.device)), vacl_config, input_shape=input_shape(bundle))
+        args.device)), vacl_config, input_shape=input_shape(bundle),
+        recalibrate=args.plan_recalibrate or 0)
     common.emit(args, rows, "compress, vacl stage if implosion erases nothing: "
                 + plan_text(rows, vacl_config))
     return 0

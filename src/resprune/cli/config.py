@@ -123,7 +123,8 @@ def resolved(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # run control, modes and messages: how a command runs, not what it computes (not printed)
-RUN_CONTROL = {"out", "overwrite", "resume", "json", "no_progress", "quiet", "verbose", "plan"}
+RUN_CONTROL = {"out", "overwrite", "resume", "json", "no_progress", "quiet", "verbose", "plan",
+               "plan_recalibrate"}
 
 
 def as_yaml(args: argparse.Namespace) -> str:

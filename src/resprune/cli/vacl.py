@@ -56,12 +56,22 @@ def add_parser(subs) -> None:
     options.add_train(p, epochs=False, title="training (both stages)",
                       seed_of="both trainings")
     options.add_output(p, required=False)
-    p.add_argument("--plan", action="store_true",
-                   help="print what the pruning rule removes from RUN (params, MACs, channel "
-                        "groups) under each ranking cost (none, params, macs), ranked as RUN "
-                        "is, and exit: trains and writes nothing, so --out is not needed")
+    add_plan(p, "print what the pruning rule removes from RUN (params, MACs, channel groups) "
+                "under each ranking cost (none, params, macs), ranked as RUN is, and exit: "
+                "trains and writes nothing, so --out is not needed")
     options.add_config(p)
     p.set_defaults(func=run)
+
+
+def add_plan(p: argparse.ArgumentParser, help: str) -> None:
+    """``--plan`` and ``--plan-recalibrate`` (shared by ``vacl`` and ``compress``)."""
+    p.add_argument("--plan", action="store_true", help=help)
+    p.add_argument("--plan-recalibrate", type=options.positive_int, metavar="N", default=None,
+                   help="with --plan: also re-estimate each pruned model's BatchNorm "
+                        "statistics on N training images and score it on the validation "
+                        "split (val top-1 right after pruning; without re-estimation every "
+                        "deep cut scores about chance). About a minute per ranking for "
+                        "ResNet-56 with N 2048 on two CPU threads")
 
 
 def vacl_config(args: argparse.Namespace) -> VaclConfig:
@@ -97,7 +107,8 @@ def plan(args: argparse.Namespace) -> int:
     start = common.open_input(args, "vacl")
     config = vacl_config(args)
     rows = make_plan(start.model, common.make_loaders(start.bundle, args, start.device),
-                     config, input_shape=start.input_shape)
+                     config, input_shape=start.input_shape,
+                     recalibrate=args.plan_recalibrate or 0)
     common.emit(args, rows, plan_text(rows, config))
     return 0
 
@@ -105,6 +116,8 @@ def plan(args: argparse.Namespace) -> int:
 def check_plan_args(args: argparse.Namespace) -> None:
     """``--plan`` writes nothing, so it takes no output options; without it ``--out`` is
     required (shared by ``vacl`` and ``compress``)."""
+    if args.plan_recalibrate is not None and not args.plan:
+        raise UserError("--plan-recalibrate scores the rows of a plan: add --plan")
     if args.plan and (args.out or args.resume or args.overwrite):
         raise UserError("--plan trains and writes nothing: drop --out, --resume and "
                         "--overwrite")
@@ -122,12 +135,22 @@ def plan_text(rows: list[dict[str, Any]], config: VaclConfig) -> str:
              f"{r['groups_removed']} of {r['groups_total']}",
              r["removed_by_kind"].get("cross", 0),
              "yes" if r["target_reached"] else "no"] for r in rows]
-    table = text_table(["--cost", "params removed", "MACs removed", "params", "MACs",
-                        "groups removed", "cross-layer", "target reached"], body)
+    head = ["--cost", "params removed", "MACs removed", "params", "MACs", "groups removed",
+            "cross-layer", "target reached"]
+    scored = rows and "val_top1" in rows[0]
+    if scored:
+        head.append("val top-1 (BN re-estimated)")
+        for line, r in zip(body, rows):
+            line.append(fmt_acc(r["val_top1"]))
+    table = text_table(head, body)
     note = ("" if config.group_score == "taylor" or len(rows) == 1 else
             f"\n--cost params / macs divide the score by what a group saves; "
             f"{config.group_score} averages over a group's layers, so the cost alone decides "
             "(docs/vacl.md): rank with --group-score taylor")
+    if scored:
+        note += (f"\nval top-1: each pruned model on the validation split after BatchNorm "
+                 f"re-estimation on {rows[0]['recalibrated_on']} training images, before any "
+                 "fine-tuning")
     return (f"plan: {rule}, --group-score {config.group_score}, input ranked as it is (no "
             f"sparsity training)\n{table}{note}")
 

@@ -6,13 +6,19 @@ params removed 78.7 % of MACs ranked by Taylor score alone but 67.9 % ranked per
 (``cost="params"``). :func:`plan` shows this in seconds, before a run of hours: it ranks the
 model's channel groups once (``config.group_score``; ``"taylor"`` reads
 ``config.taylor_batches`` training batches) and applies ``config``'s rule to a copy of the
-model under each ranking cost. Nothing is trained, measured on data or written::
+model under each ranking cost. Nothing is trained or written::
 
     from resprune.vacl import VaclConfig, plan
 
     for row in plan(model, data, VaclConfig(target_params_reduction=0.85,
-                                            group_score="taylor")):
-        print(row["cost"], row["params_reduction"], row["macs_reduction"])
+                                            group_score="taylor"), recalibrate=2048):
+        print(row["cost"], row["params_reduction"], row["macs_reduction"], row["val_top1"])
+
+With ``recalibrate=N`` each row's pruned model also has its BatchNorm statistics re-estimated
+on ``N`` training images (:func:`resprune.measure.recalibrate_batchnorm`) and is scored on the
+validation split (``val_top1``, ``val_loss``): without that every ranking scores about chance
+right after a deep cut, with it the rankings can be told apart before a run of hours is spent
+on one (``docs/vacl.md``, "Comparing rankings before training").
 
 The input is ranked as it is. That is what a run with ``sparse_epochs=0`` and
 ``prune_steps=1`` prunes, exactly; sparsity training and later steps of ``prune_steps`` rank
@@ -30,6 +36,8 @@ from torch import nn
 from ..data import resolve_loaders
 from ..errors import UserError
 from ..measure._device import resolve_device
+from ..measure.accuracy import evaluate
+from ..measure.batchnorm import recalibrate_batchnorm
 from .config import VaclConfig
 from .groups import discover_groups
 from .prune import prune
@@ -46,13 +54,17 @@ ROW_KEYS = ("mode", "target_reduction", "target_reached", "groups_total", "group
 
 def plan(model: nn.Module, data: Any, config: VaclConfig | None = None, *,
          costs: Sequence[str] = PLAN_COSTS,
-         input_shape: tuple[int, ...] | None = None) -> list[dict[str, Any]]:
+         input_shape: tuple[int, ...] | None = None,
+         recalibrate: int = 0) -> list[dict[str, Any]]:
     """One row per ranking cost in ``costs``: what ``config``'s rule removes from ``model``.
 
     ``data``: as for :func:`resprune.vacl.run_pipeline` (only the training loader is read, and
     only by a data-dependent ``group_score``). Each row holds ``cost`` and the prune report's
     :data:`ROW_KEYS` (see :func:`resprune.vacl.prune`); ``model`` is left unchanged. A
-    ``threshold`` removes by score alone, so it has one row, ``cost="none"``.
+    ``threshold`` removes by score alone, so it has one row, ``cost="none"``. With
+    ``recalibrate`` > 0 each row also holds ``val_top1`` and ``val_loss`` of its pruned model
+    on the validation split after BatchNorm re-estimation on ``recalibrate`` training images,
+    and ``recalibrated_on``, the images read.
     """
     config = (config or VaclConfig()).validate()
     target = config.rule()
@@ -67,6 +79,9 @@ def plan(model: nn.Module, data: Any, config: VaclConfig | None = None, *,
     if unknown or not costs:
         raise UserError(f"plan costs must be some of {', '.join(PLAN_COSTS)}, got "
                         f"{', '.join(map(str, costs)) or 'none'}")
+    if recalibrate < 0:
+        raise UserError(f"a plan re-estimates BatchNorm on 0 (off) or more training images, "
+                        f"got {recalibrate}")
     if "threshold" in target:
         costs = ("none",)
     t = config.train
@@ -78,12 +93,22 @@ def plan(model: nn.Module, data: Any, config: VaclConfig | None = None, *,
                           config.group_score,
                           loader=loaders.train if config.group_score in DATA_SCORES else None,
                           batches=config.taylor_batches, seed=t.seed)
+    if recalibrate and getattr(loaders.val, "num_samples", 1) == 0:
+        raise UserError("scoring a plan's rows needs a validation split, which is empty: "
+                        "raise --val-fraction")
     rows = []
     for cost in costs:
-        report = prune(copy.deepcopy(model), shape, groups=groups, include_bn=config.include_bn,
+        pruned = copy.deepcopy(model)
+        report = prune(pruned, shape, groups=groups, include_bn=config.include_bn,
                        include_consumers=config.include_consumers, score=config.group_score,
                        round_to=config.round_to,
                        max_layer_reduction=config.max_layer_reduction, cost=cost,
                        scores=scores, **target)
-        rows.append({"cost": cost, **{k: report[k] for k in ROW_KEYS}})
+        row = {"cost": cost, **{k: report[k] for k in ROW_KEYS}}
+        if recalibrate:
+            row["recalibrated_on"] = recalibrate_batchnorm(pruned, loaders.train, recalibrate,
+                                                           seed=t.seed)
+            scored = evaluate(pruned, loaders.val)
+            row["val_top1"], row["val_loss"] = scored["top1"], scored["loss"]
+        rows.append(row)
     return rows
