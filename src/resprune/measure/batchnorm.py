@@ -7,9 +7,10 @@ statistics no longer fit. On the converged ResNet-56 of
 ``benchmarks/cifar10_jpeg_resnet56.py`` every Taylor-ranked pruning to 68-92 % fewer params
 scored 10-11 % on the validation split right after the cut (chance), whatever was removed;
 with the statistics re-estimated on 2,048 training images the same pruned models scored
-17-31 %, in the order their fine-tuned versions ended in (``docs/vacl.md``, "Comparing
-rankings before training"). Training in train mode normalises with each batch's own
-statistics, so this changes evaluation only, never what a fine-tune learns::
+13-39 %, and every ranking compared came out in the order its fine-tuned version ended in
+(``docs/vacl.md``, "Comparing rankings before training"). Training in train mode normalises
+with each batch's own statistics, so this changes evaluation only, never what a fine-tune
+learns::
 
     from resprune.measure import evaluate, recalibrate_batchnorm
 
@@ -39,7 +40,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
     (cumulative moving average), whatever their ``momentum``; momentum, the weights and the
     model's train/eval mode are left as they were. Returns the number of images read (fewer
     than ``samples`` when the loader holds fewer; whole batches are read, so possibly a few
-    more). A model without BatchNorm layers is left unchanged and 0 is returned.
+    more). A model without BatchNorm layers is left unchanged and 0 is returned. Under
+    torchrun each process averages the images of its own share of a resprune loader.
     """
     if samples < 1:
         raise UserError(f"BatchNorm re-estimation needs at least 1 image, got {samples}")
