@@ -70,11 +70,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   ``r56-vacl-taylor-100k``) with ``--max-layer-reduction 0.6`` (Taylor ranking kept every
   residual-stream channel and took inner widths to 2-9 of 16-64; the cap makes it thin the
   streams too) and with half the fine-tuning learning rate (0.005; 0.05 was much worse, row 2f).
-- ``r56-vacl-taylor-450k-consumers``: row 2g (the 2g recipe file, 450,000 samples) with
-  Taylor scores that also count each group's consumer input slices (``--include-consumers``):
-  of the rankings ``resprune vacl B --plan --plan-recalibrate 2048`` compared at 79.5 % fewer
-  params, the one whose pruned model scored highest after BatchNorm re-estimation (39.2 %
-  against 30.9 % for row 2g's ranking).
+- ``r56-vacl-taylor-100k-consumers``: the same probe with Taylor scores that also count each
+  group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
+  --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
+  scored highest after BatchNorm re-estimation (39.2 % against 30.9 % for row 2h's ranking).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -265,12 +264,10 @@ def commands(runs: Path) -> dict[str, list[str]]:
                               # with 2h: a per-layer cap that makes the ranking thin the
                               # residual streams too, and half the fine-tuning lr
                               ("-cap06", ["--max-layer-reduction", "0.6"]),
-                              ("-lr005", ["--finetune-lr", "0.005"]))},
-        # session 18: the ranking --plan-recalibrate scored highest at 79.5 % (Taylor scores
-        # that also count the consumers' input slices), on row 2g's full budget
-        "r56-vacl-taylor-450k-consumers": ["resprune", "vacl", b, "--config",
-                                           f"{CFG}/resnet56-vacl-450k.yaml",
-                                           "--include-consumers"],
+                              ("-lr005", ["--finetune-lr", "0.005"]),
+                              # then the ranking --plan-recalibrate scored highest at 79.5 %
+                              # (Taylor scores that also count the consumers' input slices)
+                              ("-consumers", ["--include-consumers"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -335,7 +332,7 @@ TITLES = {
     "r56-vacl-taylor-100k-kd1": "2i. row 2h with --distill-alpha 1.0 (soft targets alone)",
     "r56-vacl-taylor-100k-cap06": "2j. row 2h with --max-layer-reduction 0.6",
     "r56-vacl-taylor-100k-lr005": "2k. row 2h with --finetune-lr 0.005",
-    "r56-vacl-taylor-450k-consumers": "2l. row 2g with --include-consumers (the ranking the "
+    "r56-vacl-taylor-100k-consumers": "2l. row 2h with --include-consumers (the ranking the "
                                       "BN-re-estimated plan scored highest)",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
