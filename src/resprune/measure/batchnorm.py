@@ -7,8 +7,8 @@ statistics no longer fit. On the converged ResNet-56 of
 ``benchmarks/cifar10_jpeg_resnet56.py`` every Taylor-ranked pruning to 68-92 % fewer params
 scored 10-11 % on the validation split right after the cut (chance), whatever was removed;
 with the statistics re-estimated on 2,048 training images the same pruned models scored
-13-39 %, and every ranking compared came out in the order its fine-tuned version ended in
-(``docs/vacl.md``, "Comparing rankings before training"). Training in train mode normalises
+13-39 %, and every ranking scored clearly lower also fine-tuned worse (its highest pick only
+tied: ``docs/vacl.md``, "Comparing rankings before training"). Training in train mode normalises
 with each batch's own statistics, so this changes evaluation only, never what a fine-tune
 learns::
 
