@@ -58,8 +58,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the batches read
         model.train()
-        batches = -(-samples // max(1, getattr(loader, "batch_size", None) or 1))
-        with torch.no_grad(), seeded_batches(loader, batches, seed) as first:
+        # every batch holds at least one image, so `samples` batches always suffice
+        with torch.no_grad(), seeded_batches(loader, samples, seed) as first:
             for x, _ in first:
                 model(x.to(device, non_blocking=True))
                 seen += x.shape[0]

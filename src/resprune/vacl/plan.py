@@ -17,8 +17,8 @@ model under each ranking cost. Nothing is trained or written::
 With ``recalibrate=N`` each row's pruned model also has its BatchNorm statistics re-estimated
 on ``N`` training images (:func:`resprune.measure.recalibrate_batchnorm`) and is scored on the
 validation split (``val_top1``, ``val_loss``): without that every ranking scores about chance
-right after a deep cut, with it the rankings can be told apart before a run of hours is spent
-on one (``docs/vacl.md``, "Comparing rankings before training").
+right after a deep cut; with it a ranking that scores clearly lower can be ruled out before a
+run of hours is spent on it (``docs/vacl.md``, "Comparing rankings before training").
 
 The input is ranked as it is. That is what a run with ``sparse_epochs=0`` and
 ``prune_steps=1`` prunes, exactly; sparsity training and later steps of ``prune_steps`` rank
