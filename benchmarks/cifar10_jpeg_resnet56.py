@@ -70,6 +70,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   ``r56-vacl-taylor-100k``) with ``--max-layer-reduction 0.6`` (Taylor ranking kept every
   residual-stream channel and took inner widths to 2-9 of 16-64; the cap makes it thin the
   streams too) and with half the fine-tuning learning rate (0.005; 0.05 was much worse, row 2f).
+- ``r56-implode-heldout-recal``: row 1i with ``--recalibrate 2048 --retrain needed``: each
+  screened candidate and each step's untrained cut scored with BatchNorm statistics
+  re-estimated on 2,048 training images; a step whose cut holds val top-1 is accepted without
+  retraining; at most 14 steps (310,000 samples at most).
 - ``r56-vacl-taylor-100k-consumers``: the same probe with Taylor scores that also count each
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
@@ -289,6 +293,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
                       data_dir=runs / HELDOUT, screen=21),
             "--adapt-epochs", "0", "--tolerance", "<to 1i's floor>",
             "--distill-from", b, "--seed", "1"],
+        # row 1i with BatchNorm re-estimated (2,048 training images) before every evaluation
+        # of an untrained cut: the screen ranks candidates by what a cut really costs, and a
+        # step whose re-estimated cut holds val top-1 is accepted without retraining
+        # (--retrain needed); at most 14 steps: 10,000 + 14 x 20,000 + 20,000 = 310,000 samples
+        "r56-implode-heldout-recal": [
+            *one_unit(b, retrain_epochs=2, max_steps=14, data_dir=runs / HELDOUT),
+            "--recalibrate", "2048", "--retrain", "needed"],
     }
 
 
@@ -337,10 +348,11 @@ TITLES = {
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
+    "r56-implode-heldout-recal": "1k. row 1i, BatchNorm re-estimated, retraining when needed",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
-              "r56-implode-heldout-r2-s1"}
+              "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}

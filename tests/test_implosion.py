@@ -696,3 +696,76 @@ def test_retrain_needed_accepts_free_steps_and_retrains_only_failing_ones(tmp_pa
     assert res.erased == [first, second]
     assert all(not isinstance(model.get_submodule(n), nn.Identity)
                for n in res.history[2]["erased"])  # the rolled-back unit is back
+
+
+def bn_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def test_screen_with_recalibrate_scores_each_cut_with_its_own_statistics():
+    """recalibrate=N: each screened loss is the one of the cut net with its BatchNorm
+    statistics re-estimated on N training images (the same images for every candidate),
+    and the net's statistics are put back after each candidate."""
+    from types import SimpleNamespace
+
+    from resprune.implosion.candidates import _loss_on, screen
+    from resprune.measure import recalibrate_batchnorm
+
+    train, val = make_data()
+    model = tiny("resnet14", gates=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    candidates = {"layer1.0": 0.1, "layer1.1": 0.3, "layer2.1": 0.2, "layer3.1": 0.9}
+    config = cfg(screen=3, screen_batches=1, recalibrate=16)
+    got = screen(SimpleNamespace(config=config, model=model, train_loader=train,
+                                 val_loader=val), candidates, seed=5)
+    assert list(got) == sorted(got, key=got.get)
+    assert sorted(got) == ["layer1.0", "layer1.1", "layer2.1"]  # the 3 lowest priorities
+    for name, loss in got.items():
+        cut = copy.deepcopy(model)
+        erase_units(cut, [name])
+        recalibrate_batchnorm(cut, train, 16, seed=5)
+        cut.eval()
+        assert loss == _loss_on(cut, val, 1)
+        stale = copy.deepcopy(model)
+        erase_units(stale, [name])
+        assert loss != _loss_on(stale.eval(), val, 1)  # re-estimation changed the score
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)  # statistics put back
+
+
+class NoTraining(SGDTrainer):
+    def fit(self, resume=False):
+        return []
+
+
+def test_retrain_needed_with_recalibrate_keeps_new_statistics_only_when_accepted(tmp_path):
+    """Scripted val top-1: baseline 0.5; step 1's cut holds (kept with the statistics
+    re-estimated on the cut net); step 2's cut fails, so its unit and the statistics come back
+    before the (here no-op) retraining cuts it again: accepted with step 1's statistics."""
+    from resprune.measure import recalibrate_batchnorm
+
+    model = tiny("resnet14", gates=True)
+    start = copy.deepcopy(model)
+    train, val = make_data()
+    ev = ScriptedEval([0.5, 0.5, 0.3, 0.5])
+    res = implode(model, train, val, cfg(retrain="needed", recalibrate=16, fold=False,
+                                         erase="cut", max_steps=2, seed=3),
+                  tmp_path, trainer_factory=NoTraining, evaluate_fn=ev, progress=False)
+    assert [h["accepted"] for h in res.history] == [True, True]
+    assert [h["epochs"] for h in res.history] == [0, 1]
+    (first,), (second,) = res.history[0]["erased"], res.history[1]["erased"]
+    expected = copy.deepcopy(start)
+    erase_units(expected, [first])
+    recalibrate_batchnorm(expected, train, 16, seed=3 + 1)  # step 1 reads under seed + 1
+    want = bn_buffers(expected)
+    stale = bn_buffers(start)
+    assert any(not torch.equal(stale[k], want[k]) for k in want)  # re-estimation changed them
+    kept = [k for k in want if not k.startswith(second + ".")]
+    assert all(torch.equal(ev.states[1][k], want[k]) for k in want)  # step 1 as accepted
+    # step 2's trial cut re-estimated other statistics (and was scored as failing) ...
+    assert any(not torch.equal(ev.states[2][k], want[k]) for k in kept)
+    # ... which were put back before the retraining and after it (no-op training)
+    assert all(torch.equal(ev.states[3][k], want[k]) for k in kept)
+    assert all(torch.equal(model.state_dict()[k], want[k]) for k in kept)

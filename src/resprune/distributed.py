@@ -107,6 +107,13 @@ def all_reduce_sum(*tensors: torch.Tensor) -> None:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
+def broadcast_tensors(*tensors: torch.Tensor) -> None:
+    """Overwrite each tensor with rank 0's values, in place, on every process."""
+    if enabled():
+        for t in tensors:
+            dist.broadcast(t, src=0)
+
+
 def broadcast_object(obj: T) -> T:
     """Rank 0's ``obj`` on every process (any picklable object: between our own processes)."""
     if not enabled():

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..measure.batchnorm import batchnorm_statistics, recalibrate_batchnorm
 from .erase import set_submodule
 
 log = logging.getLogger("resprune.implosion")
@@ -31,29 +32,38 @@ def select(scores: dict[str, float], depths: dict[str, int], k: int, depth: int,
     return chosen
 
 
-def screen(run: Any, candidates: dict[str, float]) -> dict[str, float]:
+def screen(run: Any, candidates: dict[str, float], seed: int = 0) -> dict[str, float]:
     """Validation loss with each of the ``screen`` lowest-priority units erased alone.
 
     No training: the unit is swapped for an identity, ``screen_batches`` validation batches
-    are scored, and it is put back. Returns ``{name: loss}``, lowest first.
+    are scored, and it is put back. With ``recalibrate`` the net's BatchNorm statistics are
+    first re-estimated on that many training images (read under ``seed``: the same images
+    for every candidate) and put back afterwards. Returns ``{name: loss}``, lowest first.
     """
     cfg, model = run.config, run.model
     order = {n: i for i, n in enumerate(candidates)}
     ranked = sorted(candidates, key=lambda n: (candidates[n], order[n]))[:cfg.screen]
     out = {}
     was_training = model.training
+    saved = batchnorm_statistics(model) if cfg.recalibrate else None
     model.eval()
     try:
         for name in ranked:
             unit = model.get_submodule(name)
             set_submodule(model, name, nn.Identity())
             try:
+                if saved is not None:
+                    recalibrate_batchnorm(model, run.train_loader, cfg.recalibrate, seed)
                 out[name] = _loss_on(model, run.val_loader, cfg.screen_batches)
             finally:
                 set_submodule(model, name, unit)
+                if saved is not None:
+                    model.load_state_dict(saved, strict=False)
     finally:
         model.train(was_training)
-    log.info("screened %d candidates by validation loss: %s", len(out),
+    log.info("screened %d candidates by validation loss%s: %s", len(out),
+             f" (BatchNorm re-estimated on {cfg.recalibrate} images)" if saved is not None
+             else "",
              ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
     return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
 

@@ -33,6 +33,7 @@ from .. import distributed
 from ..errors import UserError
 from ..io import remove, remove_tree
 from ..measure import evaluate, sizes
+from ..measure.batchnorm import batchnorm_statistics, recalibrate_batchnorm
 from ..runstate import FORMAT as STATE_FORMAT
 from ..runstate import (
     TRAIN_STATE_FILE,
@@ -341,13 +342,14 @@ def _steps(run: _Run) -> None:
             run.commit()
             break
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
-        screened = screen(run, candidates) if cfg.screen > 0 else None
+        screened = screen(run, candidates, cfg.seed + k) if cfg.screen > 0 else None
         ranking = candidates if screened is None else screened
         names = distributed.broadcast_object(
             select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
         snapshot = copy.deepcopy(run.model)
         bar = baseline - cfg.tolerance / 100 - 1e-12
-        measured = _without_retraining(run, names, bar) if cfg.retrain == "needed" else None
+        measured = (_without_retraining(run, names, bar, cfg.seed + k)
+                    if cfg.retrain == "needed" else None)
         epochs = 0
         if measured is None:
             epochs = _erase_and_retrain(run, names, k)
@@ -379,12 +381,19 @@ def _steps(run: _Run) -> None:
         del snapshot
 
 
-def _without_retraining(run: _Run, names: list[str], bar: float) -> dict[str, Any] | None:
-    """``retrain="needed"``: cut ``names`` and evaluate. When val top-1 holds (>= ``bar``)
-    the units stay cut and the measurement is returned; else they are put back unchanged
-    (nothing was trained) and None is returned, so the step retrains as usual."""
+def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
+                        ) -> dict[str, Any] | None:
+    """``retrain="needed"``: cut ``names`` (re-estimating BatchNorm statistics on
+    ``recalibrate`` training images read under ``seed``, when set) and evaluate. When val
+    top-1 holds (>= ``bar``) the units stay cut and the measurement is returned; else they and
+    the statistics are put back unchanged (nothing was trained) and None is returned, so the
+    step retrains as usual."""
+    cfg = run.config
     units = {n: run.model.get_submodule(n) for n in names}
+    saved = batchnorm_statistics(run.model) if cfg.recalibrate else None
     erase_units(run.model, names)
+    if saved is not None:
+        recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, seed)
     measured = run.evaluate()
     if distributed.broadcast_object(measured["val_top1"] >= bar):
         return measured
@@ -392,6 +401,8 @@ def _without_retraining(run: _Run, names: list[str], bar: float) -> dict[str, An
              100 * measured["val_top1"], ", ".join(names))
     for name, unit in units.items():
         set_submodule(run.model, name, unit)
+    if saved is not None:
+        run.model.load_state_dict(saved, strict=False)
     return None
 
 

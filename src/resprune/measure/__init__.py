@@ -7,11 +7,11 @@
 """
 
 from .accuracy import evaluate
-from .batchnorm import recalibrate_batchnorm
+from .batchnorm import batchnorm_statistics, recalibrate_batchnorm
 from .counts import count_macs, count_params, depth
 from .latency import latency
 from .profile import profile
 from .summary import accuracy, measure_model, sizes
 
 __all__ = ["accuracy", "count_macs", "count_params", "depth", "evaluate", "latency",
-           "measure_model", "profile", "recalibrate_batchnorm", "sizes"]
+           "batchnorm_statistics", "measure_model", "profile", "recalibrate_batchnorm", "sizes"]

@@ -25,6 +25,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from .. import distributed
 from ..data.loader import seeded_batches
 from ..errors import UserError
 from ._device import model_device
@@ -41,7 +42,8 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
     model's train/eval mode are left as they were. Returns the number of images read (fewer
     than ``samples`` when the loader holds fewer; whole batches are read, so possibly a few
     more). A model without BatchNorm layers is left unchanged and 0 is returned. Under
-    torchrun each process averages the images of its own share of a resprune loader.
+    torchrun each process reads its own share of a resprune loader and rank 0's statistics
+    are then copied to every process, so all of them hold the same model.
     """
     if samples < 1:
         raise UserError(f"BatchNorm re-estimation needs at least 1 image, got {samples}")
@@ -71,4 +73,17 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
         model.train(was_training)
     if seen == 0:
         raise UserError("BatchNorm re-estimation read no images: the training loader is empty")
+    distributed.broadcast_tensors(*(b for m in norms for b in
+                                    (m.running_mean, m.running_var, m.num_batches_tracked)))
     return seen
+
+
+def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every BatchNorm layer's running statistics, by state-dict key: put them back
+    with ``model.load_state_dict(saved, strict=False)`` (after a trial re-estimation)."""
+    out = {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            for key in ("running_mean", "running_var", "num_batches_tracked"):
+                out[f"{name}.{key}" if name else key] = getattr(m, key).detach().clone()
+    return out
