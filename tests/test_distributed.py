@@ -176,6 +176,33 @@ def test_global_batchnorm_swaps_in_and_out_with_the_same_tensors():
     assert {id(t) for t in model.state_dict(keep_vars=True).values()} == before
 
 
+def test_batchnorm_reestimation_ends_with_rank_zeros_statistics_everywhere(monkeypatch):
+    """Each process re-estimates on its own share; then every running statistic (and only
+    those) is broadcast from rank 0, after the estimate, so all processes hold one model."""
+    from resprune.measure import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = resprune.create("resnet8", width=4, num_classes=10)
+    x, y = _images(32)
+    loader = InMemoryLoader(x, y, 8, train=True, mean=(0.5,) * 3, std=(0.25,) * 3)
+    rank0 = {}
+
+    def from_rank_zero(*tensors):  # what another process receives: rank 0's values
+        for t in tensors:
+            rank0[id(t)] = t.clone()
+            t.fill_(7)
+
+    monkeypatch.setattr(distributed, "broadcast_tensors", from_rank_zero)
+    assert recalibrate_batchnorm(model, loader, 16) == 16
+    stats = {k: v for k, v in model.state_dict(keep_vars=True).items()
+             if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+    assert {id(t) for t in stats.values()} == set(rank0) and len(stats) == len(rank0)
+    assert all(bool((t == 7).all()) for t in stats.values())  # overwritten: broadcast last
+    # the values broadcast are the re-estimated ones (2 batches of 8: counted 2 times)
+    assert all(int(rank0[id(t)]) == 2 for k, t in stats.items()
+               if k.endswith("num_batches_tracked"))
+
+
 @pytest.mark.parametrize("batches", [3, 4, 9])
 def test_screening_scores_the_samples_one_process_scores(monkeypatch, batches):
     """Implosion's screen loss over the first batches: each process scores the part of them
