@@ -264,3 +264,21 @@ def test_refuses_a_run_of_another_kind(trained, tmp_path, capsys):
     code, _, err = run_cli(["implode", trained, "--out", trained], capsys)
     assert code == 2 and "is the input run; write the result to a new directory" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_report_says_how_steps_were_chosen_scored_and_accepted():
+    from resprune.report.implosion import steps_note
+
+    plain = steps_note({"retrain": "always"}, 0.9)
+    assert plain == ("Each step erases the lowest-priority unit(s), retrains, and is accepted "
+                     "when validation top-1 >= 90.00 % (the start net's) minus the tolerance; "
+                     "otherwise the step is rolled back and the loop stops.")
+    full = steps_note({"screen": 8, "retrain": "needed", "patience": 3, "recalibrate": 2048},
+                      0.9)
+    assert "of the 8 lowest-priority units, the one(s) whose removal alone" in full
+    assert "first scored without retraining and retrained only when that fails" in full
+    assert full.endswith("the next candidates are tried; 3 rejections in a row stop the loop. "
+                         "Every untrained score was taken with BatchNorm statistics "
+                         "re-estimated on 2048 training images.")
+    # re-estimation is only mentioned where something was scored untrained
+    assert "BatchNorm" not in steps_note({"recalibrate": 2048, "retrain": "always"}, 0.9)

@@ -189,6 +189,26 @@ def accuracy_depth_plot(summary: dict[str, Any], path: str | Path) -> None:
     save_figure(fig, path)
 
 
+def steps_note(cfg: dict[str, Any], start_val_top1: float) -> str:
+    """How the run's steps chose, scored and accepted units, from its config."""
+    patience = cfg.get("patience", 1)
+    screen, recal = cfg.get("screen", 0), cfg.get("recalibrate", 0)
+    chose = ("erases the lowest-priority unit(s)" if not screen else
+             f"erases, of the {screen} lowest-priority units, the one(s) whose removal alone "
+             "cost least validation loss")
+    text = [f"Each step {chose}, "
+            + ("is first scored without retraining and retrained only when that fails"
+               if cfg.get("retrain") == "needed" else "retrains")
+            + f", and is accepted when validation top-1 >= {fmt_acc(start_val_top1)} (the "
+            "start net's) minus the tolerance; otherwise the step is rolled back and "
+            + ("the loop stops." if patience <= 1 else
+               f"the next candidates are tried; {patience} rejections in a row stop the loop.")]
+    if recal and (screen or cfg.get("retrain") == "needed"):
+        text.append(f"Every untrained score was taken with BatchNorm statistics re-estimated "
+                    f"on {recal} training images.")
+    return " ".join(text)
+
+
 def implosion_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
     """The report.md text of an implode run (``plots``: PNG file names to embed)."""
     cfg, start = summary["config"], summary["start"]
@@ -208,10 +228,8 @@ def implosion_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str
              f"{summary['epochs_detail']['retrain']} retraining after erasures, "
              f"{summary['epochs_detail']['final']} final).\n",
              "## Steps\n",
-             "Each step erases the lowest-priority unit(s), retrains, and is accepted when "
-             f"validation top-1 >= {fmt_acc(start['val_top1'])} (the start net's) minus the "
-             "tolerance; otherwise the step is rolled back and the loop stops. The test set "
-             "plays no part in any decision. " + _latency_note(summary) + "\n",
+             steps_note(cfg, start["val_top1"]) + " The test set plays no part in any "
+             "decision. " + _latency_note(summary) + "\n",
              step_table(summary)]
     if start.get("gates_added"):
         lines.append(f"The input model had no priority gates: {start['gates_added']} were "
