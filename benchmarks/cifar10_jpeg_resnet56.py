@@ -73,7 +73,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-implode-heldout-recal``: row 1i with ``--recalibrate 2048 --retrain needed``: each
   screened candidate and each step's untrained cut scored with BatchNorm statistics
   re-estimated on 2,048 training images; a step whose cut holds val top-1 is accepted without
-  retraining; at most 14 steps (310,000 samples at most).
+  retraining; at most 14 steps (310,000 samples at most); ``r56-implode-heldout-recal-s1``:
+  the same with ``--seed 1``.
 - ``r56-vacl-taylor-100k-consumers``: the same probe with Taylor scores that also count each
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
@@ -300,6 +301,10 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-implode-heldout-recal": [
             *one_unit(b, retrain_epochs=2, max_steps=14, data_dir=runs / HELDOUT),
             "--recalibrate", "2048", "--retrain", "needed"],
+        # and its second seed (on the held-out layout only the training changes with it)
+        "r56-implode-heldout-recal-s1": [
+            *one_unit(b, retrain_epochs=2, max_steps=14, data_dir=runs / HELDOUT),
+            "--recalibrate", "2048", "--retrain", "needed", "--seed", "1"],
     }
 
 
@@ -349,10 +354,12 @@ TITLES = {
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
     "r56-implode-heldout-recal": "1k. row 1i, BatchNorm re-estimated, retraining when needed",
+    "r56-implode-heldout-recal-s1": "1k, second seed (--seed 1)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
-              "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal"}
+              "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal",
+              "r56-implode-heldout-recal-s1"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
