@@ -13,5 +13,5 @@ from .latency import latency
 from .profile import profile
 from .summary import accuracy, measure_model, sizes
 
-__all__ = ["accuracy", "count_macs", "count_params", "depth", "evaluate", "latency",
-           "batchnorm_statistics", "measure_model", "profile", "recalibrate_batchnorm", "sizes"]
+__all__ = ["accuracy", "batchnorm_statistics", "count_macs", "count_params", "depth",
+           "evaluate", "latency", "measure_model", "profile", "recalibrate_batchnorm", "sizes"]
