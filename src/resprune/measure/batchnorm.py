@@ -47,8 +47,7 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
     """
     if samples < 1:
         raise UserError(f"BatchNorm re-estimation needs at least 1 image, got {samples}")
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]
+    norms = [m for _, m in _tracked_norms(model)]
     if not norms:
         return 0
     device = model_device(model)
@@ -73,17 +72,21 @@ def recalibrate_batchnorm(model: nn.Module, loader: Iterable, samples: int,
         model.train(was_training)
     if seen == 0:
         raise UserError("BatchNorm re-estimation read no images: the training loader is empty")
-    distributed.broadcast_tensors(*(b for m in norms for b in
-                                    (m.running_mean, m.running_var, m.num_batches_tracked)))
+    distributed.broadcast_tensors(*(getattr(m, key) for m in norms for key in _STATISTICS))
     return seen
 
 
 def batchnorm_statistics(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of every BatchNorm layer's running statistics, by state-dict key: put them back
     with ``model.load_state_dict(saved, strict=False)`` (after a trial re-estimation)."""
-    out = {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            for key in ("running_mean", "running_var", "num_batches_tracked"):
-                out[f"{name}.{key}" if name else key] = getattr(m, key).detach().clone()
-    return out
+    return {f"{name}.{key}" if name else key: getattr(m, key).detach().clone()
+            for name, m in _tracked_norms(model) for key in _STATISTICS}
+
+
+_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _tracked_norms(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers of ``model`` that keep running statistics, by name."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
