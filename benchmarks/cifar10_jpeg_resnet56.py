@@ -75,6 +75,11 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   re-estimated on 2,048 training images; a step whose cut holds val top-1 is accepted without
   retraining; at most 14 steps (310,000 samples at most); ``r56-implode-heldout-recal-s1``:
   the same with ``--seed 1``.
+- ``r56-implode-heldout-oneshot-cut``: the implosion target's 12 units in one step: all 25
+  erasable units screened with BatchNorm re-estimated, the 12 cheapest cut, then one long
+  distilled retraining (32 epochs of 10,000; 330,000 samples in all);
+  ``r56-implode-heldout-oneshot-fade``: the same with the 12 units faded out over the first
+  half of the retraining (``--erase fade --fade-end 0.5``).
 - ``r56-vacl-taylor-100k-consumers``: the same probe with Taylor scores that also count each
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
@@ -131,6 +136,8 @@ MACS_3G = "0.7858361800854179"
 # to 87 %: 72.5 % of MACs removed (`resprune vacl RUNS/r56-B --plan --group-score taylor
 # --target-params-reduction R`, its --cost params row)
 PARAMS_3K = "0.87"
+# the one-step implosion rows (1l, 1m): retraining epochs of 10,000 after the 12-unit cut
+ONESHOT_EPOCHS = 32
 
 
 def one_unit(b: str, retrain_epochs: int, max_steps: int,
@@ -305,6 +312,19 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-implode-heldout-recal-s1": [
             *one_unit(b, retrain_epochs=2, max_steps=14, data_dir=runs / HELDOUT),
             "--recalibrate", "2048", "--retrain", "needed", "--seed", "1"],
+        # session 20: the target's 12 units in ONE step, then one long retraining instead of a
+        # short one per unit (1h-1k spent 0.2-0.4 points of the tolerance on every step): all
+        # 25 erasable units screened with BatchNorm re-estimated, the 12 cheapest cut (1l) or
+        # faded out over the first half of the retraining (1m); 10,000 adapt + 32 x 10,000
+        # retraining samples = 330,000 samples
+        **{f"r56-implode-heldout-oneshot-{erase}": [
+            "resprune", "implode", b, "--config", f"{CFG}/resnet56-implode.yaml",
+            "--per-step", "12", "--max-steps", "1", "--screen", "25", "--screen-batches", "6",
+            "--recalibrate", "2048", "--erase", erase,
+            *(["--fade-end", "0.5"] if erase == "fade" else []),
+            "--epoch-size", "10000", "--retrain-epochs", str(ONESHOT_EPOCHS), "--retrain-lr",
+            "0.01", "--final-epochs", "0", "--data-dir", str(runs / HELDOUT)]
+           for erase in ("cut", "fade")},
     }
 
 
@@ -355,11 +375,16 @@ TITLES = {
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
     "r56-implode-heldout-recal": "1k. row 1i, BatchNorm re-estimated, retraining when needed",
     "r56-implode-heldout-recal-s1": "1k, second seed (--seed 1)",
+    "r56-implode-heldout-oneshot-cut": "1l. 12 units in one step (screened, BatchNorm "
+                                       "re-estimated), cut, one 320,000-sample retraining",
+    "r56-implode-heldout-oneshot-fade": "1m. row 1l with the 12 units faded out over the "
+                                        "first half of the retraining",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
               "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal",
-              "r56-implode-heldout-recal-s1"}
+              "r56-implode-heldout-recal-s1", "r56-implode-heldout-oneshot-cut",
+              "r56-implode-heldout-oneshot-fade"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
