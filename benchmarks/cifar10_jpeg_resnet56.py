@@ -79,7 +79,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   erasable units screened with BatchNorm re-estimated, the 12 cheapest cut, then one long
   distilled retraining (32 epochs of 10,000; 330,000 samples in all);
   ``r56-implode-heldout-oneshot-fade``: the same with the 12 units faded out over the first
-  half of the retraining (``--erase fade --fade-end 0.5``).
+  half of the retraining (``--erase fade --fade-end 0.5``);
+  ``r56-implode-heldout-oneshot-cut-s1``: row 1l with ``--seed 1``.
 - ``r56-vacl-taylor-100k-consumers``: the same probe with Taylor scores that also count each
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
@@ -162,7 +163,7 @@ def commands(runs: Path) -> dict[str, list[str]]:
               "--prune-steps", "3", "--step-epochs", "5", "--finetune-epochs", "3",
               "--finetune-lr", LR_450K, "--finetune-final-epochs", "29", "--finetune-final-lr",
               LR_450K]
-    return {
+    rows = {
         "r56-imported": ["resprune", "import", AKAMASTER, "--model", "resnet56", *DATA],
         "r56-B": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
                   f"{CFG}/resnet56-adapt.yaml"],
@@ -326,6 +327,9 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "0.01", "--final-epochs", "0", "--data-dir", str(runs / HELDOUT)]
            for erase in ("cut", "fade")},
     }
+    rows["r56-implode-heldout-oneshot-cut-s1"] = [*rows["r56-implode-heldout-oneshot-cut"],
+                                                  "--seed", "1"]
+    return rows
 
 
 TITLES = {
@@ -379,12 +383,13 @@ TITLES = {
                                        "re-estimated), cut, one 320,000-sample retraining",
     "r56-implode-heldout-oneshot-fade": "1m. row 1l with the 12 units faded out over the "
                                         "first half of the retraining",
+    "r56-implode-heldout-oneshot-cut-s1": "1l, second seed (--seed 1)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
               "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal",
               "r56-implode-heldout-recal-s1", "r56-implode-heldout-oneshot-cut",
-              "r56-implode-heldout-oneshot-fade"}
+              "r56-implode-heldout-oneshot-fade", "r56-implode-heldout-oneshot-cut-s1"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
