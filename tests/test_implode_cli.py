@@ -273,12 +273,37 @@ def test_report_says_how_steps_were_chosen_scored_and_accepted():
     assert plain == ("Each step erases the lowest-priority unit(s), retrains, and is accepted "
                      "when validation top-1 >= 90.00 % (the start net's) minus the tolerance; "
                      "otherwise the step is rolled back and the loop stops.")
-    full = steps_note({"screen": 8, "retrain": "needed", "patience": 3, "recalibrate": 2048},
-                      0.9)
+    full = steps_note({"screen": 8, "retrain": "needed", "patience": 3, "recalibrate": 2048,
+                       "erase": "fade"}, 0.9)
     assert "of the 8 lowest-priority units, the one(s) whose removal alone" in full
     assert "first scored without retraining and retrained only when that fails" in full
     assert full.endswith("the next candidates are tried; 3 rejections in a row stop the loop. "
                          "Every untrained score was taken with BatchNorm statistics "
                          "re-estimated on 2048 training images.")
-    # re-estimation is only mentioned where something was scored untrained
-    assert "BatchNorm" not in steps_note({"recalibrate": 2048, "retrain": "always"}, 0.9)
+    # re-estimation is only mentioned where something was scored untrained: a fade erases
+    # without changing any output, a cut is measured before it retrains
+    assert "BatchNorm" not in steps_note({"recalibrate": 2048, "retrain": "always",
+                                          "erase": "fade"}, 0.9)
+    cut = steps_note({"recalibrate": 2048, "retrain": "always", "erase": "cut"}, 0.9)
+    assert cut.endswith("the loop stops. A cut that retrains was first measured as it was (the "
+                        "step's validation top-1 right after the cut). Every untrained score "
+                        "was taken with BatchNorm statistics re-estimated on 2048 training "
+                        "images.")
+    assert "right after the cut" not in steps_note({"retrain": "always", "erase": "cut"}, 0.9)
+
+
+def test_step_table_shows_top1_right_after_the_cut_only_where_measured():
+    from resprune.report.implosion import step_table
+
+    start = {"val_top1": 0.9, "depth": 20, "params": 1000, "macs": 5000}
+    step = {"step": 1, "erased": ["layer1.1"], "priorities": {"layer1.1": 0.25},
+            "val_top1": 0.89, "accepted": True, "depth": 18, "params": 900, "macs": 4000}
+    plain = step_table({"start": start, "steps": [step]})
+    assert "right after" not in plain
+    cut = step_table({"start": start, "steps": [{**step, "cut_val_top1": 0.625}]})
+    head, _, first, second = cut.splitlines()[:4]
+    cols = [c.strip() for c in head.strip("|").split("|")]
+    assert cols[3] == "val top-1 right after the cut"
+    assert [c.strip() for c in first.strip("|").split("|")][3] == "-"
+    row = [c.strip() for c in second.strip("|").split("|")]
+    assert row[3:5] == ["62.50 %", "89.00 %"]

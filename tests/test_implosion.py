@@ -755,6 +755,9 @@ def test_retrain_needed_with_recalibrate_keeps_new_statistics_only_when_accepted
                   tmp_path, trainer_factory=NoTraining, evaluate_fn=ev, progress=False)
     assert [h["accepted"] for h in res.history] == [True, True]
     assert [h["epochs"] for h in res.history] == [0, 1]
+    # each step's untrained score is its top-1 right after the cut (step 2: the failed check)
+    assert [h["cut_val_top1"] for h in res.history] == [0.5, 0.3]
+    assert [h["val_top1"] for h in res.history] == [0.5, 0.5]
     (first,), (second,) = res.history[0]["erased"], res.history[1]["erased"]
     expected = copy.deepcopy(start)
     erase_units(expected, [first])
@@ -769,3 +772,57 @@ def test_retrain_needed_with_recalibrate_keeps_new_statistics_only_when_accepted
     # ... which were put back before the retraining and after it (no-op training)
     assert all(torch.equal(ev.states[3][k], want[k]) for k in kept)
     assert all(torch.equal(model.state_dict()[k], want[k]) for k in kept)
+
+
+def test_cut_with_recalibrate_is_measured_before_retraining_and_trains_the_same(tmp_path):
+    """erase="cut", retrain="always" and recalibrate=N: each step evaluates its cut net, its
+    BatchNorm statistics re-estimated under the step's seed, before retraining, and records
+    that as cut_val_top1; the retrained weights equal those of the same run without it
+    (training-mode passes normalise with batch statistics)."""
+    from resprune.measure import recalibrate_batchnorm
+
+    start = tiny("resnet14", gates=True)
+    train, val = make_data()
+    results = {}
+    for recal, accs in ((0, [0.5]), (16, [0.5, 0.25, 0.5])):
+        model = copy.deepcopy(start)
+        ev = ScriptedEval(accs)
+        res = implode(model, train, val, cfg(recalibrate=recal, fold=False, erase="cut",
+                                             max_steps=1, seed=3),
+                      tmp_path / str(recal), trainer_factory=SGDTrainer, evaluate_fn=ev,
+                      progress=False)
+        results[recal] = (model, res, ev)
+    plain, measured = results[0][1].history[0], results[16][1].history[0]
+    assert "cut_val_top1" not in plain and plain["val_top1"] == 0.5 and plain["accepted"]
+    assert len(results[0][2].states) == 3  # baseline, step 1, the final net
+    assert measured["cut_val_top1"] == 0.25 and measured["val_top1"] == 0.5
+    assert measured["cut_val_loss"] == 1.0 and measured["accepted"]
+    # the second evaluation saw the start net with the step's unit cut and re-estimated
+    (name,) = measured["erased"]
+    expected = copy.deepcopy(start)
+    erase_units(expected, [name])
+    recalibrate_batchnorm(expected, train, 16, seed=3 + 1)
+    seen = results[16][2].states[1]
+    assert seen.keys() == expected.state_dict().keys()
+    assert all(torch.equal(seen[k], v) for k, v in expected.state_dict().items())
+    # ... and the retraining from there ended at the same weights as without the measurement
+    a, b = dict(results[0][0].named_parameters()), dict(results[16][0].named_parameters())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(x, y) for x, y in zip(results[0][0].buffers(),
+                                                      results[16][0].buffers()))
+
+
+def test_a_fade_has_no_measurement_right_after_the_cut(tmp_path):
+    """A fade erases units whose gates are exactly 0: nothing to measure before retraining,
+    even with recalibrate set; the step evaluates once, after its retraining."""
+    class FadeTrainer(NoTraining):
+        def __init__(self, *args, callbacks=()):
+            super().__init__(*args)
+
+    model = tiny("resnet14", gates=True)
+    train, val = make_data()
+    ev = ScriptedEval([0.5])
+    res = implode(model, train, val, cfg(recalibrate=16, erase="fade", max_steps=1, fold=False),
+                  tmp_path, trainer_factory=FadeTrainer, evaluate_fn=ev, progress=False)
+    assert res.history[0]["accepted"] and "cut_val_top1" not in res.history[0]
+    assert len(ev.states) == 3  # baseline, step 1, the final net

@@ -42,9 +42,11 @@ class ImplosionConfig:
         many training images (:func:`resprune.measure.recalibrate_batchnorm`; the same images
         for every candidate of a step). A screened candidate's statistics are put back after
         it is scored; a step ``needed`` accepts without training keeps the re-estimated ones.
-        0 (default): the statistics learnt before the cut, which no longer fit the cut net
-        (on the converged ResNet-56 they made stage-1 units look 2-10 points costlier than
-        re-estimated: ``docs/implosion.md``).
+        With ``erase="cut"`` a step that retrains is also measured right after its cut, its
+        statistics re-estimated the same way (recorded as the step's ``cut_val_top1``; the
+        retraining's weights do not depend on them). 0 (default): the statistics learnt
+        before the cut, which no longer fit the cut net (on the converged ResNet-56 they made
+        stage-1 units look 2-10 points costlier than re-estimated: ``docs/implosion.md``).
     erase: how a step removes its units. ``cut`` (default, the paper's order): replace them by
         identities, then retrain. ``fade``: retrain first while their priority gates fall
         linearly to exactly zero (:class:`resprune.train.Fade`; zero after ``fade_end`` of
@@ -91,8 +93,9 @@ class ImplosionConfig:
                               Int(1))
     recalibrate: int = opt(0, "re-estimate BatchNorm statistics on N training images before "
                            "each evaluation of a net cut without training (--screen "
-                           "candidates, --retrain needed's check); 0: keep the statistics "
-                           "learnt before the cut", Int(0), metavar="N")
+                           "candidates, --retrain needed's check, and with --erase cut each "
+                           "step's net right after its cut, before retraining); 0: keep the "
+                           "statistics learnt before the cut", Int(0), metavar="N")
     erase: str = opt("cut", "cut: replace a step's units by identities, then retrain; fade: "
                      "retrain while their priority gates fall linearly to exactly zero, then "
                      "replace them (no output changes), so the net adapts gradually",

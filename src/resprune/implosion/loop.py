@@ -72,7 +72,9 @@ class ImplosionResult:
     ``history`` has one dict per step: ``step``, ``erased`` (unit names), ``priorities``
     (their scores), ``scores`` (every erasable unit's score at that step), ``val_top1``,
     ``val_loss``, ``params``, ``macs``, ``depth`` (of the net after erasure and retraining),
-    ``accepted`` (False: rolled back), ``epochs`` (retraining epochs spent) and ``seconds``.
+    ``accepted`` (False: rolled back), ``epochs`` (retraining epochs spent) and ``seconds``;
+    a step evaluated untrained right after its cut (``retrain="needed"``, or ``erase="cut"``
+    with ``recalibrate``) also has ``cut_val_top1`` and ``cut_val_loss``.
     ``initial`` measures the model as passed in; ``baseline`` the gated, adapted start net
     (with ``val_top1``); ``final`` the returned net (after the final retrain and folding).
     """
@@ -348,15 +350,19 @@ def _steps(run: _Run) -> None:
             select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
         snapshot = copy.deepcopy(run.model)
         bar = baseline - cfg.tolerance / 100 - 1e-12
-        measured = (_without_retraining(run, names, bar, cfg.seed + k)
-                    if cfg.retrain == "needed" else None)
+        measured = cut = None
+        if cfg.retrain == "needed":
+            measured, cut = _without_retraining(run, names, bar, cfg.seed + k)
         epochs = 0
         if measured is None:
-            epochs = _erase_and_retrain(run, names, k)
+            epochs, after_cut = _erase_and_retrain(run, names, k, measure_cut=cut is None)
+            cut = cut or after_cut
             measured = run.evaluate()
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
                   "scores": scores, **measured, **run.measure(),
                   "accepted": False, "epochs": epochs}
+        if cut is not None:  # the net right after the cut, before any retraining
+            record["cut_val_top1"], record["cut_val_loss"] = cut["val_top1"], cut["val_loss"]
         if screened is not None:
             record["screen_loss"] = screened
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
@@ -382,12 +388,12 @@ def _steps(run: _Run) -> None:
 
 
 def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
-                        ) -> dict[str, Any] | None:
+                        ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
     """``retrain="needed"``: cut ``names`` (re-estimating BatchNorm statistics on
     ``recalibrate`` training images read under ``seed``, when set) and evaluate. When val
-    top-1 holds (>= ``bar``) the units stay cut and the measurement is returned; else they and
-    the statistics are put back unchanged (nothing was trained) and None is returned, so the
-    step retrains as usual."""
+    top-1 holds (>= ``bar``) the units stay cut and the measurement is returned twice; else
+    they and the statistics are put back unchanged (nothing was trained) and ``(None,
+    measurement)`` is returned, so the step retrains as usual."""
     cfg = run.config
     units = {n: run.model.get_submodule(n) for n in names}
     saved = batchnorm_statistics(run.model) if cfg.recalibrate else None
@@ -396,27 +402,42 @@ def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
         recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, seed)
     measured = run.evaluate()
     if distributed.broadcast_object(measured["val_top1"] >= bar):
-        return measured
+        return measured, measured
     log.info("without retraining: val top-1 %.2f %% with %s cut; retraining",
              100 * measured["val_top1"], ", ".join(names))
     for name, unit in units.items():
         set_submodule(run.model, name, unit)
     if saved is not None:
         run.model.load_state_dict(saved, strict=False)
-    return None
+    return None, measured
 
 
-def _erase_and_retrain(run: _Run, names: list[str], k: int) -> int:
-    """Step ``k``'s removal of ``names`` and its retraining, by ``config.erase``."""
+def _erase_and_retrain(run: _Run, names: list[str], k: int, measure_cut: bool = False
+                       ) -> tuple[int, dict[str, Any] | None]:
+    """Step ``k``'s removal of ``names`` and its retraining, by ``config.erase``; return the
+    epochs spent and, for a cut measured first, its validation measurement.
+
+    With ``recalibrate`` set and ``measure_cut``, a cut net is evaluated before it retrains,
+    its BatchNorm statistics re-estimated on ``recalibrate`` training images (read under the
+    step's seed). They are kept: training-mode passes normalise with batch statistics, so the
+    retraining's weights do not depend on them. A fade changes no output when it erases, so
+    it has no such measurement.
+    """
     cfg = run.config
     where = step_dir(run.run_dir, k) / "train"
     if cfg.erase == "cut":
         erase_units(run.model, names)
-        return run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where)
+        cut = None
+        if measure_cut and cfg.recalibrate:
+            recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, cfg.seed + k)
+            cut = run.evaluate()
+            log.info("step %d: val top-1 %.2f %% right after the cut, before retraining", k,
+                     100 * cut["val_top1"])
+        return run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where), cut
     fade = Fade([Slice(name, "gate") for name in names], end=cfg.fade_end)
     epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where, [fade])
     erase_units(run.model, names)  # their gates are exactly 0: no output changes
-    return epochs
+    return epochs, None
 
 
 def _rejections_in_a_row(history: list[dict[str, Any]]) -> int:

@@ -54,15 +54,20 @@ def _fmt_priority(p: float | None) -> str:
 def step_table(summary: dict[str, Any]) -> str:
     """Markdown table of the start net and every step (rolled-back steps included)."""
     start = summary["start"]
-    headers = ["step", "erased unit(s)", "priority", "val top-1", "accepted", "depth",
-               "params", "MACs", "CPU latency b64"]
-    rows: list[list[Any]] = [["0 (start)", "-", "-", fmt_acc(start["val_top1"]), "-",
-                              start["depth"], fmt_count(start["params"]),
-                              fmt_count(start["macs"]), fmt_ms(start.get("cpu_latency_ms_64"))]]
+    # untrained measurements exist with --recalibrate (cut steps) or --retrain needed
+    cut = any("cut_val_top1" in h for h in summary["steps"])
+    headers = ["step", "erased unit(s)", "priority",
+               *(["val top-1 right after the cut"] if cut else []), "val top-1", "accepted",
+               "depth", "params", "MACs", "CPU latency b64"]
+    rows: list[list[Any]] = [["0 (start)", "-", "-", *(["-"] if cut else []),
+                              fmt_acc(start["val_top1"]), "-", start["depth"],
+                              fmt_count(start["params"]), fmt_count(start["macs"]),
+                              fmt_ms(start.get("cpu_latency_ms_64"))]]
     for h in summary["steps"]:
         names = h["erased"]
         rows.append([h["step"], ", ".join(names) or "-",
                      ", ".join(_fmt_priority(h["priorities"].get(n)) for n in names) or "-",
+                     *([fmt_acc(h.get("cut_val_top1"))] if cut else []),
                      fmt_acc(h["val_top1"]), "yes" if h["accepted"] else "no (rolled back)",
                      h["depth"], fmt_count(h["params"]), fmt_count(h["macs"]),
                      fmt_ms(h.get("cpu_latency_ms_64"))])
@@ -203,7 +208,12 @@ def steps_note(cfg: dict[str, Any], start_val_top1: float) -> str:
             "start net's) minus the tolerance; otherwise the step is rolled back and "
             + ("the loop stops." if patience <= 1 else
                f"the next candidates are tried; {patience} rejections in a row stop the loop.")]
-    if recal and (screen or cfg.get("retrain") == "needed"):
+    # a cut is measured untrained before it retrains when statistics are re-estimated
+    measured_cut = cfg.get("erase", "cut") == "cut"
+    if recal and measured_cut:
+        text.append("A cut that retrains was first measured as it was (the step's validation "
+                    "top-1 right after the cut).")
+    if recal and (screen or cfg.get("retrain") == "needed" or measured_cut):
         text.append(f"Every untrained score was taken with BatchNorm statistics re-estimated "
                     f"on {recal} training images.")
     return " ".join(text)
