@@ -63,7 +63,8 @@ def test_config_parses_and_builds(path, tmp_path):
 # the recipe configs of the best converged-network rows, and the benchmark row each reproduces
 RECIPES = {"resnet56-compress-450k.yaml": "r56-compress-steps3-450k",
            "resnet56-vacl-450k.yaml": "r56-vacl-taylor-450k",
-           "resnet56-implode-heldout.yaml": "r56-implode-heldout-r2"}
+           "resnet56-implode-heldout.yaml": "r56-implode-heldout-r2",
+           "resnet56-implode-oneshot.yaml": "r56-implode-heldout-oneshot-cut"}
 
 
 def _row_commands(tmp_path: Path) -> tuple[object, dict[str, list[str]]]:
