@@ -356,7 +356,8 @@ def _steps(run: _Run) -> None:
         epochs = 0
         if measured is None:
             epochs, after_cut = _erase_and_retrain(run, names, k, measure_cut=cut is None)
-            cut = cut or after_cut
+            if cut is None:
+                cut = after_cut
             measured = run.evaluate()
         record = {"step": k, "erased": names, "priorities": {n: scores[n] for n in names},
                   "scores": scores, **measured, **run.measure(),
@@ -397,10 +398,7 @@ def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
     cfg = run.config
     units = {n: run.model.get_submodule(n) for n in names}
     saved = batchnorm_statistics(run.model) if cfg.recalibrate else None
-    erase_units(run.model, names)
-    if saved is not None:
-        recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, seed)
-    measured = run.evaluate()
+    measured = _cut_and_measure(run, names, seed)
     if distributed.broadcast_object(measured["val_top1"] >= bar):
         return measured, measured
     log.info("without retraining: val top-1 %.2f %% with %s cut; retraining",
@@ -410,6 +408,15 @@ def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
     if saved is not None:
         run.model.load_state_dict(saved, strict=False)
     return None, measured
+
+
+def _cut_and_measure(run: _Run, names: list[str], seed: int) -> dict[str, Any]:
+    """Cut ``names``, re-estimate BatchNorm statistics (``recalibrate`` training images read
+    under ``seed``, when set) and evaluate the untrained net."""
+    erase_units(run.model, names)
+    if run.config.recalibrate:
+        recalibrate_batchnorm(run.model, run.train_loader, run.config.recalibrate, seed)
+    return run.evaluate()
 
 
 def _erase_and_retrain(run: _Run, names: list[str], k: int, measure_cut: bool = False
@@ -426,11 +433,11 @@ def _erase_and_retrain(run: _Run, names: list[str], k: int, measure_cut: bool = 
     cfg = run.config
     where = step_dir(run.run_dir, k) / "train"
     if cfg.erase == "cut":
-        erase_units(run.model, names)
         cut = None
-        if measure_cut and cfg.recalibrate:
-            recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, cfg.seed + k)
-            cut = run.evaluate()
+        if not (measure_cut and cfg.recalibrate):
+            erase_units(run.model, names)
+        else:
+            cut = _cut_and_measure(run, names, cfg.seed + k)
             log.info("step %d: val top-1 %.2f %% right after the cut, before retraining", k,
                      100 * cut["val_top1"])
         return run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where), cut
