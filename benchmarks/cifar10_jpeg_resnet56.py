@@ -329,6 +329,22 @@ def commands(runs: Path) -> dict[str, list[str]]:
     }
     rows["r56-implode-heldout-oneshot-cut-s1"] = [*rows["r56-implode-heldout-oneshot-cut"],
                                                   "--seed", "1"]
+    # session 21: compress with row 1l's one-step implosion as its implode stage (12 units
+    # screened with BatchNorm re-estimated and cut, one retraining of ONESHOT_CUT_EPOCHS), then
+    # row 3j's vacl stage (Taylor, 3 pruning steps) and final fine-tune; the step is kept
+    # whatever its val top-1 (--tolerance 3: the later stages retrain the net anyway).
+    # 3m: 1 adapt + 10 retraining + 10 between the pruning steps + 3 + 21 final epochs of
+    # 10,000 = 450,000 samples; 3n: the cut retrained 2 epochs, the final fine-tune 29
+    for tag, cut_epochs, final_epochs in (("", 10, 21), ("-r2", 2, 29)):
+        rows[f"r56-compress-oneshot{tag}"] = [
+            *steps3[:-3], str(final_epochs), "--finetune-final-lr", LR_450K,
+            "--erase", "cut", "--per-step", "12", "--max-steps", "1", "--screen", "25",
+            "--screen-batches", "6", "--recalibrate", "2048", "--retrain-epochs",
+            str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", "3"]
+    # row 4j's recipe at 3m's MACs, on the same B (pairs them)
+    rows["r56-tp-groupnorm-oneshot"] = [
+        *rows["r56-tp-groupnorm-steps3"][:8], "<3m's MACs reduction>",
+        *rows["r56-tp-groupnorm-steps3"][9:]]
     return rows
 
 
@@ -384,6 +400,11 @@ TITLES = {
     "r56-implode-heldout-oneshot-fade": "1m. row 1l with the 12 units faded out over the "
                                         "first half of the retraining",
     "r56-implode-heldout-oneshot-cut-s1": "1l, second seed (--seed 1)",
+    "r56-compress-oneshot": "3m. compress with row 1l's one-step implosion (12 units cut, "
+                            "100,000-sample retraining) before row 3j's vacl stage",
+    "r56-compress-oneshot-r2": "3n. row 3m with the cut retrained 20,000 samples, the final "
+                               "fine-tune 290,000",
+    "r56-tp-groupnorm-oneshot": "4m. torch-pruning GroupNormPruner at 3m's MACs, 3m's budget",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
@@ -392,7 +413,8 @@ ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-held
               "r56-implode-heldout-oneshot-fade", "r56-implode-heldout-oneshot-cut-s1"}
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
-            "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k"}
+            "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k",
+            "r56-tp-groupnorm-oneshot": "r56-compress-oneshot"}
 
 
 def _macs_reduction(s: dict[str, Any]) -> str:
