@@ -331,16 +331,18 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                                   "--seed", "1"]
     # session 21: compress with row 1l's one-step implosion as its implode stage (12 units
     # screened with BatchNorm re-estimated and cut, one retraining of ONESHOT_CUT_EPOCHS), then
-    # row 3j's vacl stage (Taylor, 3 pruning steps) and final fine-tune; the step is kept
-    # whatever its val top-1 (--tolerance 3: the later stages retrain the net anyway).
-    # 3m: 1 adapt + 10 retraining + 10 between the pruning steps + 3 + 21 final epochs of
-    # 10,000 = 450,000 samples; 3n: the cut retrained 2 epochs, the final fine-tune 29
-    for tag, cut_epochs, final_epochs in (("", 10, 21), ("-r2", 2, 29)):
+    # row 3j's vacl stage (Taylor, 3 pruning steps) and final fine-tune, the later stages
+    # retraining the net anyway. 3m: 1 adapt + 10 retraining + 10 between the pruning steps
+    # + 3 + 21 final epochs of 10,000 = 450,000 samples; the step is kept within 3 val points
+    # of B (--tolerance 3). 3n: the cut retrained 2 epochs, the final fine-tune 29, the step
+    # kept whatever its val top-1 (--tolerance 100; with 3 it was rolled back at 91.14 %
+    # against B's 94.52 % on the carved val split, which B's import has partly memorized)
+    for tag, cut_epochs, final_epochs, tol in (("", 10, 21, "3"), ("-r2", 2, 29, "100")):
         rows[f"r56-compress-oneshot{tag}"] = [
             *steps3[:-3], str(final_epochs), "--finetune-final-lr", LR_450K,
             "--erase", "cut", "--per-step", "12", "--max-steps", "1", "--screen", "25",
             "--screen-batches", "6", "--recalibrate", "2048", "--retrain-epochs",
-            str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", "3"]
+            str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", tol]
     # row 4j's recipe at 3m's MACs, on the same B (pairs them)
     rows["r56-tp-groupnorm-oneshot"] = [
         *rows["r56-tp-groupnorm-steps3"][:8], "<3m's MACs reduction>",
