@@ -64,7 +64,8 @@ def test_config_parses_and_builds(path, tmp_path):
 RECIPES = {"resnet56-compress-450k.yaml": "r56-compress-steps3-450k",
            "resnet56-vacl-450k.yaml": "r56-vacl-taylor-450k",
            "resnet56-implode-heldout.yaml": "r56-implode-heldout-r2",
-           "resnet56-implode-oneshot.yaml": "r56-implode-heldout-oneshot-cut"}
+           "resnet56-implode-oneshot.yaml": "r56-implode-heldout-oneshot-cut",
+           "resnet56-compress-depthfirst.yaml": "r56-compress-oneshot-r2"}
 
 
 def _row_commands(tmp_path: Path) -> tuple[object, dict[str, list[str]]]:
