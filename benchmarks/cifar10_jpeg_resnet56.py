@@ -85,6 +85,11 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
   scored highest after BatchNorm re-estimation (39.2 % against 30.9 % for row 2h's ranking).
+- ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
+  one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
+  vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
+  20,000 with a longer final fine-tune (3n, ``configs/cifar10-jpeg/resnet56-compress-depthfirst.yaml``);
+  ``r56-tp-groupnorm-oneshot``: row 4j's recipe at 3m's MACs.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
