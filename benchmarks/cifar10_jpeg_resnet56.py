@@ -88,7 +88,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
   one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
-  20,000 with a longer final fine-tune (3n, ``configs/cifar10-jpeg/resnet56-compress-depthfirst.yaml``);
+  20,000 with a longer final fine-tune (3n; its options as a file:
+  ``configs/cifar10-jpeg/resnet56-compress-depthfirst.yaml``);
   ``r56-tp-groupnorm-oneshot``: row 4j's recipe at 3m's MACs.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
