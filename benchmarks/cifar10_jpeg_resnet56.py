@@ -336,7 +336,7 @@ def commands(runs: Path) -> dict[str, list[str]]:
     rows["r56-implode-heldout-oneshot-cut-s1"] = [*rows["r56-implode-heldout-oneshot-cut"],
                                                   "--seed", "1"]
     # session 21: compress with row 1l's one-step implosion as its implode stage (12 units
-    # screened with BatchNorm re-estimated and cut, one retraining of ONESHOT_CUT_EPOCHS), then
+    # screened with BatchNorm re-estimated and cut, then one retraining), then
     # row 3j's vacl stage (Taylor, 3 pruning steps) and final fine-tune, the later stages
     # retraining the net anyway. 3m: 1 adapt + 10 retraining + 10 between the pruning steps
     # + 3 + 21 final epochs of 10,000 = 450,000 samples; the step is kept within 3 val points
@@ -351,8 +351,8 @@ def commands(runs: Path) -> dict[str, list[str]]:
             str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", tol]
     # row 4j's recipe at 3m's MACs, on the same B (pairs them)
     rows["r56-tp-groupnorm-oneshot"] = [
-        *rows["r56-tp-groupnorm-steps3"][:8], "<3m's MACs reduction>",
-        *rows["r56-tp-groupnorm-steps3"][9:]]
+        "<3m's MACs reduction>" if a.startswith("<") else a
+        for a in rows["r56-tp-groupnorm-steps3"]]
     return rows
 
 
