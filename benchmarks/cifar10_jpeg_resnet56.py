@@ -349,6 +349,16 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--erase", "cut", "--per-step", "12", "--max-steps", "1", "--screen", "25",
             "--screen-batches", "6", "--recalibrate", "2048", "--retrain-epochs",
             str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", tol]
+    # session 22: row 3n with the screen ranking each unit's loss rise per param it frees
+    # (--screen-cost params), so the depth stage takes params, not only MACs: on B the
+    # stage-3 units (8.7 % of the params each) rank first. 3o: 3n's 12 units; 3p: 6 units,
+    # leaving MACs nearer the target's 70 %. Both targets given, so MACs cannot fall short
+    for tag, units in (("", "12"), ("-k6", "6")):
+        rows[f"r56-compress-perparam{tag}"] = [
+            *[units if prev == "--per-step" else a
+              for prev, a in zip(["", *rows["r56-compress-oneshot-r2"]],
+                                 rows["r56-compress-oneshot-r2"])],
+            "--screen-cost", "params", "--target-macs-reduction", "0.7"]
     # row 4j's recipe at 3m's MACs, on the same B (pairs them)
     rows["r56-tp-groupnorm-oneshot"] = [
         "<3m's MACs reduction>" if a.startswith("<") else a
@@ -413,6 +423,9 @@ TITLES = {
     "r56-compress-oneshot-r2": "3n. row 3m with the cut retrained 20,000 samples, the final "
                                "fine-tune 290,000",
     "r56-tp-groupnorm-oneshot": "4m. torch-pruning GroupNormPruner at 3m's MACs, 3m's budget",
+    "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
+                             "(--screen-cost params), both size targets",
+    "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",

@@ -1,5 +1,6 @@
 """Which units a step erases: the k lowest priorities (or priorities per ms, param or MAC,
-with ``cost``), optionally screened by validation loss."""
+with ``cost``), optionally screened by validation loss (or by its rise per ms, param or MAC,
+with ``screen_cost``)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,32 @@ def screen(run: Any, candidates: dict[str, float], seed: int = 0) -> dict[str, f
     return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
 
 
+def intact_loss(run: Any, seed: int = 0) -> float:
+    """The validation loss the screen's losses rise from: the intact net scored on the same
+    ``screen_batches`` batches, its BatchNorm statistics re-estimated on the same images as
+    every candidate's when ``recalibrate`` is set (then put back)."""
+    cfg, model = run.config, run.model
+    was_training = model.training
+    saved = batchnorm_statistics(model) if cfg.recalibrate else None
+    model.eval()
+    try:
+        if saved is not None:
+            recalibrate_batchnorm(model, run.train_loader, cfg.recalibrate, seed)
+        return _loss_on(model, run.val_loader, cfg.screen_batches)
+    finally:
+        if saved is not None:
+            model.load_state_dict(saved, strict=False)
+        model.train(was_training)
+
+
+def rise_per_cost(losses: dict[str, float], intact: float, costs: dict[str, float]
+                  ) -> dict[str, float]:
+    """How much each screened unit's removal raises the validation loss over the intact
+    net's, per unit of its cost: a big unit that costs little per param, MAC or ms it frees
+    ranks before a small one that costs a little more in all."""
+    return per_cost({n: v - intact for n, v in losses.items()}, costs)
+
+
 @torch.no_grad()
 def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
     """Mean cross-entropy of ``model`` on the first ``batches`` batches of ``loader``.
@@ -101,22 +128,23 @@ def _loss_on(model: nn.Module, loader: Iterable, batches: int) -> float:
 
 
 
-def unit_costs(run_dir: Path, model: nn.Module, input_shape: tuple[int, ...], config: Any
-               ) -> dict[str, float]:
-    """What each erasable unit costs, by ``config.cost``: ``"latency"``, its convolutions'
-    predicted time (ms per batch of the run's latency table, measured on ``model`` and kept
-    in ``run_dir``); ``"params"`` / ``"macs"``, its conv and linear layers' params / MACs
-    per image."""
+def unit_costs(run_dir: Path, model: nn.Module, input_shape: tuple[int, ...], config: Any,
+               cost: str | None = None) -> dict[str, float]:
+    """What each erasable unit costs, by ``cost`` (default ``config.cost``): ``"latency"``,
+    its convolutions' predicted time (ms per batch of the run's latency table, measured on
+    ``model`` with ``config``'s runtime and batch and kept in ``run_dir``); ``"params"`` /
+    ``"macs"``, its conv and linear layers' params / MACs per image."""
     from .gates import erasable_items
 
+    cost = config.cost if cost is None else cost
     names = [n for n, _ in erasable_items(model)]
-    if config.cost in ("params", "macs"):
+    if cost in ("params", "macs"):
         from ..measure import count_macs, count_params
         from ..vacl.ranking import SizeModel
 
         sizes = SizeModel(model, input_shape, count_params(model),
                           count_macs(model, input_shape))
-        size = sizes.params if config.cost == "params" else sizes.macs
+        size = sizes.params if cost == "params" else sizes.macs
         return {u: float(sum(size(n) for n in sizes.mods if n.startswith(u + ".")))
                 for u in names}
     from ..measure import latency_table

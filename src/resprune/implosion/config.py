@@ -36,7 +36,10 @@ class ImplosionConfig:
         and measure the validation loss on ``screen_batches`` batches (no training); erase
         the ``per_step`` whose removal costs least. 0 (default): erase by priority alone. On
         a converged net this is cheap and catches units whose gate is small but whose
-        removal hurts.
+        removal hurts. screen_cost: rank the screened candidates by the rise of their loss
+        over the intact net's (scored on the same batches, with the same re-estimation) per
+        param, MAC or unit of latency the unit frees (``none``, default: by loss alone);
+        independent of ``cost``, which ranks the priorities that choose who is screened.
     recalibrate: before each evaluation of a net cut without training (every ``screen``
         candidate; ``retrain="needed"``'s check), re-estimate its BatchNorm statistics on this
         many training images (:func:`resprune.measure.recalibrate_batchnorm`; the same images
@@ -87,6 +90,11 @@ class ImplosionConfig:
                     "the unit's convolutions take (the latency table of --latency-runtime), "
                     "so slow units go first",
                     Choice(COSTS, label="ranking cost"))
+    screen_cost: str = opt("none", "rank the --screen candidates by how much each one's "
+                           "removal raises the validation loss over the intact net's, per "
+                           "param / MAC / unit of latency it frees (so big units that cost "
+                           "little per size go first); none: by the loss alone",
+                           Choice(COSTS, label="screen cost"))
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))
     screen_batches: int = opt(4, "validation batches each screened candidate is scored on",
@@ -129,6 +137,9 @@ class ImplosionConfig:
     def validate(self) -> ImplosionConfig:
         """Check every option; raise :class:`UserError` naming the first bad one."""
         check_fields(self)
+        if self.screen_cost != "none" and self.screen == 0:
+            raise UserError(f"screen_cost {self.screen_cost} ranks the screened candidates: "
+                            "give screen >= 1 (--screen N)")
         if self.erase == "fade" and self.retrain_epochs == 0:
             raise UserError("erase fade fades the units during the retraining: give "
                             "retrain_epochs >= 1")

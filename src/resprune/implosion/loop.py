@@ -45,7 +45,7 @@ from ..runstate import (
 )
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
-from .candidates import per_cost, screen, select, unit_costs
+from .candidates import intact_loss, per_cost, rise_per_cost, screen, select, unit_costs
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -129,6 +129,7 @@ class _Run:
         self.state: dict[str, Any] = {}
         self.resume = False
         self.unit_cost: dict[str, float] | None = None  # with a cost: what each unit costs
+        self.screen_cost: dict[str, float] | None = None  # with a screen cost: the same
 
     # -- measurements --------------------------------------------------------------------
     def measure(self) -> dict[str, Any]:
@@ -247,6 +248,10 @@ def implode(model: nn.Module, train_loader: Iterable, val_loader: Iterable,
                         "resprune.models.ResidualUnit with an identity shortcut)")
     if config.cost != "none":  # measured on the start model, before any erasure
         run.unit_cost = unit_costs(run_dir, model, tuple(input_shape), config)
+    if config.screen_cost != "none":
+        run.screen_cost = (run.unit_cost if config.screen_cost == config.cost else
+                           unit_costs(run_dir, model, tuple(input_shape), config,
+                                      config.screen_cost))
     if state is None:
         _start(run, start_fp)
     else:
@@ -346,6 +351,14 @@ def _steps(run: _Run) -> None:
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
         screened = screen(run, candidates, cfg.seed + k) if cfg.screen > 0 else None
         ranking = candidates if screened is None else screened
+        intact = None
+        if screened is not None and run.screen_cost is not None:
+            intact = intact_loss(run, cfg.seed + k)
+            ranking = rise_per_cost(screened, intact, run.screen_cost)
+            log.info("screened candidates per %s freed, by validation-loss rise over the "
+                     "intact net's %.4f: %s", cfg.screen_cost, intact,
+                     ", ".join(f"{n} {v:.3g}" for n, v in sorted(ranking.items(),
+                                                                   key=lambda x: x[1])))
         names = distributed.broadcast_object(
             select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
         snapshot = copy.deepcopy(run.model)
@@ -366,6 +379,8 @@ def _steps(run: _Run) -> None:
             record["cut_val_top1"], record["cut_val_loss"] = cut["val_top1"], cut["val_loss"]
         if screened is not None:
             record["screen_loss"] = screened
+        if intact is not None:
+            record["screen_intact_loss"], record["screen_rank"] = intact, ranking
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
         record["accepted"] = distributed.broadcast_object(record["val_top1"] >= bar)
         record["seconds"] = round(time.monotonic() - t0, 3)

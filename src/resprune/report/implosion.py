@@ -194,13 +194,18 @@ def accuracy_depth_plot(summary: dict[str, Any], path: str | Path) -> None:
     save_figure(fig, path)
 
 
+COST_UNITS = {"params": "param", "macs": "MAC", "latency": "ms of latency"}
+
+
 def steps_note(cfg: dict[str, Any], start_val_top1: float) -> str:
     """How the run's steps chose, scored and accepted units, from its config."""
     patience = cfg.get("patience", 1)
     screen, recal = cfg.get("screen", 0), cfg.get("recalibrate", 0)
+    per = cfg.get("screen_cost", "none")
     chose = ("erases the lowest-priority unit(s)" if not screen else
              f"erases, of the {screen} lowest-priority units, the one(s) whose removal alone "
-             "cost least validation loss")
+             + ("cost least validation loss" if per == "none" else
+                f"raised the validation loss least per {COST_UNITS.get(per, per)} freed"))
     text = [f"Each step {chose}, "
             + ("is first scored without retraining and retrained only when that fails"
                if cfg.get("retrain") == "needed" else "retrains")
