@@ -239,6 +239,9 @@ def test_resume_after_interrupt_matches_uninterrupted_run(trained, imploded, tmp
     (["--lr", "0.1"], "unrecognized arguments: --lr 0.1"),
     (["--resume", "--overwrite"], "--overwrite and --resume contradict each other"),
     (["--resume"], "nothing to resume in"),
+    (["--screen-cost", "params"], "screen_cost params ranks the screened candidates: give "
+                                  "screen >= 1 (--screen N)"),
+    (["--screen", "2", "--screen-cost", "flops"], "argument --screen-cost: invalid choice"),
 ])
 def test_bad_options_one_line_exit_2(trained, tmp_path, capsys, extra, msg):
     out = tmp_path / "out"
@@ -290,6 +293,9 @@ def test_report_says_how_steps_were_chosen_scored_and_accepted():
                         "was taken with BatchNorm statistics re-estimated on 2048 training "
                         "images.")
     assert "right after the cut" not in steps_note({"retrain": "always", "erase": "cut"}, 0.9)
+    per = steps_note({"screen": 8, "screen_cost": "params", "retrain": "always"}, 0.9)
+    assert ("of the 8 lowest-priority units, the one(s) whose removal alone raised the "
+            "validation loss least per param freed, retrains") in per
 
 
 def test_step_table_shows_top1_right_after_the_cut_only_where_measured():

@@ -670,6 +670,71 @@ def test_screen_erases_the_unit_whose_removal_costs_least(tmp_path):
                for n in ranked if n not in step["erased"])  # the others were put back
 
 
+@pytest.mark.parametrize("screen_cost", ["params", "macs"])
+def test_screen_cost_erases_the_least_loss_rise_per_cost(tmp_path, screen_cost):
+    """screen_cost: the screened units are ranked by (loss cut - loss intact) / cost. Scripted
+    losses: layer3.1's rise (0.4) is the largest but it holds far more params than the
+    stage-1/2 units, so per param it goes first; per MAC (equal MACs per unit of a stage
+    pair) layer1.1's smaller rise wins, like the plain loss ranking would."""
+    import resprune.implosion.candidates as cand
+    from resprune.implosion.candidates import unit_costs
+
+    intact = 1.0
+    rise = {"layer1.0": 0.15, "layer1.1": 0.1, "layer2.1": 0.2, "layer3.1": 0.4}
+    calls = []
+
+    def fake_loss(model, loader, batches):
+        erased = [n for n in rise if isinstance(model.get_submodule(n), nn.Identity)]
+        calls.append(tuple(erased))
+        return intact + (rise[erased[0]] if erased else 0.0)
+
+    model = tiny("resnet14")
+    costs = unit_costs(tmp_path / "costs", tiny("resnet14"), (3, 8, 8), cfg(),
+                       screen_cost)
+    if screen_cost == "params":  # two 3x3 convs + two BNs of c channels: 18 c^2 + 4 c
+        assert (costs["layer1.1"], costs["layer3.1"]) == (18 * 4 * 4 + 16, 18 * 16 * 16 + 64)
+    else:  # half the resolution, twice the channels: every unit the same MACs
+        assert len(set(costs.values())) == 1
+    old = cand._loss_on
+    cand._loss_on = fake_loss
+    try:
+        res, _ = run(model, tmp_path / "run", cfg(
+            screen=6, screen_batches=1, screen_cost=screen_cost, max_steps=1, fold=False,
+            adapt_epochs=0), accs=[0.5])
+    finally:
+        cand._loss_on = old
+    (step,) = res.history
+    assert step["screen_loss"] == pytest.approx({n: intact + r for n, r in rise.items()})
+    want = {n: r / costs[n] for n, r in rise.items()}
+    assert step["screen_intact_loss"] == intact
+    assert step["screen_rank"] == pytest.approx(want)
+    assert step["erased"] == [min(want, key=want.get)]
+    assert step["erased"] == (["layer3.1"] if screen_cost == "params" else ["layer1.1"])
+    assert calls.count(()) == 1  # the intact net was scored once
+
+
+def test_intact_loss_uses_the_candidates_statistics_and_puts_them_back():
+    """The loss the screen's rises are measured from: the intact net with the statistics
+    re-estimated on the same images as every candidate's; the net's own come back."""
+    from types import SimpleNamespace
+
+    from resprune.implosion.candidates import _loss_on, intact_loss
+    from resprune.measure import recalibrate_batchnorm
+
+    train, val = make_data()
+    model = tiny("resnet14", gates=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run_ = SimpleNamespace(config=cfg(screen=3, screen_batches=1, recalibrate=16), model=model,
+                           train_loader=train, val_loader=val)
+    got = intact_loss(run_, seed=5)
+    ref = copy.deepcopy(model)
+    recalibrate_batchnorm(ref, train, 16, seed=5)
+    assert got == _loss_on(ref.eval(), val, 1)
+    assert got != _loss_on(copy.deepcopy(model).eval(), val, 1)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+
+
 def test_retrain_needed_accepts_free_steps_and_retrains_only_failing_ones(tmp_path):
     """retrain="needed": each step is first evaluated with its units cut and no training.
     Scripted val top-1: baseline 0.5; step 1 cut 0.5 (holds: no training); step 2 cut 0.3
