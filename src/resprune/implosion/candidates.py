@@ -5,7 +5,8 @@ with ``screen_cost``)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,32 @@ def select(scores: dict[str, float], depths: dict[str, int], k: int, depth: int,
     return chosen
 
 
+@contextmanager
+def _untrained_scores(run: Any, seed: int) -> Iterator[Callable[[], float]]:
+    """``score()``: the validation loss of ``run.model`` as it is now, on ``screen_batches``
+    batches in eval mode; with ``recalibrate`` its BatchNorm statistics are first
+    re-estimated on that many training images (read under ``seed``: the same images every
+    call) and put back afterwards. The model's train/eval mode comes back on exit."""
+    cfg, model = run.config, run.model
+    was_training = model.training
+    saved = batchnorm_statistics(model) if cfg.recalibrate else None
+
+    def score() -> float:
+        try:
+            if saved is not None:
+                recalibrate_batchnorm(model, run.train_loader, cfg.recalibrate, seed)
+            return _loss_on(model, run.val_loader, cfg.screen_batches)
+        finally:
+            if saved is not None:
+                model.load_state_dict(saved, strict=False)
+
+    model.eval()
+    try:
+        yield score
+    finally:
+        model.train(was_training)
+
+
 def screen(run: Any, candidates: dict[str, float], seed: int = 0) -> dict[str, float]:
     """Validation loss with each of the ``screen`` lowest-priority units erased alone.
 
@@ -45,46 +72,27 @@ def screen(run: Any, candidates: dict[str, float], seed: int = 0) -> dict[str, f
     order = {n: i for i, n in enumerate(candidates)}
     ranked = sorted(candidates, key=lambda n: (candidates[n], order[n]))[:cfg.screen]
     out = {}
-    was_training = model.training
-    saved = batchnorm_statistics(model) if cfg.recalibrate else None
-    model.eval()
-    try:
+    with _untrained_scores(run, seed) as score:
         for name in ranked:
             unit = model.get_submodule(name)
             set_submodule(model, name, nn.Identity())
             try:
-                if saved is not None:
-                    recalibrate_batchnorm(model, run.train_loader, cfg.recalibrate, seed)
-                out[name] = _loss_on(model, run.val_loader, cfg.screen_batches)
+                out[name] = score()
             finally:
                 set_submodule(model, name, unit)
-                if saved is not None:
-                    model.load_state_dict(saved, strict=False)
-    finally:
-        model.train(was_training)
     log.info("screened %d candidates by validation loss%s: %s", len(out),
-             f" (BatchNorm re-estimated on {cfg.recalibrate} images)" if saved is not None
+             f" (BatchNorm re-estimated on {cfg.recalibrate} images)" if cfg.recalibrate
              else "",
              ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
     return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
 
 
 def intact_loss(run: Any, seed: int = 0) -> float:
-    """The validation loss the screen's losses rise from: the intact net scored on the same
-    ``screen_batches`` batches, its BatchNorm statistics re-estimated on the same images as
-    every candidate's when ``recalibrate`` is set (then put back)."""
-    cfg, model = run.config, run.model
-    was_training = model.training
-    saved = batchnorm_statistics(model) if cfg.recalibrate else None
-    model.eval()
-    try:
-        if saved is not None:
-            recalibrate_batchnorm(model, run.train_loader, cfg.recalibrate, seed)
-        return _loss_on(model, run.val_loader, cfg.screen_batches)
-    finally:
-        if saved is not None:
-            model.load_state_dict(saved, strict=False)
-        model.train(was_training)
+    """The validation loss the screen's losses rise from: the intact net scored like every
+    candidate (same batches; with ``recalibrate``, statistics re-estimated on the same
+    images, then put back)."""
+    with _untrained_scores(run, seed) as score:
+        return score()
 
 
 def rise_per_cost(losses: dict[str, float], intact: float, costs: dict[str, float]
