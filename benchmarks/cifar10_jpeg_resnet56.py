@@ -91,6 +91,11 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   20,000 with a longer final fine-tune (3n; its options as a file:
   ``configs/cifar10-jpeg/resnet56-compress-depthfirst.yaml``);
   ``r56-tp-groupnorm-oneshot``: row 4j's recipe at 3m's MACs.
+- ``r56-compress-perparam``, ``r56-compress-perparam-k6``: row 3n with the screen ranking each
+  unit's validation-loss rise per param it frees (``--screen-cost params``), so the depth stage
+  takes the big stage-3 units, cutting 12 (3o) or 6 (3p) units, with both size targets given;
+  ``-s1``: the same with ``--seed 1``; ``r56-tp-groupnorm-perparam``,
+  ``r56-tp-groupnorm-perparam-k6``: row 4j's recipe at 3o's / 3p's MACs.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -359,10 +364,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
               for prev, a in zip(["", *rows["r56-compress-oneshot-r2"]],
                                  rows["r56-compress-oneshot-r2"])],
             "--screen-cost", "params", "--target-macs-reduction", "0.7"]
-    # row 4j's recipe at 3m's MACs, on the same B (pairs them)
-    rows["r56-tp-groupnorm-oneshot"] = [
-        "<3m's MACs reduction>" if a.startswith("<") else a
-        for a in rows["r56-tp-groupnorm-steps3"]]
+        rows[f"r56-compress-perparam{tag}-s1"] = [*rows[f"r56-compress-perparam{tag}"],
+                                                  "--seed", "1"]
+    # row 4j's recipe at 3m's (3o's, 3p's) MACs, on the same B (pairs them)
+    for tp, row in (("oneshot", "3m"), ("perparam", "3o"), ("perparam-k6", "3p")):
+        rows[f"r56-tp-groupnorm-{tp}"] = [
+            f"<{row}'s MACs reduction>" if a.startswith("<") else a
+            for a in rows["r56-tp-groupnorm-steps3"]]
     return rows
 
 
@@ -426,6 +434,11 @@ TITLES = {
     "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
                              "(--screen-cost params), both size targets",
     "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
+    "r56-compress-perparam-s1": "3o, second seed (--seed 1)",
+    "r56-compress-perparam-k6-s1": "3p, second seed (--seed 1)",
+    "r56-tp-groupnorm-perparam": "4o. torch-pruning GroupNormPruner at 3o's MACs, 3o's budget",
+    "r56-tp-groupnorm-perparam-k6": "4p. torch-pruning GroupNormPruner at 3p's MACs, 3p's "
+                                    "budget",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
@@ -435,7 +448,9 @@ ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-held
 # the compress row whose measured MACs reduction a torch-pruning row is matched to
 TP_MATCH = {"r56-tp-groupnorm": "r56-compress", "r56-tp-groupnorm-450k": "r56-compress-taylor-450k",
             "r56-tp-groupnorm-steps3": "r56-compress-steps3-450k",
-            "r56-tp-groupnorm-oneshot": "r56-compress-oneshot"}
+            "r56-tp-groupnorm-oneshot": "r56-compress-oneshot",
+            "r56-tp-groupnorm-perparam": "r56-compress-perparam",
+            "r56-tp-groupnorm-perparam-k6": "r56-compress-perparam-k6"}
 
 
 def _macs_reduction(s: dict[str, Any]) -> str:
