@@ -191,3 +191,27 @@ def test_a_budget_on_the_command_line_replaces_the_config_files(command, tmp_pat
     assert args.finetune_lr == 0.02
     args = parse(base + ["--target-params-reduction", "0.6"])
     assert args.target_params_reduction == 0.6
+
+
+@pytest.mark.parametrize("command", ["vacl", "compress"])
+def test_a_replaced_file_budget_is_noted_once_on_stderr(command, tmp_path, capsys):
+    """A command-line budget that drops a target the file set says so (one line on stderr);
+    one that replaces the same option, or a file without a budget, says nothing."""
+    from resprune.cli.main import parse
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("target-params-reduction: 0.85\n")
+    base = [command, "RUN", "--config", str(cfg), "--out", str(tmp_path / "o")]
+    parse(base + ["--target-macs-reduction", "0.7"])
+    out, err = capsys.readouterr()
+    assert out == "" and err == (
+        "resprune: note: the command line's budget (--target-macs-reduction) replaces the "
+        "config file's (target-params-reduction 0.85); to keep both, give "
+        "--target-params-reduction and --target-macs-reduction on the command line\n")
+    for extra in (["--target-params-reduction", "0.6"],
+                  ["--target-params-reduction", "0.85", "--target-macs-reduction", "0.7"], []):
+        parse(base + extra)
+        assert capsys.readouterr() == ("", "")
+    cfg.write_text("finetune-lr: 0.02\n")
+    parse(base + ["--target-macs-reduction", "0.7"])
+    assert capsys.readouterr() == ("", "")

@@ -12,6 +12,7 @@ Unknown keys and values of the wrong type are errors, never silently ignored.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -106,10 +107,22 @@ def apply_config(sub: argparse.ArgumentParser, path: str | Path) -> dict[str, An
 
 def restore_held(args: argparse.Namespace, held: dict[str, Any]) -> None:
     """Give ``args`` the file's budget (``held`` by :func:`apply_config`) unless the command
-    line chose one."""
-    if held and all(getattr(args, k, None) is None for k in _exclusive()):
+    line chose one; when it did, and so dropped a target the file set, say so on stderr."""
+    given = [k for k in _exclusive() if getattr(args, k, None) is not None]
+    if held and not given:
         for k, v in held.items():
             setattr(args, k, v)
+    dropped = {k: v for k, v in held.items() if given and k not in given}
+    if dropped:
+        file_budget = ", ".join(f"{_flag(k)[2:]} {v}" for k, v in dropped.items())
+        print(f"resprune: note: the command line's budget ({', '.join(map(_flag, given))}) "
+              f"replaces the config file's ({file_budget}); to keep both, give "
+              f"{' and '.join(map(_flag, [*dropped, *given]))} on the command line",
+              file=sys.stderr)
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 def resolved(args: argparse.Namespace) -> dict[str, Any]:
