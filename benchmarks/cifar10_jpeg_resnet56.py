@@ -90,7 +90,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
   20,000 with a longer final fine-tune (3n; its options as a file:
   ``configs/cifar10-jpeg/resnet56-compress-depthfirst.yaml``);
-  ``r56-tp-groupnorm-oneshot``: row 4j's recipe at 3m's MACs.
+  ``r56-tp-groupnorm-oneshot``: row 4j's recipe at 3m's MACs; ``r56-compress-oneshot-r2-s1``:
+  row 3n with ``--seed 1`` (its carved validation split and every training; same B).
 - ``r56-compress-perparam``, ``r56-compress-perparam-k6``: row 3n with the screen ranking each
   unit's validation-loss rise per param it frees (``--screen-cost params``), so the depth stage
   takes the big stage-3 units, cutting 12 (3o; its ``--target-macs-reduction 0.7`` replaced
@@ -355,6 +356,7 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--erase", "cut", "--per-step", "12", "--max-steps", "1", "--screen", "25",
             "--screen-batches", "6", "--recalibrate", "2048", "--retrain-epochs",
             str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", tol]
+    rows["r56-compress-oneshot-r2-s1"] = [*rows["r56-compress-oneshot-r2"], "--seed", "1"]
     # session 22: row 3n with the screen ranking each unit's loss rise per param it frees
     # (--screen-cost params), so the depth stage takes params, not only MACs: on B the
     # stage-3 units (8.7 % of the params each) rank first. 3o: 3n's 12 units; 3p: 6 units,
@@ -437,6 +439,7 @@ TITLES = {
     "r56-compress-oneshot-r2": "3n. row 3m with the cut retrained 20,000 samples, the final "
                                "fine-tune 290,000",
     "r56-tp-groupnorm-oneshot": "4m. torch-pruning GroupNormPruner at 3m's MACs, 3m's budget",
+    "r56-compress-oneshot-r2-s1": "3n, second seed (--seed 1)",
     "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
                              "(--screen-cost params), both size targets",
     "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
