@@ -441,7 +441,7 @@ TITLES = {
     "r56-tp-groupnorm-oneshot": "4m. torch-pruning GroupNormPruner at 3m's MACs, 3m's budget",
     "r56-compress-oneshot-r2-s1": "3n, second seed (--seed 1)",
     "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
-                             "(--screen-cost params), both size targets",
+                             "(--screen-cost params), MACs target alone",
     "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
     "r56-compress-perparam-s1": "3o, second seed (--seed 1)",
     "r56-compress-perparam-k6-s1": "3p, second seed (--seed 1)",
