@@ -98,6 +98,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   the file's params target, so its vacl stage aimed at MACs alone) or 6 (3p, both targets);
   ``-s1``: the same with ``--seed 1``; ``r56-tp-groupnorm-perparam``,
   ``r56-tp-groupnorm-perparam-k6``: row 4j's recipe at 3o's / 3p's MACs.
+- ``r56-vacl-steps3-450k``: row 2g (VACL to 79.5 % fewer params) pruning in 3 steps, each
+  ranked afresh by Taylor importance, as row 3j does for compress (5 fine-tuning epochs after
+  each of the first two steps, 35 after the last: 450,000 samples).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -278,6 +281,11 @@ def commands(runs: Path) -> dict[str, list[str]]:
         "r56-B-s1": ["resprune", "train", "--init", str(runs / "r56-imported"), "--config",
                      f"{CFG}/resnet56-adapt.yaml", "--seed", "1"],
         "r56-compress-steps3-450k-s1": [*steps3, "--seed", "1"],
+        # session 23: row 2g pruning in 3 steps as row 3j does (5 fine-tuning epochs after
+        # each of the first two, 35 after the last: 2g's 45 epochs of 10,000)
+        "r56-vacl-steps3-450k": ["resprune", "vacl", b, "--config",
+                                 f"{CFG}/resnet56-vacl-450k.yaml", "--prune-steps", "3",
+                                 "--step-epochs", "5", "--finetune-epochs", "35"],
         "r56-implode-heldout-r2-s1": [*one_unit(b, retrain_epochs=2, max_steps=10,
                                                 data_dir=runs / HELDOUT), "--seed", "1"],
         # the distillation-weight probe: row 2d's options (100,000 samples) on this B, at the
@@ -443,6 +451,7 @@ TITLES = {
     "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
                              "(--screen-cost params), MACs target alone",
     "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
+    "r56-vacl-steps3-450k": "2m. row 2g pruning in 3 steps (--prune-steps 3)",
     "r56-compress-perparam-s1": "3o, second seed (--seed 1)",
     "r56-compress-perparam-k6-s1": "3p, second seed (--seed 1)",
     "r56-tp-groupnorm-perparam": "4o. torch-pruning GroupNormPruner at 3o's MACs, 3o's budget",
