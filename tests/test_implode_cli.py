@@ -242,6 +242,10 @@ def test_resume_after_interrupt_matches_uninterrupted_run(trained, imploded, tmp
     (["--screen-cost", "params"], "screen_cost params ranks the screened candidates: give "
                                   "screen >= 1 (--screen N)"),
     (["--screen", "2", "--screen-cost", "flops"], "argument --screen-cost: invalid choice"),
+    (["--screen-rounds", "2"], "screen_rounds 2 screens in rounds: give screen >= 1 "
+                               "(--screen N)"),
+    (["--screen", "2", "--screen-rounds", "0"], "argument --screen-rounds: must be an integer "
+                                                ">= 1, got 0"),
 ])
 def test_bad_options_one_line_exit_2(trained, tmp_path, capsys, extra, msg):
     out = tmp_path / "out"
@@ -296,6 +300,15 @@ def test_report_says_how_steps_were_chosen_scored_and_accepted():
     per = steps_note({"screen": 8, "screen_cost": "params", "retrain": "always"}, 0.9)
     assert ("of the 8 lowest-priority units, the one(s) whose removal alone raised the "
             "validation loss least per param freed, retrains") in per
+    rounds = steps_note({"screen": 8, "per_step": 12, "screen_rounds": 3,
+                         "retrain": "always"}, 0.9)
+    assert rounds.startswith("Each step erases units chosen in 3 rounds (each round screens "
+                             "the 8 lowest-priority units left with the earlier rounds' "
+                             "choices already cut and takes its share of those whose removal "
+                             "cost least validation loss), retrains")
+    # more rounds than units a step erases: one a round
+    assert "chosen in 2 rounds" in steps_note({"screen": 8, "per_step": 2, "screen_rounds": 5,
+                                               "retrain": "always"}, 0.9)
 
 
 def test_step_table_shows_top1_right_after_the_cut_only_where_measured():

@@ -713,6 +713,60 @@ def test_screen_cost_erases_the_least_loss_rise_per_cost(tmp_path, screen_cost):
     assert calls.count(()) == 1  # the intact net was scored once
 
 
+@pytest.mark.parametrize("k,rounds,want", [(12, 5, [3, 3, 2, 2, 2]), (12, 1, [12]),
+                                            (6, 3, [2, 2, 2]), (2, 5, [1, 1]), (1, 4, [1])])
+def test_round_sizes_split_a_step_as_evenly_as_possible(k, rounds, want):
+    from resprune.implosion.candidates import round_sizes
+
+    assert round_sizes(k, rounds) == want and sum(want) == k
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_screen_rounds_choose_each_unit_with_the_earlier_ones_cut(tmp_path, rounds):
+    """Scripted losses: layer1.0 and layer1.1 each cost little alone but much together
+    (the net loses a whole stage); layer2.1 costs a little more alone. One round takes the
+    two cheapest alone; two rounds take layer1.0, then screen again with it cut, see that
+    layer1.1 now costs much, and take layer2.1."""
+    import resprune.implosion.candidates as cand
+
+    alone = {"layer1.0": 0.1, "layer1.1": 0.15, "layer2.1": 0.3, "layer3.1": 0.5}
+    calls = []
+
+    def fake_loss(model, loader, batches):
+        erased = frozenset(n for n in alone if isinstance(model.get_submodule(n),
+                                                          nn.Identity))
+        calls.append(erased)
+        if erased == {"layer1.0", "layer1.1"}:
+            return 5.0
+        return 1.0 + sum(alone[n] for n in erased)
+
+    model = tiny("resnet14")
+    old = cand._loss_on
+    cand._loss_on = fake_loss
+    try:
+        res, _ = run(model, tmp_path, cfg(screen=4, per_step=2, screen_rounds=rounds,
+                                          max_steps=1, fold=False, adapt_epochs=0),
+                     accs=[0.5])
+    finally:
+        cand._loss_on = old
+    (step,) = res.history
+    assert step["screen_loss"] == pytest.approx({n: 1.0 + v for n, v in alone.items()})
+    if rounds == 1:
+        assert step["erased"] == ["layer1.0", "layer1.1"] and "screen_rounds" not in step
+        assert len(calls) == 4
+        return
+    assert step["erased"] == ["layer1.0", "layer2.1"]
+    first, second = step["screen_rounds"]
+    assert first["erased_before"] == [] and first["chosen"] == ["layer1.0"]
+    assert second["erased_before"] == ["layer1.0"] and second["chosen"] == ["layer2.1"]
+    assert second["loss"] == pytest.approx({"layer1.1": 5.0, "layer2.1": 1.4,
+                                            "layer3.1": 1.6})
+    assert len(calls) == 4 + 3 and all("layer1.0" in c for c in calls[4:])
+    # only the chosen units are identities afterwards; the others were put back
+    assert [n for n in alone if isinstance(model.get_submodule(n), nn.Identity)] == \
+        ["layer1.0", "layer2.1"]
+
+
 def test_intact_loss_uses_the_candidates_statistics_and_puts_them_back():
     """The loss the screen's rises are measured from: the intact net with the statistics
     re-estimated on the same images as every candidate's; the net's own come back."""

@@ -1,6 +1,7 @@
 """Which units a step erases: the k lowest priorities (or priorities per ms, param or MAC,
 with ``cost``), optionally screened by validation loss (or by its rise per ms, param or MAC,
-with ``screen_cost``)."""
+with ``screen_cost``), in one round or several (``screen_rounds``: each round screens with
+the units chosen before it already erased)."""
 
 from __future__ import annotations
 
@@ -85,6 +86,60 @@ def screen(run: Any, candidates: dict[str, float], seed: int = 0) -> dict[str, f
              else "",
              ", ".join(f"{n} {v:.4f}" for n, v in sorted(out.items(), key=lambda x: x[1])))
     return dict(sorted(out.items(), key=lambda x: (x[1], order[x[0]])))
+
+
+def round_sizes(k: int, rounds: int) -> list[int]:
+    """How many of a step's ``k`` units each screening round chooses: ``rounds`` (at most
+    ``k``) shares as equal as possible, the larger first (12 in 5 rounds: 3, 3, 2, 2, 2)."""
+    rounds = max(1, min(rounds, k))
+    return [k // rounds + (1 if i < k % rounds else 0) for i in range(rounds)]
+
+
+def screened_choice(run: Any, candidates: dict[str, float], depths: dict[str, int],
+                    depth: int, seed: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The units a step erases when ``screen`` is on, and one record a round.
+
+    Round r erases the units chosen in rounds 1..r-1 (identities), screens the ``screen``
+    lowest priorities among the rest (:func:`screen`; BatchNorm re-estimated with the earlier
+    choices cut), ranks them by loss or, with ``screen_cost``, by loss rise over the net as it
+    stands per cost, and takes its share (:func:`round_sizes`) of the cheapest; every unit is
+    put back before returning. One round (the default) screens each candidate alone; with
+    ``per_step`` rounds the choice is greedy: each unit is chosen knowing the others cut, so
+    units that only hurt together (a stage losing most of its units at once) are not all
+    taken. A round's record: ``erased_before``, ``loss`` and, with ``screen_cost``,
+    ``intact`` (the loss of the net with ``erased_before`` cut) and ``rank``, and
+    ``chosen``."""
+    cfg, model = run.config, run.model
+    chosen: list[str] = []
+    rounds: list[dict[str, Any]] = []
+    for share in round_sizes(cfg.per_step, cfg.screen_rounds):
+        rest = {n: v for n, v in candidates.items() if n not in chosen}
+        now = depth - sum(depths[n] for n in chosen)
+        if not rest or (cfg.target_depth is not None and now <= cfg.target_depth):
+            break
+        units = {n: model.get_submodule(n) for n in chosen}
+        for n in chosen:
+            set_submodule(model, n, nn.Identity())
+        try:
+            losses = screen(run, rest, seed)
+            record: dict[str, Any] = {"erased_before": list(chosen), "loss": losses}
+            ranking = losses
+            if run.screen_cost is not None:
+                intact = intact_loss(run, seed)
+                ranking = rise_per_cost(losses, intact, run.screen_cost)
+                record.update(intact=intact, rank=ranking)
+                log.info("screened candidates per %s freed, by validation-loss rise over "
+                         "the net's %.4f: %s", cfg.screen_cost, intact,
+                         ", ".join(f"{n} {v:.3g}" for n, v in sorted(ranking.items(),
+                                                                       key=lambda x: x[1])))
+        finally:
+            for n, unit in units.items():
+                set_submodule(model, n, unit)
+        picked = select(ranking, depths, share, now, cfg.target_depth)
+        record["chosen"] = picked
+        rounds.append(record)
+        chosen += picked
+    return chosen, rounds
 
 
 def intact_loss(run: Any, seed: int = 0) -> float:

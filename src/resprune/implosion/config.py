@@ -40,6 +40,11 @@ class ImplosionConfig:
         over the intact net's (scored on the same batches, with the same re-estimation) per
         param, MAC or unit of latency the unit frees (``none``, default: by loss alone);
         independent of ``cost``, which ranks the priorities that choose who is screened.
+        screen_rounds: choose the ``per_step`` units in this many rounds (at most
+        ``per_step``); each round screens the remaining candidates with the units chosen in
+        earlier rounds already erased and takes its share. 1 (default): every candidate
+        screened alone, once; ``per_step``: greedy, one unit a round (screening costs about
+        that many times more; no training).
     recalibrate: before each evaluation of a net cut without training (every ``screen``
         candidate; ``retrain="needed"``'s check), re-estimate its BatchNorm statistics on this
         many training images (:func:`resprune.measure.recalibrate_batchnorm`; the same images
@@ -95,6 +100,11 @@ class ImplosionConfig:
                            "param / MAC / unit of latency it frees (so big units that cost "
                            "little per size go first); none: by the loss alone",
                            Choice(COSTS, label="screen cost"))
+    screen_rounds: int = opt(1, "choose the --per-step units in R rounds (at most "
+                             "--per-step): each round screens the remaining candidates with "
+                             "the units chosen before it already erased, and takes its share "
+                             "of the cheapest; 1: each candidate screened alone, once",
+                             Int(1), metavar="R")
     latency_runtime: str = opt("eager", RUNTIME_HELP, Choice(RUNTIMES, label="latency runtime"))
     latency_batch: int = opt(64, BATCH_HELP, Int(1))
     screen_batches: int = opt(4, "validation batches each screened candidate is scored on",
@@ -140,6 +150,9 @@ class ImplosionConfig:
         if self.screen_cost != "none" and self.screen == 0:
             raise UserError(f"screen_cost {self.screen_cost} ranks the screened candidates: "
                             "give screen >= 1 (--screen N)")
+        if self.screen_rounds > 1 and self.screen == 0:
+            raise UserError(f"screen_rounds {self.screen_rounds} screens in rounds: give "
+                            "screen >= 1 (--screen N)")
         if self.erase == "fade" and self.retrain_epochs == 0:
             raise UserError("erase fade fades the units during the retraining: give "
                             "retrain_epochs >= 1")

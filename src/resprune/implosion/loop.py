@@ -45,7 +45,7 @@ from ..runstate import (
 )
 from ..train import Fade, Slice, Trainer
 from ..train.trainer import RESUME_FREE_OPTIONS
-from .candidates import intact_loss, per_cost, rise_per_cost, screen, select, unit_costs
+from .candidates import per_cost, screened_choice, select, unit_costs
 from .config import ImplosionConfig
 from .erase import erase_units, set_submodule
 from .gates import add_gates, erasable_items, fold_gates, gates, unit_weight_layers
@@ -349,18 +349,12 @@ def _steps(run: _Run) -> None:
             run.commit()
             break
         depths = {n: unit_weight_layers(u) for n, u in erasable_items(run.model)}
-        screened = screen(run, candidates, cfg.seed + k) if cfg.screen > 0 else None
-        ranking = candidates if screened is None else screened
-        intact = None
-        if screened is not None and run.screen_cost is not None:
-            intact = intact_loss(run, cfg.seed + k)
-            ranking = rise_per_cost(screened, intact, run.screen_cost)
-            log.info("screened candidates per %s freed, by validation-loss rise over the "
-                     "intact net's %.4f: %s", cfg.screen_cost, intact,
-                     ", ".join(f"{n} {v:.3g}" for n, v in sorted(ranking.items(),
-                                                                   key=lambda x: x[1])))
-        names = distributed.broadcast_object(
-            select(ranking, depths, cfg.per_step, depth, cfg.target_depth))
+        rounds: list[dict[str, Any]] = []
+        if cfg.screen > 0:
+            names, rounds = screened_choice(run, candidates, depths, depth, cfg.seed + k)
+        else:
+            names = select(candidates, depths, cfg.per_step, depth, cfg.target_depth)
+        names = distributed.broadcast_object(names)
         snapshot = copy.deepcopy(run.model)
         bar = baseline - cfg.tolerance / 100 - 1e-12
         measured = cut = None
@@ -377,10 +371,13 @@ def _steps(run: _Run) -> None:
                   "accepted": False, "epochs": epochs}
         if cut is not None:  # the net right after the cut, before any retraining
             record["cut_val_top1"], record["cut_val_loss"] = cut["val_top1"], cut["val_loss"]
-        if screened is not None:
-            record["screen_loss"] = screened
-        if intact is not None:
-            record["screen_intact_loss"], record["screen_rank"] = intact, ranking
+        if rounds:  # the first round screened every candidate on the net as it stood
+            record["screen_loss"] = rounds[0]["loss"]
+            if "intact" in rounds[0]:
+                record["screen_intact_loss"] = rounds[0]["intact"]
+                record["screen_rank"] = rounds[0]["rank"]
+            if len(rounds) > 1:
+                record["screen_rounds"] = rounds
         # top-1 is a fraction (as from resprune.measure.evaluate); tolerance is in points
         record["accepted"] = distributed.broadcast_object(record["val_top1"] >= bar)
         record["seconds"] = round(time.monotonic() - t0, 3)

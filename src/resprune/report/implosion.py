@@ -202,10 +202,15 @@ def steps_note(cfg: dict[str, Any], start_val_top1: float) -> str:
     patience = cfg.get("patience", 1)
     screen, recal = cfg.get("screen", 0), cfg.get("recalibrate", 0)
     per = cfg.get("screen_cost", "none")
+    rounds = min(cfg.get("screen_rounds", 1), cfg.get("per_step", 1))
+    least = ("cost least validation loss" if per == "none" else
+             f"raised the validation loss least per {COST_UNITS.get(per, per)} freed")
     chose = ("erases the lowest-priority unit(s)" if not screen else
              f"erases, of the {screen} lowest-priority units, the one(s) whose removal alone "
-             + ("cost least validation loss" if per == "none" else
-                f"raised the validation loss least per {COST_UNITS.get(per, per)} freed"))
+             + least if rounds <= 1 else
+             f"erases units chosen in {rounds} rounds (each round screens the {screen} "
+             "lowest-priority units left with the earlier rounds' choices already cut and "
+             f"takes its share of those whose removal {least})")
     text = [f"Each step {chose}, "
             + ("is first scored without retraining and retrained only when that fails"
                if cfg.get("retrain") == "needed" else "retrains")
