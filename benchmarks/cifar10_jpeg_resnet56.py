@@ -98,6 +98,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   the file's params target, so its vacl stage aimed at MACs alone) or 6 (3p, both targets);
   ``-s1``: the same with ``--seed 1``; ``r56-tp-groupnorm-perparam``,
   ``r56-tp-groupnorm-perparam-k6``: row 4j's recipe at 3o's / 3p's MACs.
+- ``r56-compress-rounds3``: row 3n with its depth stage choosing the 12 units in 3 rounds of
+  4 (``--screen-rounds 3``), each round screened with the earlier rounds' units cut.
 - ``r56-vacl-steps3-450k``: row 2g (VACL to 79.5 % fewer params) pruning in 3 steps, each
   ranked afresh by Taylor importance, as row 3j does for compress (5 fine-tuning epochs after
   each of the first two steps, 35 after the last: 450,000 samples).
@@ -365,6 +367,10 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--screen-batches", "6", "--recalibrate", "2048", "--retrain-epochs",
             str(cut_epochs), "--retrain-lr", "0.01", "--tolerance", tol]
     rows["r56-compress-oneshot-r2-s1"] = [*rows["r56-compress-oneshot-r2"], "--seed", "1"]
+    # session 23: row 3n choosing its 12 units in 3 rounds of 4, each screened with the
+    # earlier rounds' units cut (benchmarks/results/implosion_screen_rounds.md: on B the
+    # joint cut keeps 63.4 % val instead of 59.2 % and frees 40.7 % of params, not 16.3 %)
+    rows["r56-compress-rounds3"] = [*rows["r56-compress-oneshot-r2"], "--screen-rounds", "3"]
     # session 22: row 3n with the screen ranking each unit's loss rise per param it frees
     # (--screen-cost params), so the depth stage takes params, not only MACs: on B the
     # stage-3 units (8.7 % of the params each) rank first. 3o: 3n's 12 units; 3p: 6 units,
@@ -448,6 +454,7 @@ TITLES = {
                                "fine-tune 290,000",
     "r56-tp-groupnorm-oneshot": "4m. torch-pruning GroupNormPruner at 3m's MACs, 3m's budget",
     "r56-compress-oneshot-r2-s1": "3n, second seed (--seed 1)",
+    "r56-compress-rounds3": "3q. row 3n choosing its 12 units in 3 rounds (--screen-rounds 3)",
     "r56-compress-perparam": "3o. row 3n with the screen ranking loss rise per param freed "
                              "(--screen-cost params), MACs target alone",
     "r56-compress-perparam-k6": "3p. row 3o cutting 6 units instead of 12",
