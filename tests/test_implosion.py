@@ -721,12 +721,14 @@ def test_round_sizes_split_a_step_as_evenly_as_possible(k, rounds, want):
     assert round_sizes(k, rounds) == want and sum(want) == k
 
 
-@pytest.mark.parametrize("rounds", [1, 2])
-def test_screen_rounds_choose_each_unit_with_the_earlier_ones_cut(tmp_path, rounds):
+@pytest.mark.parametrize("rounds,screen_cost", [(1, "none"), (2, "none"), (2, "macs")])
+def test_screen_rounds_choose_each_unit_with_the_earlier_ones_cut(tmp_path, rounds,
+                                                                  screen_cost):
     """Scripted losses: layer1.0 and layer1.1 each cost little alone but much together
     (the net loses a whole stage); layer2.1 costs a little more alone. One round takes the
     two cheapest alone; two rounds take layer1.0, then screen again with it cut, see that
-    layer1.1 now costs much, and take layer2.1."""
+    layer1.1 now costs much, and take layer2.1. Per MAC (every unit of resnet14 the same
+    MACs) the order is the loss's, the rises measured from the net as it stands."""
     import resprune.implosion.candidates as cand
 
     alone = {"layer1.0": 0.1, "layer1.1": 0.15, "layer2.1": 0.3, "layer3.1": 0.5}
@@ -745,8 +747,8 @@ def test_screen_rounds_choose_each_unit_with_the_earlier_ones_cut(tmp_path, roun
     cand._loss_on = fake_loss
     try:
         res, _ = run(model, tmp_path, cfg(screen=4, per_step=2, screen_rounds=rounds,
-                                          max_steps=1, fold=False, adapt_epochs=0),
-                     accs=[0.5])
+                                          screen_cost=screen_cost, max_steps=1, fold=False,
+                                          adapt_epochs=0), accs=[0.5])
     finally:
         cand._loss_on = old
     (step,) = res.history
@@ -761,7 +763,18 @@ def test_screen_rounds_choose_each_unit_with_the_earlier_ones_cut(tmp_path, roun
     assert second["erased_before"] == ["layer1.0"] and second["chosen"] == ["layer2.1"]
     assert second["loss"] == pytest.approx({"layer1.1": 5.0, "layer2.1": 1.4,
                                             "layer3.1": 1.6})
-    assert len(calls) == 4 + 3 and all("layer1.0" in c for c in calls[4:])
+    scored = 4 + 3 + (2 if screen_cost == "macs" else 0)  # + the net as it stands, a round
+    assert len(calls) == scored and all("layer1.0" in c for c in calls[-3:])
+    if screen_cost == "macs":
+        from resprune.implosion.candidates import unit_costs
+
+        costs = unit_costs(tmp_path / "costs", tiny("resnet14"), (3, 8, 8), cfg(), "macs")
+        mac = costs["layer1.1"]
+        assert set(costs.values()) == {mac}  # every unit the same MACs
+        assert step["screen_rank"] == pytest.approx({n: v / mac for n, v in alone.items()})
+        assert (first["intact"], second["intact"]) == (1.0, pytest.approx(1.1))
+        assert second["rank"] == pytest.approx({"layer1.1": 3.9 / mac, "layer2.1": 0.3 / mac,
+                                                "layer3.1": 0.5 / mac})
     # only the chosen units are identities afterwards; the others were put back
     assert [n for n in alone if isinstance(model.get_submodule(n), nn.Identity)] == \
         ["layer1.0", "layer2.1"]
