@@ -103,6 +103,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r56-vacl-steps3-450k``: row 2g (VACL to 79.5 % fewer params) pruning in 3 steps, each
   ranked afresh by Taylor importance, as row 3j does for compress (5 fine-tuning epochs after
   each of the first two steps, 35 after the last: 450,000 samples).
+- ``r20-imported``, ``r20-B``, ``r20-kd-450k``: the capacity reference: akamaster's converged
+  ResNet-20 (68.4 % fewer params than ResNet-56) imported, adapted to JPEG as B was, then
+  distilled from B on a pruning row's 450,000 samples (row 2g's schedule and teacher).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -139,6 +142,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, RESULTS, correct, deployed, machine_info, md_table  # noqa: E402
 
 AKAMASTER = "../shared/pretrained/akamaster-cifar10/resnet56-4bfd9763.th"
+AKAMASTER20 = "../shared/pretrained/akamaster-cifar10/resnet20-12fca82f.th"
 JPEG = REPO.parent / "shared/datasets/cifar10-jpeg"
 DATA = ["--data", "imagefolder", "--data-dir", "../shared/datasets/cifar10-jpeg"]
 HELDOUT = "cifar10-jpeg-heldout"  # under --runs: see heldout_layout
@@ -393,6 +397,17 @@ def commands(runs: Path) -> dict[str, list[str]]:
         rows[f"r56-tp-groupnorm-{tp}"] = [
             f"<{row}'s MACs reduction>" if a.startswith("<") else a
             for a in rows["r56-tp-groupnorm-steps3"]]
+    # session 24: the capacity reference. akamaster's converged ResNet-20 (68.4 % fewer params
+    # than ResNet-56, trained as long as B's import) adapted to JPEG exactly as B was (r20-B),
+    # then distilled from B on a pruning row's budget (r20-kd-450k: 45 epochs of 10,000,
+    # lr 0.01, alpha 0.7, T 4, as row 2g): how close a fully trained smaller net comes to B
+    rows["r20-imported"] = ["resprune", "import", AKAMASTER20, "--model", "resnet20", *DATA]
+    rows["r20-B"] = ["resprune", "train", "--init", str(runs / "r20-imported"), "--config",
+                     f"{CFG}/resnet56-adapt.yaml"]
+    rows["r20-kd-450k"] = ["resprune", "train", "--init", str(runs / "r20-B"), "--config",
+                           f"{CFG}/resnet56-adapt.yaml", "--epochs", "45", "--epoch-size",
+                           "10000", "--lr", LR_450K, "--distill-from", b, "--distill-alpha",
+                           "0.7", "--distill-temperature", "4"]
     return rows
 
 
@@ -464,6 +479,9 @@ TITLES = {
     "r56-tp-groupnorm-perparam": "4o. torch-pruning GroupNormPruner at 3o's MACs, 3o's budget",
     "r56-tp-groupnorm-perparam-k6": "4p. torch-pruning GroupNormPruner at 3p's MACs, 3p's "
                                     "budget",
+    "r20-imported": "R20. akamaster's ResNet-20, imported (lossless-trained)",
+    "r20-B": "R20-B. ResNet-20 adapted to JPEG as B was",
+    "r20-kd-450k": "R20-KD. R20-B distilled from B, 450,000 samples (row 2g's schedule)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
