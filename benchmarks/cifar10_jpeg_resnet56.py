@@ -106,6 +106,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r20-imported``, ``r20-B``, ``r20-kd-450k``: the capacity reference: akamaster's converged
   ResNet-20 (68.4 % fewer params than ResNet-56) imported, adapted to JPEG as B was, then
   distilled from B on a pruning row's 450,000 samples (row 2g's schedule and teacher).
+- ``r56-vacl-r20size-450k``: row 2g (VACL, Taylor, 450,000 samples) to ResNet-20's size, so
+  the pruned ResNet-56 and the distilled ResNet-20 compare at equal size and budget.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -159,6 +161,10 @@ MACS_3G = "0.7858361800854179"
 # to 87 %: 72.5 % of MACs removed (`resprune vacl RUNS/r56-B --plan --group-score taylor
 # --target-params-reduction R`, its --cost params row)
 PARAMS_3K = "0.87"
+# ResNet-20's size as reductions of ResNet-56's (params 269,722 of 853,018; MACs 40,551,040 of
+# 125,485,696): the targets of the pruning row compared with the ResNet-20 reference
+R20_PARAMS = "0.6838"
+R20_MACS = "0.6768"
 # the one-step implosion rows (1l, 1m): retraining epochs of 10,000 after the 12-unit cut
 ONESHOT_EPOCHS = 32
 
@@ -408,6 +414,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
                            f"{CFG}/resnet56-adapt.yaml", "--epochs", "45", "--epoch-size",
                            "10000", "--lr", LR_450K, "--distill-from", b, "--distill-alpha",
                            "0.7", "--distill-temperature", "4"]
+    # and B pruned by VACL (row 2g's recipe) to at least ResNet-20's size (both its params and
+    # its MACs reduction: 1 - 269,722 / 853,018 and 1 - 40.55 M / 125.49 M): pruning B or
+    # distilling the smaller trained sibling, at equal size and budget
+    rows["r56-vacl-r20size-450k"] = ["resprune", "vacl", b, "--config",
+                                     f"{CFG}/resnet56-vacl-450k.yaml",
+                                     "--target-params-reduction", R20_PARAMS,
+                                     "--target-macs-reduction", R20_MACS]
     return rows
 
 
@@ -482,6 +495,7 @@ TITLES = {
     "r20-imported": "R20. akamaster's ResNet-20, imported (lossless-trained)",
     "r20-B": "R20-B. ResNet-20 adapted to JPEG as B was",
     "r20-kd-450k": "R20-KD. R20-B distilled from B, 450,000 samples (row 2g's schedule)",
+    "r56-vacl-r20size-450k": "2n. row 2g to ResNet-20's size (68.4 % params, 67.7 % MACs)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
