@@ -106,6 +106,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
 - ``r20-imported``, ``r20-B``, ``r20-kd-450k``: the capacity reference: akamaster's converged
   ResNet-20 (68.4 % fewer params than ResNet-56) imported, adapted to JPEG as B was, then
   distilled from B on a pruning row's 450,000 samples (row 2g's schedule and teacher).
+- ``r56-compress-oneshot-k18``: row 3n cutting 18 of the 27 units instead of 12 (64 % of the
+  layers), so the width stage prunes less of what is left.
 - ``r56-vacl-r20size-450k``: row 2g (VACL, Taylor, 450,000 samples) to ResNet-20's size, so
   the pruned ResNet-56 and the distilled ResNet-20 compare at equal size and budget.
 
@@ -398,6 +400,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
             "--screen-cost", "params", *budget]
         rows[f"r56-compress-perparam{tag}-s1"] = [*rows[f"r56-compress-perparam{tag}"],
                                                   "--seed", "1"]
+    # session 24: row 3n cutting 18 units instead of 12 (64 % of the layers; 3 of 9 units left
+    # per stage would be ResNet-20's depth): row r20-kd-450k showed a 20-layer net distilled
+    # from B on 450,000 samples matching B, and the cut heals fast where width pruning does
+    # not, so more of the 85 % is taken by depth and the width stage prunes less
+    rows["r56-compress-oneshot-k18"] = [
+        "18" if prev == "--per-step" else a
+        for prev, a in zip(["", *rows["r56-compress-oneshot-r2"]], rows["r56-compress-oneshot-r2"])]
     # row 4j's recipe at 3m's (3o's, 3p's) MACs, on the same B (pairs them)
     for tp, row in (("oneshot", "3m"), ("perparam", "3o"), ("perparam-k6", "3p")):
         rows[f"r56-tp-groupnorm-{tp}"] = [
@@ -495,6 +504,7 @@ TITLES = {
     "r20-imported": "R20. akamaster's ResNet-20, imported (lossless-trained)",
     "r20-B": "R20-B. ResNet-20 adapted to JPEG as B was",
     "r20-kd-450k": "R20-KD. R20-B distilled from B, 450,000 samples (row 2g's schedule)",
+    "r56-compress-oneshot-k18": "3r. row 3n cutting 18 units instead of 12",
     "r56-vacl-r20size-450k": "2n. row 2g to ResNet-20's size (68.4 % params, 67.7 % MACs)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
