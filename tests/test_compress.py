@@ -107,6 +107,7 @@ def test_summary_figures_follow_the_arithmetic(reference):
     share = 1 - (1 - 0.6) * base["params"] / implode["params"]
     assert stage["vacl"]["prune"]["target_reduction"] == pytest.approx(share)
     assert recs[2]["rule"]["target_reduction"] == pytest.approx(share)
+    assert recs[2]["rule"]["score"] == stage["vacl"]["prune"]["score"] == "layer_rms"
     assert s["budget"] == {"mode": "params", "targets": {"params": 0.6},
                            "target_reduction": 0.6, "reached": True}
     assert s["params_removed_pct"] >= 60.0

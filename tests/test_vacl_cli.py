@@ -15,6 +15,7 @@ from resprune import vacl
 from resprune.cli.main import main
 from resprune.data import load_dataset, make_loader
 from resprune.measure import count_macs, count_params, evaluate
+from resprune.report.vacl import _rule, score_label
 from resprune.train import Callback, TrainConfig, Trainer
 from resprune.vacl import pipeline as vacl_pipeline
 
@@ -174,6 +175,10 @@ def test_threshold_removes_exactly_the_groups_below_it(trained, tmp_path, capsys
     assert set(report["removed_groups"]) <= below
     assert len(report["removed_groups"]) + skipped == len(below)
     assert s["prune"]["mode"] == "threshold" and s["prune"]["cutoff"] == pytest.approx(t)
+    # the report names the score the threshold applied to (the default, layer_rms)
+    assert s["prune"]["score"] == "layer_rms"
+    assert f"every group with layer-normalised RMS below {t:g} removed" in \
+        (out / "report.md").read_text()
     assert s["epochs"] == 0 and s["config"]["finetune_epochs"] == 0
     # nothing was trained: the accuracies after "sparsity training" are the input's, and the
     # fine-tuned model is the pruned one
@@ -440,8 +445,27 @@ def test_params_and_macs_targets_together_run_as_planned(trained, tmp_path, caps
         assert plan_row[key] == pr[key], key
     assert "target params reduction 50.00 %, MACs reduction 60.00 %" in stdout
     report = (out / "report.md").read_text()
-    assert "until parameters fell by at least 50.00 % and MACs fell by at least 60.00 % " \
-           "(reached)" in report
+    assert "Pruning: the groups of lowest Taylor importance removed until parameters fell by " \
+           "at least 50.00 % and MACs fell by at least 60.00 % (reached)" in report
+    assert "Group scores (Taylor importance): median " in report
+
+
+@pytest.mark.parametrize("record, label", [
+    ({"prune": {"score": "taylor", "cost": "params"}}, "Taylor importance"),
+    ({"prune": {"score": "rms"}}, "RMS norm"),
+    ({"prune": {}, "config": {"group_score": "layer_rms"}}, "layer-normalised RMS"),
+    ({"prune": {"mode": "threshold"}}, "RMS norm"),  # written before the score was kept
+    ({"mode": "threshold", "score": "taylor"}, "Taylor importance"),  # a compress stage rule
+])
+def test_reports_name_the_score_the_groups_were_ranked_by(record, label):
+    assert score_label(record) == label
+
+
+def test_ranking_per_cost_is_described_with_its_score_and_cost():
+    pr = {"mode": "params", "score": "taylor", "cost": "macs", "targets": {"params": 0.5},
+          "target_reached": True}
+    assert _rule(pr).startswith("groups removed by Taylor importance per MAC saved "
+                                "(lowest first) until parameters fell by at least 50.00 %")
 
 
 def test_plan_of_a_threshold_has_one_row_and_leaves_the_model(trained):

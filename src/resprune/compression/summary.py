@@ -47,8 +47,9 @@ def stage_record(name: str, where: Path, out: Path, s: dict[str, Any],
         rec["stop_reason"] = s.get("stop_reason")
     if name == "vacl":
         pr = s.get("prune") or {}
-        rec["rule"] = {k: pr.get(k) for k in ("mode", "threshold", "target_reduction",
-                                               "targets", "target_reached")}
+        rec["rule"] = {k: pr.get(k) for k in ("mode", "score", "threshold",
+                                               "target_reduction", "targets",
+                                               "target_reached")}
         if pr.get("auto"):
             rec["rule"]["auto_tolerance"] = pr["auto"]["tolerance"]
     return rec

@@ -30,6 +30,7 @@ from .tables import (
     markdown_table,
     targets_of,
 )
+from .vacl import score_label
 
 SIZES_PNG = "sizes.png"
 STAGE_TITLES = {"train": "base training", "implode": "Network Implosion (depth)",
@@ -125,7 +126,8 @@ def _budget_text(summary: dict[str, Any]) -> str:
                 f"{pred}, {reached}. {depth} (where it ran); VACL removed what was still "
                 "missing.")
     if b["mode"] == "threshold":
-        return f"{depth}; VACL removed every channel group with RMS below {b['threshold']:g}."
+        return (f"{depth}; VACL removed every channel group with {score_label(summary)} below "
+                f"{b['threshold']:g}.")
     if b["mode"] == "auto":
         return (f"No target: every stage went as far as validation accuracy held. {depth}; "
                 f"VACL pruned the largest share of params whose pruned copy, before "
@@ -142,7 +144,7 @@ def _stage_note(r: dict[str, Any]) -> str:
     if r["name"] == "vacl":
         rule = r.get("rule") or {}
         if rule.get("mode") == "threshold":
-            how = f"groups with RMS below {rule.get('threshold'):g} removed"
+            how = f"groups with {score_label(rule)} below {rule.get('threshold'):g} removed"
         else:
             how = ("target " + ", ".join(f"{m} reduction {100 * v:.2f} %"
                                          for m, v in targets_of(rule).items())

@@ -42,6 +42,18 @@ RMS_PNG = "group_rms.png"
 WIDTHS_PNG = "widths.png"
 TRAINING_PNG = "training.png"
 RMS_BINS = 40
+# what the groups were scored by (--group-score), as the report names it
+SCORE_LABELS = {"rms": "RMS norm", "layer_rms": "layer-normalised RMS",
+                "taylor": "Taylor importance"}
+
+
+def score_label(summary_or_prune: dict[str, Any]) -> str:
+    """The name of the score the groups were ranked by: ``prune.score`` of a summary (or the
+    prune record itself, or a compress budget record); RMS norm for records written before
+    the score was kept."""
+    pr = summary_or_prune.get("prune", summary_or_prune)
+    score = pr.get("score") or (summary_or_prune.get("config") or {}).get("group_score")
+    return SCORE_LABELS.get(score or "rms", score)
 
 
 def _n(count: int, noun: str) -> str:
@@ -94,7 +106,7 @@ def rms_plot(summary: dict[str, Any], path: str | Path) -> None:
               label=f"after sparsity training (median {h['median_after']:.3g})")
     pr = summary["prune"]
     if h.get("cutoff") is not None and h["cutoff"] > 0:
-        what = "threshold" if pr["mode"] == "threshold" else "highest RMS removed"
+        what = "threshold" if pr["mode"] == "threshold" else "highest score removed"
         ax.axvline(h["cutoff"], color="tab:red", linestyle="--", linewidth=1.2,
                    label=f"cutoff ({what}: {h['cutoff']:.3g})")
     zeros = [f"{h[k]} {w}" for k, w in (("zeros_before", "before"), ("zeros_after", "after"))
@@ -107,10 +119,11 @@ def rms_plot(summary: dict[str, Any], path: str | Path) -> None:
         ax.xaxis.set_major_formatter(plain)
         ax.xaxis.set_minor_formatter(plain)
         ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.set_xlabel("group RMS norm (log scale)")
+    label = score_label(summary)
+    ax.set_xlabel(f"group {label} (log scale)")
     ax.set_ylabel("channel groups")
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"Channel-group RMS norms ({summary['model']}, {h['count']} groups; "
+    ax.set_title(f"Channel-group scores: {label} ({summary['model']}, {h['count']} groups; "
                  f"{pr['groups_removed']} removed)", fontsize=9)
     save_figure(fig, path)
 
@@ -171,8 +184,9 @@ def widths_table(summary: dict[str, Any]) -> str:
 
 
 def _rule(pr: dict[str, Any]) -> str:
+    label = score_label(pr)
     if pr["mode"] == "threshold":
-        return f"every group with RMS below {pr['threshold']:g} removed"
+        return f"every group with {label} below {pr['threshold']:g} removed"
     names = dict(METRIC_NAMES)
     reached = "reached" if pr["target_reached"] else (
         "**not reached**: every remaining group was needed to keep at least one channel per "
@@ -180,8 +194,10 @@ def _rule(pr: dict[str, Any]) -> str:
     if not pr["target_reached"] and (pr.get("latency") or {}).get("check") == "measured":
         reached = ("**not reached**: the largest table goal tried did not save that much "
                    "measured time")
-    order = ("groups removed by RMS per unit of latency saved (lowest first)"
-             if pr.get("cost") == "latency" else "lowest-RMS groups removed")
+    cost = pr.get("cost") or "none"
+    per = {"latency": "unit of latency", "params": "param", "macs": "MAC"}.get(cost)
+    order = (f"groups removed by {label} per {per} saved (lowest first)" if per
+             else f"the groups of lowest {label} removed")
     lat = pr.get("latency")
     predicted = (f"; predicted {lat['runtime']} latency at batch {lat['batch']}: "
                  f"{lat['predicted_before_ms']:.2f} -> {lat['predicted_after_ms']:.2f} ms"
@@ -255,11 +271,13 @@ def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
         "Params "
         f"{fmt_count(pr['params_before'])} -> {fmt_count(pr['params_after'])}, MACs "
         f"{fmt_count(pr['macs_before'])} -> {fmt_count(pr['macs_after'])}.\n",
-        f"Group RMS norms: median {h['median_before']:.3g} before sparsity training, "
+        f"Group scores ({score_label(summary)}): median {h['median_before']:.3g} before "
+        "sparsity training, "
         f"{h['median_after']:.3g} after"
         + (f"; pruning cutoff {h['cutoff']:.3g}" if h.get("cutoff") is not None else "")
         + ".\n"]
-    titles = {RMS_PNG: "group RMS norms before and after sparsity training",
+    titles = {RMS_PNG: f"group scores ({score_label(summary)}) before and after sparsity "
+                       "training",
               WIDTHS_PNG: "per-layer widths before and after pruning",
               TRAINING_PNG: "training curves (sparsity training, then fine-tuning)"}
     for name in plots:
