@@ -171,6 +171,11 @@ R20_MACS = "0.6768"
 ONESHOT_EPOCHS = 32
 
 
+def with_value(argv: list[str], flag: str, value: str) -> list[str]:
+    """``argv`` with the value that follows ``flag`` replaced by ``value``."""
+    return [value if prev == flag else a for prev, a in zip(["", *argv], argv)]
+
+
 def one_unit(b: str, retrain_epochs: int, max_steps: int,
              data_dir: Path | None = None, screen: int = 8) -> list[str]:
     """The one-unit-a-step implosion recipe (row 1c): each unit faded out over a retraining
@@ -394,9 +399,7 @@ def commands(runs: Path) -> dict[str, list[str]]:
             ("-k6", "6", ["--target-params-reduction", "0.85", "--target-macs-reduction",
                           "0.7"])):
         rows[f"r56-compress-perparam{tag}"] = [
-            *[units if prev == "--per-step" else a
-              for prev, a in zip(["", *rows["r56-compress-oneshot-r2"]],
-                                 rows["r56-compress-oneshot-r2"])],
+            *with_value(rows["r56-compress-oneshot-r2"], "--per-step", units),
             "--screen-cost", "params", *budget]
         rows[f"r56-compress-perparam{tag}-s1"] = [*rows[f"r56-compress-perparam{tag}"],
                                                   "--seed", "1"]
@@ -404,9 +407,8 @@ def commands(runs: Path) -> dict[str, list[str]]:
     # per stage would be ResNet-20's depth): row r20-kd-450k showed a 20-layer net distilled
     # from B on 450,000 samples matching B, and the cut heals fast where width pruning does
     # not, so more of the 85 % is taken by depth and the width stage prunes less
-    rows["r56-compress-oneshot-k18"] = [
-        "18" if prev == "--per-step" else a
-        for prev, a in zip(["", *rows["r56-compress-oneshot-r2"]], rows["r56-compress-oneshot-r2"])]
+    rows["r56-compress-oneshot-k18"] = with_value(rows["r56-compress-oneshot-r2"], "--per-step",
+                                                  "18")
     # row 4j's recipe at 3m's (3o's, 3p's) MACs, on the same B (pairs them)
     for tp, row in (("oneshot", "3m"), ("perparam", "3o"), ("perparam-k6", "3p")):
         rows[f"r56-tp-groupnorm-{tp}"] = [

@@ -48,9 +48,9 @@ SCORE_LABELS = {"rms": "RMS norm", "layer_rms": "layer-normalised RMS",
 
 
 def score_label(summary_or_prune: dict[str, Any]) -> str:
-    """The name of the score the groups were ranked by: ``prune.score`` of a summary (or the
-    prune record itself, or a compress budget record); RMS norm for records written before
-    the score was kept."""
+    """The name of the score the groups were ranked by: ``prune.score`` of a vacl summary, the
+    ``score`` of a prune record or compress stage rule, else a summary's
+    ``config.group_score``; RMS norm for records written before the score was kept."""
     pr = summary_or_prune.get("prune", summary_or_prune)
     score = pr.get("score") or (summary_or_prune.get("config") or {}).get("group_score")
     return SCORE_LABELS.get(score or "rms", score)
