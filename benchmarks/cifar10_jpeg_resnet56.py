@@ -110,6 +110,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   layers), so the width stage prunes less of what is left.
 - ``r56-vacl-r20size-450k``: row 2g (VACL, Taylor, 450,000 samples) to ResNet-20's size, so
   the pruned ResNet-56 and the distilled ResNet-20 compare at equal size and budget.
+- ``r56-vacl-reconstruct-450k``, ``r56-compress-oneshot-r2-reconstruct``: rows 2g and 3n with
+  the layers left after each pruning step re-fitted by least squares to B's outputs on 1,024
+  training images before fine-tuning (``--reconstruct 1024``).
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -167,6 +170,8 @@ PARAMS_3K = "0.87"
 # 125,485,696): the targets of the pruning row compared with the ResNet-20 reference
 R20_PARAMS = "0.6838"
 R20_MACS = "0.6768"
+# images the pruned layers are re-fitted on (--reconstruct) in the session-25 rows
+RECONSTRUCT = "1024"
 # the one-step implosion rows (1l, 1m): retraining epochs of 10,000 after the 12-unit cut
 ONESHOT_EPOCHS = 32
 
@@ -432,6 +437,15 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                      f"{CFG}/resnet56-vacl-450k.yaml",
                                      "--target-params-reduction", R20_PARAMS,
                                      "--target-macs-reduction", R20_MACS]
+    # session 25: the pruned layers re-fitted by least squares to B's outputs on 1,024
+    # training images before fine-tuning (--reconstruct; 18 % -> 73 % val top-1 right after
+    # row 2n's pruning with 512): row 2g (VACL to 79.5 % of params) and row 3n (compress,
+    # depth first; re-fitted after each of its 3 width steps), everything else unchanged
+    rows["r56-vacl-reconstruct-450k"] = ["resprune", "vacl", b, "--config",
+                                         f"{CFG}/resnet56-vacl-450k.yaml", "--reconstruct",
+                                         RECONSTRUCT]
+    rows["r56-compress-oneshot-r2-reconstruct"] = [*rows["r56-compress-oneshot-r2"],
+                                                   "--reconstruct", RECONSTRUCT]
     return rows
 
 
@@ -508,6 +522,10 @@ TITLES = {
     "r20-kd-450k": "R20-KD. R20-B distilled from B, 450,000 samples (row 2g's schedule)",
     "r56-compress-oneshot-k18": "3r. row 3n cutting 18 units instead of 12",
     "r56-vacl-r20size-450k": "2n. row 2g to ResNet-20's size (68.4 % params, 67.7 % MACs)",
+    "r56-vacl-reconstruct-450k": "2o. row 2g with the pruned layers re-fitted to B "
+                                 "(--reconstruct 1024)",
+    "r56-compress-oneshot-r2-reconstruct": "3s. row 3n with the pruned layers re-fitted "
+                                           "after each width step (--reconstruct 1024)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",

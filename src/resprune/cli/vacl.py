@@ -31,6 +31,7 @@ GROUPS = {
     RULES_GROUP: RULES,
     "ranking": ("group_score", "taylor_batches", "cost", "round_to", "max_layer_reduction",
                 "latency_runtime", "latency_batch", "latency_check"),
+    "reconstruction (after pruning)": ("reconstruct", "reconstruct_ridge"),
     "fine-tuning": ("finetune_epochs", "finetune_lr", "prune_steps", "step_epochs"),
 }
 

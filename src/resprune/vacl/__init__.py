@@ -18,8 +18,10 @@ Use inside your own training loop::
         loss = F.cross_entropy(model(x), y) + reg(model)   # reg(model) = lam * R
         opt.zero_grad(); loss.backward(); opt.step()
 
+    original = resprune.load("runs/resnet56")
     report = vacl.prune(model, (3, 32, 32), target_params_reduction=0.5)
     print(report["params_before"], "->", report["params_after"])
+    vacl.reconstruct(original, model, loader, 1024, report["kept_out_channels"])  # optional
     resprune.save(model, "runs/resnet56-vacl")            # a plain, smaller ResNet
     # ... fine-tune with a fresh optimizer (and no regularizer) ...
 
@@ -49,6 +51,7 @@ from .groups import (
 from .pipeline import VaclResult, run_pipeline
 from .plan import PLAN_COSTS, plan
 from .prune import prune, remove_members
+from .reconstruct import reconstruct
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
 
@@ -56,5 +59,5 @@ __all__ = [
     "CROSS", "FILTER", "FORMS", "LAM_SCHEDULES", "ChannelGroup", "GroupSet", "LamSchedule",
     "Member", "PadShortcutPruner", "Regularizer", "SCORES", "discover_groups", "group_scores",
     "group_slices", "VaclConfig", "VaclResult", "run_pipeline",
-    "near_zero_share", "PLAN_COSTS", "plan", "prune", "remove_members",
+    "near_zero_share", "PLAN_COSTS", "plan", "prune", "reconstruct", "remove_members",
 ]

@@ -50,6 +50,7 @@ from ..checkpoint import load, save
 from ..data import resolve_loaders
 from ..errors import UserError
 from ..io import atomic_write_json, atomic_write_text, remove
+from ..measure import evaluate
 from ..measure import summary as measures
 from ..measure._device import resolve_device
 from ..models import spec_of
@@ -62,6 +63,7 @@ from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import VaclConfig
 from .fade import group_slices
 from .prune import prune
+from .reconstruct import reconstruct
 from .regularizer import Regularizer, group_scores
 from .schedule import LamSchedule, near_zero_share
 from .summary import BASE_KEYS, PRUNE_KEYS, combined_history, vacl_fields
@@ -173,7 +175,8 @@ def run_pipeline(model: nn.Module, data: Any, config: VaclConfig | None = None, 
             if steps > 1:  # a params or MACs target (validated), never auto
                 rule = step_rule(target, k, steps, state["base"], now)
             pruned_at = _step_dir(out, "pruned", k, steps)
-            got = _prune(src, pruned_at, shape, step_reg, rule, scores, config, table)
+            got = _prune(src, pruned_at, shape, step_reg, rule, scores, config, table,
+                         loaders.train, loaders.val, precision)
             if auto is not None:
                 got["prune"]["auto"] = auto
             pruned = load(pruned_at, device=device)
@@ -412,15 +415,22 @@ def _overall(got: dict[str, Any], state: dict[str, Any], target: dict[str, float
 
 
 def _prune(src: Path, where: Path, shape, reg: Regularizer, target: dict[str, float],
-           rms_after: list[float], config: VaclConfig, table) -> dict[str, Any]:
-    """Prune the model in ``src`` (its groups ``reg.groups``, scored ``rms_after``); the
-    result ends in ``where``."""
+           rms_after: list[float], config: VaclConfig, table, train_loader, val_loader,
+           precision: str) -> dict[str, Any]:
+    """Prune the model in ``src`` (its groups ``reg.groups``, scored ``rms_after``) and, with
+    ``config.reconstruct``, re-fit what is left to it on training images; the result ends in
+    ``where``."""
     model = load(src)
     report = prune(model, shape, groups=reg.groups, include_bn=reg.include_bn,
                    include_consumers=reg.include_consumers, score=config.group_score,
                    round_to=config.round_to, max_layer_reduction=config.max_layer_reduction,
                    latency_table=table, cost=config.cost,
                    latency_check=_check(config), scores=rms_after, **target)
+    report["reconstruction"] = None
+    if config.reconstruct:
+        report["reconstruction"] = _reconstruct(load(src), model, report, config, train_loader,
+                                                val_loader, precision)
+        report["reconstruction_layers"] = report["reconstruction"].pop("layers")
     # Decided once: rank 0's pruned model is the one written below and read back by every
     # process for fine-tuning; its report is the one every process keeps.
     report = distributed.broadcast_object(report)
@@ -433,6 +443,31 @@ def _prune(src: Path, where: Path, shape, reg: Regularizer, target: dict[str, fl
     return {"prune": {**{k: report[k] for k in PRUNE_KEYS}, "cutoff": cutoff},
             "widths": {n: [report["widths_before"][n], report["widths_after"][n]]
                        for n in report["widths_before"]}}
+
+
+def _reconstruct(original: nn.Module, model: nn.Module, report: dict[str, Any],
+                 config: VaclConfig, train_loader, val_loader, precision: str
+                 ) -> dict[str, Any]:
+    """Re-fit the pruned ``model`` to ``original`` (:func:`reconstruct`); what it read, the
+    layers' mean relative output error before and after, val top-1 before it, seconds."""
+    t0 = time.perf_counter()
+    val_before = (evaluate(model, val_loader, precision)["top1"]
+                  if getattr(val_loader, "num_samples", 1) else None)
+    got = reconstruct(original, model, train_loader, config.reconstruct,
+                      report["kept_out_channels"], ridge=config.reconstruct_ridge,
+                      seed=config.train.seed)
+    fitted = [r for r in got["layers"] if r["error_before"] > 0]
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in fitted) / len(fitted) if fitted else 0.0
+
+    log.info("reconstruction: %d layer(s) re-fitted on %d training images, mean relative "
+             "output error %.3f -> %.3f", len(fitted), got["samples"], mean("error_before"),
+             mean("error_after"))
+    return {"samples": got["samples"], "ridge": got["ridge"], "layers_fitted": len(fitted),
+            "error_before": mean("error_before"), "error_after": mean("error_after"),
+            "val_top1_before": val_before, "seconds": round(time.perf_counter() - t0, 3),
+            "layers": got["layers"]}
 
 
 def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],

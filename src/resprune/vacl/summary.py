@@ -41,7 +41,7 @@ PRUNE_KEYS = ("mode", "score", "round_to", "max_layer_reduction", "cost", "laten
               "groups_by_kind", "groups_fixed", "groups_removed", "removed_by_kind",
               "units_skipped_to_keep_layers", "params_before", "params_after",
               "params_reduction", "macs_before", "macs_after", "macs_reduction",
-              "latency_reduction")
+              "latency_reduction", "reconstruction")
 BASE_KEYS = ("params", "macs", "depth", "top1", "top5", "val_top1", "cpu_latency_ms")
 
 
