@@ -212,6 +212,21 @@ def _rule(pr: dict[str, Any]) -> str:
             f" ({reached}){predicted}")
 
 
+def _reconstruction_note(summary: dict[str, Any]) -> str:
+    """What ``--reconstruct`` did after the (last) pruning step, or nothing."""
+    rec = summary["prune"].get("reconstruction")
+    if not rec:
+        return ""
+    val = ("" if rec.get("val_top1_before") is None else
+           f"; val top-1 {fmt_acc(rec['val_top1_before'])} right after the removal, "
+           f"{fmt_acc(summary.get('val_top1_before_finetune'))} re-fitted")
+    return (f" Reconstruction: the {rec['layers_fitted']} layers whose outputs the removal "
+            f"changed were re-fitted by least squares to the input's outputs on "
+            f"{rec['samples']:,} training images (mean relative output error "
+            f"{rec['error_before']:.3f} -> {rec['error_after']:.3f}{val}; "
+            f"{rec['seconds']:.0f} s).")
+
+
 def _steps_note(summary: dict[str, Any]) -> str:
     steps = summary.get("prune_steps") or []
     if not steps:
@@ -252,8 +267,9 @@ def vacl_section(summary: dict[str, Any], plots: Sequence[str] = ()) -> str:
         f"`{cfg.get('form')}` regularizer (beta {cfg.get('beta')}, lambda {cfg.get('lam')}, BN "
         f"{'in' if cfg.get('include_bn') else 'not in'} the groups, consumer slices "
         f"{'in' if cfg.get('include_consumers') else 'not in'} the groups). Pruning: "
-        f"{_rule(pr)}{_steps_note(summary)}. Fine-tuning: {_n(detail['finetune'], 'epoch')} "
-        f"at lr {cfg.get('finetune_lr')} without the regularizer.\n",
+        f"{_rule(pr)}{_steps_note(summary)}.{_reconstruction_note(summary)} Fine-tuning: "
+        f"{_n(detail['finetune'], 'epoch')} at lr {cfg.get('finetune_lr')} without the "
+        "regularizer.\n",
         comparison_table(summary),
         *_steps_table(summary),
         "Accuracies are top-1 on the validation split (carved from the training set) and on "

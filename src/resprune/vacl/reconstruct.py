@@ -218,7 +218,10 @@ def _fit(layer: nn.Module, ref: nn.Module, name: str, original: nn.Module, prune
         scale = float(reg.diagonal()[:feats].mean()) or 1.0
         reg.diagonal()[:feats] += ridge * scale
         c = cross[g, :size]
-        sol = torch.linalg.solve(reg, c)
+        try:
+            sol = torch.linalg.solve(reg, c)
+        except torch.linalg.LinAlgError:  # inputs that are always zero (or ridge 0): the
+            sol = torch.linalg.lstsq(reg, c, driver="gelsd").solution  # least-norm fit
         # what the fit leaves, from the normal equations: |t|^2 - 2 <sol, c> + sol^T a sol
         residual += float(-2 * (sol * c).sum() + (sol * (a @ sol)).sum())
         weights.append(sol[:feats].T)
