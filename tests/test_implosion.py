@@ -958,3 +958,45 @@ def test_a_fade_has_no_measurement_right_after_the_cut(tmp_path):
                   tmp_path, trainer_factory=FadeTrainer, evaluate_fn=ev, progress=False)
     assert res.history[0]["accepted"] and "cut_val_top1" not in res.history[0]
     assert len(ev.states) == 3  # baseline, step 1, the final net
+
+
+def test_cut_with_reconstruct_refits_the_rest_and_puts_a_failed_cut_back(tmp_path):
+    """reconstruct=N with retrain="needed" (scripted val top-1: baseline 0.5; step 1's cut
+    holds, step 2's fails, its no-op retraining holds): step 1 keeps the net re-fitted to the
+    one before its cut (images read under the step's seed); step 2's failed trial is undone
+    exactly before the retraining cuts and re-fits again; both steps record the fit."""
+    from resprune.train import reconstruct
+
+    model = tiny("resnet14", gates=True)
+    start = copy.deepcopy(model)
+    train, val = make_data()
+    ev = ScriptedEval([0.5, 0.5, 0.3, 0.5])
+    res = implode(model, train, val, cfg(retrain="needed", reconstruct=16, fold=False,
+                                         erase="cut", max_steps=2, seed=3),
+                  tmp_path, trainer_factory=NoTraining, evaluate_fn=ev, progress=False)
+    assert [h["accepted"] for h in res.history] == [True, True]
+    assert [h["epochs"] for h in res.history] == [0, 1]
+    assert [h["cut_val_top1"] for h in res.history] == [0.5, 0.3]
+    for h in res.history:
+        rec = h["reconstruction"]
+        assert rec["samples"] == 16 and rec["layers_fitted"] > 0
+        assert rec["error_after"] < rec["error_before"]
+    (first,), (second,) = res.history[0]["erased"], res.history[1]["erased"]
+    expected = copy.deepcopy(start)
+    erase_units(expected, [first])
+    reconstruct(start, expected, train, 16, seed=3 + 1)
+    want = expected.state_dict()
+    assert any(not torch.equal(want[k], start.state_dict()[k]) for k in want)  # re-fitted
+    assert all(torch.equal(ev.states[1][k], want[k]) for k in want)  # step 1 as accepted
+    # step 2: the trial cut (re-fitted) failed; the retraining's cut re-fitted the same way
+    # from step 1's net, so the (no-op) retrained net is that trial net again
+    again = copy.deepcopy(expected)
+    erase_units(again, [second])
+    reconstruct(expected, again, train, 16, seed=3 + 2)
+    for state in (ev.states[2], ev.states[3], model.state_dict()):
+        assert all(torch.equal(state[k], v) for k, v in again.state_dict().items())
+
+
+def test_reconstruct_needs_a_cut():
+    with pytest.raises(UserError, match="reconstruct re-fits the net after a cut"):
+        cfg(erase="fade", reconstruct=8).validate()

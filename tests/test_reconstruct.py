@@ -159,8 +159,10 @@ def test_vacl_reconstruct_refits_the_pruned_stage_and_reports_it(trained, tmp_pa
               "--target-params-reduction", "0.5"]
     plain, refit = tmp_path / "plain", tmp_path / "refit"
     assert run([*common, "--out", plain], capsys)[0] == 0
-    code, err = run([*common, "--reconstruct", "40", "--out", refit], capsys)
+    code = main([str(a) for a in [*common, "--reconstruct", "40", "--out", refit]])
+    out, err = capsys.readouterr()
     assert code == 0, err
+    assert ", pruned and re-fitted " in out
     a, b = (resprune.load(p / "stages" / "pruned") for p in (plain, refit))
     assert spec_of(a) == spec_of(b)
     assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
@@ -174,7 +176,7 @@ def test_vacl_reconstruct_refits_the_pruned_stage_and_reports_it(trained, tmp_pa
     report = json.loads((refit / "stages" / "pruned" / "prune_report.json").read_text())
     assert len(report["reconstruction_layers"]) >= rec["layers_fitted"]
     text = (refit / "report.md").read_text()
-    assert (f"re-fitted by least squares to the input's outputs on 40 training images"
+    assert ("re-fitted by least squares to the input's outputs on 40 training images"
             in text)
     assert "Reconstruction" not in (plain / "report.md").read_text()
     cfg = CompressConfig(reconstruct=40, target_params_reduction=0.5)

@@ -101,7 +101,12 @@ def add_parser(subs) -> None:
             "cost": "none: rank by priority (implode) and score (vacl); params, macs: by "
                     "priority or score per param / MAC saved; latency: per unit of latency "
                     "saved, from per-layer latency tables of each stage's input "
-                    "(--latency-runtime, --latency-batch)"}))
+                    "(--latency-runtime, --latency-batch)",
+            "reconstruct": "both stages: right after the implode stage's cut(s) and after "
+                           "each of the vacl stage's pruning steps, re-fit every remaining "
+                           "conv and linear layer by least squares to the net before that "
+                           "removal, on N training images (0: off; needs --erase cut; "
+                           "docs/vacl.md, \"Reconstruction\")"}))
     for title, names in VACL_GROUPS.items():  # fields both stages share appear once
         if title != RULES_GROUP:
             options.add_fields(p.add_argument_group(f"vacl stage: {title}"), VaclConfig,

@@ -180,7 +180,8 @@ def terminal_text(summary: dict[str, Any], out: Path) -> str:
              f"({summary['params_removed_pct']:.2f} % removed), MACs "
              f"{summary['macs_removed_pct']:.2f} % removed",
              f"test top-1: input {fmt_acc(summary['base']['top1'])}, after sparsity training "
-             f"{fmt_acc(summary['top1_after_sparse'])}, pruned "
+             f"{fmt_acc(summary['top1_after_sparse'])}, pruned"
+             f"{' and re-fitted' if pr.get('reconstruction') else ''} "
              f"{fmt_acc(summary['top1_before_finetune'])}, fine-tuned {fmt_acc(summary['top1'])}",
              f"run directory: {out} (report: {out / 'report.md'})"]
     return "\n".join(lines)

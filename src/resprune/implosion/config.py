@@ -11,6 +11,7 @@ from ..fields import LR, LR_OR_NONE, Choice, Flag, Float, Int, check_fields, opt
 from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
+from ..train.reconstruct import RECONSTRUCT_HELP, RIDGE_HELP
 from .scores import SCORE_METHODS
 
 ERASE_MODES = ("cut", "fade")
@@ -55,6 +56,13 @@ class ImplosionConfig:
         retraining's weights do not depend on them). 0 (default): the statistics learnt
         before the cut, which no longer fit the cut net (on the converged ResNet-56 they made
         stage-1 units look 2-10 points costlier than re-estimated: ``docs/implosion.md``).
+    reconstruct: with ``erase="cut"``, re-fit every remaining conv and linear layer right
+        after each cut, by least squares on this many training images (read under the step's
+        seed), to reproduce the net before the cut (:func:`resprune.train.reconstruct`); the
+        step is then measured right after the cut (``cut_val_top1``; the re-fit replaces
+        ``recalibrate`` there) and records ``reconstruction``. ``retrain="needed"`` keeps the
+        re-fit net when it holds and puts back the net before the cut when not. 0 (default):
+        off. ``reconstruct_ridge``: the fits' penalty relative to the inputs' mean energy.
     erase: how a step removes its units. ``cut`` (default, the paper's order): replace them by
         identities, then retrain. ``fade``: retrain first while their priority gates fall
         linearly to exactly zero (:class:`resprune.train.Fade`; zero after ``fade_end`` of
@@ -114,6 +122,8 @@ class ImplosionConfig:
                            "candidates, --retrain needed's check, and with --erase cut each "
                            "step's net right after its cut, before retraining); 0: keep the "
                            "statistics learnt before the cut", Int(0), metavar="N")
+    reconstruct: int = opt(0, RECONSTRUCT_HELP, Int(0), metavar="N")
+    reconstruct_ridge: float = opt(1e-3, RIDGE_HELP, Float(0))
     erase: str = opt("cut", "cut: replace a step's units by identities, then retrain; fade: "
                      "retrain while their priority gates fall linearly to exactly zero, then "
                      "replace them (no output changes), so the net adapts gradually",
@@ -153,6 +163,9 @@ class ImplosionConfig:
         if self.screen_rounds > 1 and self.screen == 0:
             raise UserError(f"screen_rounds {self.screen_rounds} screens in rounds: give "
                             "screen >= 1 (--screen N)")
+        if self.erase == "fade" and self.reconstruct:
+            raise UserError("reconstruct re-fits the net after a cut; erase fade changes no "
+                            "output when it erases: use erase cut (--erase cut)")
         if self.erase == "fade" and self.retrain_epochs == 0:
             raise UserError("erase fade fades the units during the retraining: give "
                             "retrain_epochs >= 1")

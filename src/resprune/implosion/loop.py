@@ -33,7 +33,7 @@ from .. import distributed
 from ..errors import UserError
 from ..io import remove, remove_tree
 from ..measure import evaluate, sizes
-from ..measure.batchnorm import batchnorm_statistics, recalibrate_batchnorm
+from ..measure.batchnorm import recalibrate_batchnorm
 from ..runstate import FORMAT as STATE_FORMAT
 from ..runstate import (
     TRAIN_STATE_FILE,
@@ -43,7 +43,8 @@ from ..runstate import (
     read_state,
     write_state,
 )
-from ..train import Fade, Slice, Trainer
+from ..train import Fade, Slice, Trainer, reconstruct
+from ..train.reconstruct import describe, summarize
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .candidates import per_cost, screened_choice, select, unit_costs
 from .config import ImplosionConfig
@@ -359,10 +360,11 @@ def _steps(run: _Run) -> None:
         bar = baseline - cfg.tolerance / 100 - 1e-12
         measured = cut = None
         if cfg.retrain == "needed":
-            measured, cut = _without_retraining(run, names, bar, cfg.seed + k)
+            measured, cut = _without_retraining(run, names, bar, cfg.seed + k, snapshot)
         epochs = 0
         if measured is None:
-            epochs, after_cut = _erase_and_retrain(run, names, k, measure_cut=cut is None)
+            epochs, after_cut = _erase_and_retrain(run, names, k, snapshot,
+                                                   measure_cut=cut is None)
             if cut is None:
                 cut = after_cut
             measured = run.evaluate()
@@ -371,6 +373,8 @@ def _steps(run: _Run) -> None:
                   "accepted": False, "epochs": epochs}
         if cut is not None:  # the net right after the cut, before any retraining
             record["cut_val_top1"], record["cut_val_loss"] = cut["val_top1"], cut["val_loss"]
+            if "reconstruction" in cut:
+                record["reconstruction"] = cut["reconstruction"]
         if rounds:  # the first round screened every candidate on the net as it stood
             record["screen_loss"] = rounds[0]["loss"]
             if "intact" in rounds[0]:
@@ -400,58 +404,76 @@ def _steps(run: _Run) -> None:
         del snapshot
 
 
-def _without_retraining(run: _Run, names: list[str], bar: float, seed: int
-                        ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-    """``retrain="needed"``: cut ``names`` (re-estimating BatchNorm statistics on
-    ``recalibrate`` training images read under ``seed``, when set) and evaluate. When val
-    top-1 holds (>= ``bar``) the units stay cut and the measurement is returned twice; else
-    they and the statistics are put back unchanged (nothing was trained) and ``(None,
-    measurement)`` is returned, so the step retrains as usual."""
-    cfg = run.config
-    units = {n: run.model.get_submodule(n) for n in names}
-    saved = batchnorm_statistics(run.model) if cfg.recalibrate else None
-    measured = _cut_and_measure(run, names, seed)
+def _without_retraining(run: _Run, names: list[str], bar: float, seed: int,
+                        before: nn.Module) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``retrain="needed"``: cut ``names`` (re-fitting the rest to ``before``, the net before
+    the cut, with ``reconstruct``, else re-estimating BatchNorm statistics with
+    ``recalibrate``; training images read under ``seed``) and evaluate. When val top-1 holds
+    (>= ``bar``) the units stay cut and the measurement is returned twice; else the net
+    before the cut is put back exactly (nothing was trained) and ``(None, measurement)`` is
+    returned, so the step retrains as usual."""
+    measured = _cut_and_measure(run, names, seed, before)
     if distributed.broadcast_object(measured["val_top1"] >= bar):
         return measured, measured
     log.info("without retraining: val top-1 %.2f %% with %s cut; retraining",
              100 * measured["val_top1"], ", ".join(names))
-    for name, unit in units.items():
-        set_submodule(run.model, name, unit)
-    if saved is not None:
-        run.model.load_state_dict(saved, strict=False)
+    _restore(run.model, copy.deepcopy(before), names)
     return None, measured
 
 
-def _cut_and_measure(run: _Run, names: list[str], seed: int) -> dict[str, Any]:
-    """Cut ``names``, re-estimate BatchNorm statistics (``recalibrate`` training images read
-    under ``seed``, when set) and evaluate the untrained net."""
+def _cut(run: _Run, names: list[str], seed: int, before: nn.Module, recalibrate: bool
+         ) -> dict[str, Any] | None:
+    """Erase ``names``; with ``reconstruct``, re-fit the rest to ``before`` (the net before
+    the cut) and return the fit's record; else, when ``recalibrate`` is asked and set,
+    re-estimate BatchNorm statistics. Training images are read under ``seed``."""
+    cfg = run.config
     erase_units(run.model, names)
-    if run.config.recalibrate:
-        recalibrate_batchnorm(run.model, run.train_loader, run.config.recalibrate, seed)
-    return run.evaluate()
+    if cfg.reconstruct:
+        t0 = time.perf_counter()
+        got = reconstruct(before, run.model, run.train_loader, cfg.reconstruct,
+                          ridge=cfg.reconstruct_ridge, seed=seed)
+        # decided once: rank 0's re-fit is every process's
+        distributed.broadcast_tensors(*run.model.state_dict().values())
+        rec = distributed.broadcast_object(summarize(got, time.perf_counter() - t0))
+        log.info("reconstruction after cutting %s: %s", ", ".join(names), describe(rec))
+        return rec
+    if recalibrate and cfg.recalibrate:
+        recalibrate_batchnorm(run.model, run.train_loader, cfg.recalibrate, seed)
+    return None
 
 
-def _erase_and_retrain(run: _Run, names: list[str], k: int, measure_cut: bool = False
-                       ) -> tuple[int, dict[str, Any] | None]:
+def _cut_and_measure(run: _Run, names: list[str], seed: int, before: nn.Module
+                     ) -> dict[str, Any]:
+    """Cut ``names`` (:func:`_cut`, with BatchNorm re-estimation) and evaluate the untrained
+    net; the re-fit's record, if any, under ``reconstruction``."""
+    rec = _cut(run, names, seed, before, recalibrate=True)
+    measured = run.evaluate()
+    return measured if rec is None else {**measured, "reconstruction": rec}
+
+
+def _erase_and_retrain(run: _Run, names: list[str], k: int, before: nn.Module,
+                       measure_cut: bool = False) -> tuple[int, dict[str, Any] | None]:
     """Step ``k``'s removal of ``names`` and its retraining, by ``config.erase``; return the
     epochs spent and, for a cut measured first, its validation measurement.
 
-    With ``recalibrate`` set and ``measure_cut``, a cut net is evaluated before it retrains,
-    its BatchNorm statistics re-estimated on ``recalibrate`` training images (read under the
-    step's seed). They are kept: training-mode passes normalise with batch statistics, so the
-    retraining's weights do not depend on them. A fade changes no output when it erases, so
-    it has no such measurement.
+    With ``recalibrate`` or ``reconstruct`` set and ``measure_cut``, a cut net is evaluated
+    before it retrains, its BatchNorm statistics re-estimated on ``recalibrate`` training
+    images or the rest of the net re-fitted to ``before`` on ``reconstruct`` (read under the
+    step's seed). Re-estimated statistics are kept: training-mode passes normalise with
+    batch statistics, so the retraining's weights do not depend on them; a re-fit is kept
+    too, as the retraining's start. A fade changes no output when it erases, so it has no
+    such measurement.
     """
     cfg = run.config
     where = step_dir(run.run_dir, k) / "train"
     if cfg.erase == "cut":
         cut = None
-        if not (measure_cut and cfg.recalibrate):
-            erase_units(run.model, names)
-        else:
-            cut = _cut_and_measure(run, names, cfg.seed + k)
+        if measure_cut and (cfg.recalibrate or cfg.reconstruct):
+            cut = _cut_and_measure(run, names, cfg.seed + k, before)
             log.info("step %d: val top-1 %.2f %% right after the cut, before retraining", k,
                      100 * cut["val_top1"])
+        else:
+            _cut(run, names, cfg.seed + k, before, recalibrate=False)
         return run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where), cut
     fade = Fade([Slice(name, "gate") for name in names], end=cfg.fade_end)
     epochs = run.train(cfg.retrain_epochs, cfg.retrain_lr, cfg.seed + k, where, [fade])

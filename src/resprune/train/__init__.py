@@ -8,10 +8,11 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation, DistillConfig
 from .fade import FADES, Fade, Slice
+from .reconstruct import reconstruct
 from .run import RunResult, train_run
 from .schedule import LRSchedule, lr_factor
 from .trainer import METRICS_FILE, STATE_FILE, Trainer
 
 __all__ = ["FADES", "METRICS_FILE", "STATE_FILE", "Callback", "DistillConfig", "Distillation",
            "Fade", "LRSchedule", "RunResult", "Slice", "TrainConfig", "Trainer", "lr_factor",
-           "train_run"]
+           "reconstruct", "train_run"]

@@ -37,6 +37,7 @@ Before a long run, :func:`plan` shows what the rule removes under each ranking c
 MACs), without training or writing anything.
 """
 
+from ..train.reconstruct import reconstruct  # with prune's kept_out_channels
 from .config import VaclConfig
 from .fade import group_slices
 from .groups import (
@@ -51,7 +52,6 @@ from .groups import (
 from .pipeline import VaclResult, run_pipeline
 from .plan import PLAN_COSTS, plan
 from .prune import prune, remove_members
-from .reconstruct import reconstruct
 from .regularizer import FORMS, SCORES, Regularizer, group_scores
 from .schedule import LAM_SCHEDULES, LamSchedule, near_zero_share
 

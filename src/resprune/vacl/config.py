@@ -15,6 +15,7 @@ from ..fields import LR, Check, Choice, Flag, Float, Int, check_fields, opt
 from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import FADES, TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
+from ..train.reconstruct import RECONSTRUCT_HELP, RIDGE_HELP
 from .latency_fit import CHECK_HELP, CHECKS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES
@@ -75,7 +76,7 @@ class VaclConfig:
     (runtimes such as onnxruntime compute in blocks of 8 or 16 channels);
     ``max_layer_reduction=F`` removes at most the fraction F of any layer's channels.
     Reconstruction: ``reconstruct=N`` re-fits the layers left after each pruning step on N
-    training images (:func:`resprune.vacl.reconstruct`), ``reconstruct_ridge`` its penalty.
+    training images (:func:`resprune.train.reconstruct`), ``reconstruct_ridge`` its penalty.
     Data: ``epoch_size`` training images per epoch when the pipeline builds the loaders.
     ``train``: optimizer, schedule, batch size, precision, device and seed of both stages
     (their epochs and lr come from the fields above).
@@ -168,14 +169,8 @@ class VaclConfig:
         None, "remove at most the fraction F in (0, 1] of any layer's channels (every layer "
         "keeps ceil((1 - F) * width)), so no residual stream or inner width collapses to a few "
         "channels (default: no cap)", Float(0, 1, open_low=True, optional=True), metavar="F")
-    reconstruct: int = opt(0, "after each pruning step, re-fit every remaining conv and "
-                           "linear layer by least squares, in execution order, so that it "
-                           "reproduces the unpruned model's outputs on the channels it kept, "
-                           "on N training images (0: off; docs/vacl.md, \"Reconstruction\")",
-                           Int(0), metavar="N")
-    reconstruct_ridge: float = opt(1e-3, "with --reconstruct: the weight penalty of each "
-                                   "least-squares fit, relative to the layer inputs' mean "
-                                   "energy", Float(0))
+    reconstruct: int = opt(0, RECONSTRUCT_HELP, Int(0), metavar="N")
+    reconstruct_ridge: float = opt(1e-3, RIDGE_HELP, Float(0))
     finetune_epochs: int = opt(20, "epochs of fine-tuning after pruning, no regularizer",
                                Int(0))
     finetune_lr: float = opt(0.01, "peak learning rate of fine-tuning", LR)

@@ -58,12 +58,12 @@ from ..report.tables import fmt_targets, targets_of
 from ..report.vacl import write_report
 from ..runstate import comparable, config_json, fingerprint, read_state, write_state
 from ..train import STATE_FILE as TRAIN_STATE_FILE
-from ..train import Fade, Trainer
+from ..train import Fade, Trainer, reconstruct
+from ..train.reconstruct import describe, summarize
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import VaclConfig
 from .fade import group_slices
 from .prune import prune
-from .reconstruct import reconstruct
 from .regularizer import Regularizer, group_scores
 from .schedule import LamSchedule, near_zero_share
 from .summary import BASE_KEYS, PRUNE_KEYS, combined_history, vacl_fields
@@ -456,18 +456,9 @@ def _reconstruct(original: nn.Module, model: nn.Module, report: dict[str, Any],
     got = reconstruct(original, model, train_loader, config.reconstruct,
                       report["kept_out_channels"], ridge=config.reconstruct_ridge,
                       seed=config.train.seed)
-    fitted = [r for r in got["layers"] if r["error_before"] > 0]
-
-    def mean(key: str) -> float:
-        return sum(r[key] for r in fitted) / len(fitted) if fitted else 0.0
-
-    log.info("reconstruction: %d layer(s) re-fitted on %d training images, mean relative "
-             "output error %.3f -> %.3f", len(fitted), got["samples"], mean("error_before"),
-             mean("error_after"))
-    return {"samples": got["samples"], "ridge": got["ridge"], "layers_fitted": len(fitted),
-            "error_before": mean("error_before"), "error_after": mean("error_after"),
-            "val_top1_before": val_before, "seconds": round(time.perf_counter() - t0, 3),
-            "layers": got["layers"]}
+    rec = summarize(got, time.perf_counter() - t0)
+    log.info("reconstruction: %s", describe(rec))
+    return {**rec, "val_top1_before": val_before, "layers": got["layers"]}
 
 
 def _auto_target(out: Path, shape, reg: Regularizer, val_loader, target: dict[str, float],

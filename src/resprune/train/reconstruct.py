@@ -1,8 +1,9 @@
 """Least-squares reconstruction of a pruned model's layers from its unpruned input.
 
-Physical removal leaves a converged network at chance on the validation split (10-18 % on
-the CIFAR-10 ResNet-56 rows of ``benchmarks/cifar10_jpeg_resnet56.py``): every layer after a
-removed channel sees inputs it was not trained on, and the errors compound over 56 layers.
+Physical removal leaves a converged network near chance on the validation split (10-18 % on
+the CIFAR-10 ResNet-56 rows of ``benchmarks/cifar10_jpeg_resnet56.py``, after VACL's channel
+removal or implosion's cut of 12 units): every layer after a removed channel or unit sees
+inputs it was not trained on, and the errors compound with depth.
 :func:`reconstruct` re-fits the weights that remain, layer by layer in execution order, so
 that each conv / linear layer of the pruned model reproduces the output the same layer of
 the unpruned model gives on the channels it kept:
@@ -21,7 +22,8 @@ grow with the number of images.
 
 The mapping from a pruned layer to its unpruned one is by module name, and from its output
 channels to the unpruned ones by ``kept_out`` (:func:`resprune.vacl.prune`'s report,
-``kept_out_channels``); a layer absent from ``kept_out`` kept all its outputs. Layers the
+``kept_out_channels``); a layer absent from ``kept_out`` kept all its outputs (an implosion
+cut: erased units are gone, every other layer keeps its name and width). Layers the
 unpruned model lacks, or whose padding is not zeros, are left as they are.
 """
 
@@ -40,6 +42,36 @@ from ..measure._device import model_device
 
 _CONV = nn.modules.conv._ConvNd
 _BATCHNORM = nn.modules.batchnorm._BatchNorm
+
+
+#: the options ``--reconstruct`` / ``--reconstruct-ridge`` of vacl, implode and compress
+RECONSTRUCT_HELP = ("after each removal (a pruning step, an implosion cut), re-fit every "
+                    "remaining conv and linear layer by least squares, in execution order, so "
+                    "that it reproduces the unpruned model's outputs on the channels it kept, "
+                    "on N training images (0: off; docs/vacl.md, \"Reconstruction\")")
+RIDGE_HELP = ("with --reconstruct: the weight penalty of each least-squares fit, relative to "
+              "the layer inputs' mean energy")
+
+
+def summarize(got: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """A run's record of :func:`reconstruct`'s result: images, ridge, layers re-fitted and
+    their mean relative output error before and after, seconds (the per-layer list left
+    out)."""
+    fitted = [r for r in got["layers"] if r["error_before"] > 0]
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in fitted) / len(fitted) if fitted else 0.0
+
+    return {"samples": got["samples"], "ridge": got["ridge"], "layers_fitted": len(fitted),
+            "error_before": mean("error_before"), "error_after": mean("error_after"),
+            "seconds": round(seconds, 3)}
+
+
+def describe(rec: dict[str, Any]) -> str:
+    """One log line of a :func:`summarize` record."""
+    return (f"{rec['layers_fitted']} layer(s) re-fitted on {rec['samples']} training images, "
+            f"mean relative output error {rec['error_before']:.3f} -> "
+            f"{rec['error_after']:.3f} ({rec['seconds']:.0f} s)")
 
 
 class _Stop(Exception):
