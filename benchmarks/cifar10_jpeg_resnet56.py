@@ -440,7 +440,9 @@ def commands(runs: Path) -> dict[str, list[str]]:
     # session 25: the pruned layers re-fitted by least squares to B's outputs on 1,024
     # training images before fine-tuning (--reconstruct; 18 % -> 73 % val top-1 right after
     # row 2n's pruning with 512): row 2g (VACL to 79.5 % of params) and row 3n (compress,
-    # depth first; re-fitted after each of its 3 width steps), everything else unchanged
+    # depth first; re-fitted after each of its 3 width steps), everything else unchanged.
+    # Row 3s ran at 916acd2, where compress passed --reconstruct to its vacl stage only; from
+    # 10de7a2 on the same command also re-fits the implode stage's cut
     rows["r56-vacl-reconstruct-450k"] = ["resprune", "vacl", b, "--config",
                                          f"{CFG}/resnet56-vacl-450k.yaml", "--reconstruct",
                                          RECONSTRUCT]
