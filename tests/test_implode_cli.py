@@ -297,6 +297,18 @@ def test_report_says_how_steps_were_chosen_scored_and_accepted():
                         "was taken with BatchNorm statistics re-estimated on 2048 training "
                         "images.")
     assert "right after the cut" not in steps_note({"retrain": "always", "erase": "cut"}, 0.9)
+    # --reconstruct: the cut is scored re-fitted; re-estimation is left to the screen
+    refit = steps_note({"screen": 25, "recalibrate": 2048, "reconstruct": 1024,
+                        "retrain": "needed", "erase": "cut"}, 0.9)
+    assert refit.endswith("A cut that retrains was first measured as it was (the step's "
+                          "validation top-1 right after the cut). Right after every cut, each "
+                          "remaining conv and linear layer was re-fitted by least squares to "
+                          "the net before the cut, on 1024 training images, and the cut was "
+                          "scored re-fitted. Every untrained score of a screened candidate was "
+                          "taken with BatchNorm statistics re-estimated on 2048 training "
+                          "images.")
+    assert "BatchNorm" not in steps_note({"recalibrate": 2048, "reconstruct": 1024,
+                                          "retrain": "always", "erase": "cut"}, 0.9)
     per = steps_note({"screen": 8, "screen_cost": "params", "retrain": "always"}, 0.9)
     assert ("of the 8 lowest-priority units, the one(s) whose removal alone raised the "
             "validation loss least per param freed, retrains") in per

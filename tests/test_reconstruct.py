@@ -184,3 +184,26 @@ def test_vacl_reconstruct_refits_the_pruned_stage_and_reports_it(trained, tmp_pa
     code, err = run([*common, "--reconstruct", "-1", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and err.count("\n") == 1 and "--reconstruct" in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_implode_reconstruct_refits_each_cut_and_reports_it(trained, tmp_path, capsys):
+    """``implode --reconstruct N``: every step's cut is re-fitted and measured right after the
+    cut; the summary's steps and the report say so; with --erase fade it is one line, exit
+    2, nothing written."""
+    out = tmp_path / "imp"
+    args = ["implode", trained, *QUIET, "--per-step", "1", "--max-steps", "1",
+            "--retrain-epochs", "1", "--adapt-epochs", "0", "--tolerance", "100",
+            "--reconstruct", "32"]
+    code, err = run([*args, "--out", out], capsys)
+    assert code == 0, err
+    steps = json.loads((out / "summary.json").read_text())["steps"]
+    assert len(steps) == 1  # resnet8: one erasable unit
+    for s in steps:
+        assert "cut_val_top1" in s
+        assert s["reconstruction"]["samples"] == 32 and s["reconstruction"]["layers_fitted"] > 0
+    text = (out / "report.md").read_text()
+    assert "re-fitted by least squares to the net before the cut, on 32 training images" in text
+    assert "val top-1 right after the cut" in text
+    code, err = run([*args, "--erase", "fade", "--out", tmp_path / "bad"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "erase fade" in err, err
+    assert not (tmp_path / "bad").exists()

@@ -218,14 +218,21 @@ def steps_note(cfg: dict[str, Any], start_val_top1: float) -> str:
             "start net's) minus the tolerance; otherwise the step is rolled back and "
             + ("the loop stops." if patience <= 1 else
                f"the next candidates are tried; {patience} rejections in a row stop the loop.")]
-    # a cut is measured untrained before it retrains when statistics are re-estimated
+    # a cut is measured untrained before it retrains when statistics are re-estimated or
+    # the net is re-fitted
     measured_cut = cfg.get("erase", "cut") == "cut"
-    if recal and measured_cut:
+    refit = cfg.get("reconstruct", 0) if measured_cut else 0
+    if (recal or refit) and measured_cut:
         text.append("A cut that retrains was first measured as it was (the step's validation "
                     "top-1 right after the cut).")
-    if recal and (screen or cfg.get("retrain") == "needed" or measured_cut):
-        text.append(f"Every untrained score was taken with BatchNorm statistics re-estimated "
-                    f"on {recal} training images.")
+    if refit:
+        text.append(f"Right after every cut, each remaining conv and linear layer was "
+                    f"re-fitted by least squares to the net before the cut, on {refit} "
+                    "training images, and the cut was scored re-fitted.")
+    if recal and (screen or (not refit and (cfg.get("retrain") == "needed" or measured_cut))):
+        text.append(f"Every untrained score{' of a screened candidate' if refit else ''} "
+                    f"was taken with BatchNorm statistics re-estimated on {recal} training "
+                    "images.")
     return " ".join(text)
 
 
