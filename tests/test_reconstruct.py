@@ -207,3 +207,23 @@ def test_implode_reconstruct_refits_each_cut_and_reports_it(trained, tmp_path, c
     code, err = run([*args, "--erase", "fade", "--out", tmp_path / "bad"], capsys)
     assert code == 2 and err.count("\n") == 1 and "erase fade" in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_chunked_regression_inputs_give_the_same_fit(monkeypatch):
+    """The normal equations are summed over chunks of a few images (bounded memory on large
+    inputs): a tiny chunk gives the fit of one chunk a batch, up to rounding."""
+    from resprune.train import reconstruction
+
+    torch.manual_seed(0)
+    original = create("resnet20", width=8)
+    pruned = copy.deepcopy(original)
+    kept = vacl.prune(pruned, CIFAR, target_params_reduction=0.4)["kept_out_channels"]
+    data = batches(4, dtype=torch.float32)
+    whole = copy.deepcopy(pruned)
+    vacl.reconstruct(original, whole, data, 32, kept)
+    monkeypatch.setattr(reconstruction, "_CHUNK", 1000)  # one image or less per chunk
+    chunked = copy.deepcopy(pruned)
+    vacl.reconstruct(original, chunked, data, 32, kept)
+    a, b = whole.state_dict(), chunked.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
+    assert any(not torch.equal(a[k], pruned.state_dict()[k]) for k in a)

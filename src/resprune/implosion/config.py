@@ -11,7 +11,7 @@ from ..fields import LR, LR_OR_NONE, Choice, Flag, Float, Int, check_fields, opt
 from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
-from ..train.reconstruct import RECONSTRUCT_HELP, RIDGE_HELP
+from ..train.reconstruction import RECONSTRUCT_HELP, RIDGE_HELP
 from .scores import SCORE_METHODS
 
 ERASE_MODES = ("cut", "fade")

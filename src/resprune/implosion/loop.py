@@ -44,7 +44,7 @@ from ..runstate import (
     write_state,
 )
 from ..train import Fade, Slice, Trainer, reconstruct
-from ..train.reconstruct import describe, summarize
+from ..train.reconstruction import describe, summarize
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .candidates import per_cost, screened_choice, select, unit_costs
 from .config import ImplosionConfig

@@ -8,7 +8,7 @@ from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation, DistillConfig
 from .fade import FADES, Fade, Slice
-from .reconstruct import reconstruct
+from .reconstruction import reconstruct
 from .run import RunResult, train_run
 from .schedule import LRSchedule, lr_factor
 from .trainer import METRICS_FILE, STATE_FILE, Trainer

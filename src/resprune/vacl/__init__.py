@@ -37,7 +37,7 @@ Before a long run, :func:`plan` shows what the rule removes under each ranking c
 MACs), without training or writing anything.
 """
 
-from ..train.reconstruct import reconstruct  # with prune's kept_out_channels
+from ..train.reconstruction import reconstruct  # with prune's kept_out_channels
 from .config import VaclConfig
 from .fade import group_slices
 from .groups import (

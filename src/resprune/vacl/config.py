@@ -15,7 +15,7 @@ from ..fields import LR, Check, Choice, Flag, Float, Int, check_fields, opt
 from ..measure.latency_table import BATCH_HELP, COSTS, RUNTIME_HELP, RUNTIMES
 from ..train import FADES, TrainConfig
 from ..train.fade import FADE_END, FADE_END_HELP
-from ..train.reconstruct import RECONSTRUCT_HELP, RIDGE_HELP
+from ..train.reconstruction import RECONSTRUCT_HELP, RIDGE_HELP
 from .latency_fit import CHECK_HELP, CHECKS
 from .regularizer import FORMS, SCORES
 from .schedule import LAM_SCHEDULES

@@ -59,7 +59,7 @@ from ..report.vacl import write_report
 from ..runstate import comparable, config_json, fingerprint, read_state, write_state
 from ..train import STATE_FILE as TRAIN_STATE_FILE
 from ..train import Fade, Trainer, reconstruct
-from ..train.reconstruct import describe, summarize
+from ..train.reconstruction import describe, summarize
 from ..train.trainer import RESUME_FREE_OPTIONS
 from .config import VaclConfig
 from .fade import group_slices

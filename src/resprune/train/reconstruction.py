@@ -74,6 +74,10 @@ def describe(rec: dict[str, Any]) -> str:
             f"{rec['error_after']:.3f} ({rec['seconds']:.0f} s)")
 
 
+#: numbers (rows x features) of one chunk of regression inputs: 128 MiB in float64
+_CHUNK = 1 << 24
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the layer of interest has run."""
 
@@ -221,9 +225,10 @@ def _fit(layer: nn.Module, ref: nn.Module, name: str, original: nn.Module, prune
     keep_t = torch.as_tensor(keep, dtype=torch.long, device=layer.weight.device)
     ob = outs // groups
     ib = layer.weight.shape[1]
-    feats = ib * (layer.weight[0].numel() // ib)  # inputs per output, per cardinal group
-    gram = torch.zeros(groups, feats + 1, feats + 1, dtype=torch.float64)
-    cross = torch.zeros(groups, feats + 1, ob, dtype=torch.float64)
+    feats = layer.weight[0].numel()  # inputs per output, per cardinal group
+    device = layer.weight.device
+    gram = torch.zeros(groups, feats + 1, feats + 1, dtype=torch.float64, device=device)
+    cross = torch.zeros(groups, feats + 1, ob, dtype=torch.float64, device=device)
     energy = before = 0.0
     for x in images:
         xin = _capture(pruned, layer, x, "in")
@@ -231,25 +236,30 @@ def _fit(layer: nn.Module, ref: nn.Module, name: str, original: nn.Module, prune
         now = layer(xin)
         before += float((now - target).double().pow(2).sum())
         energy += float(target.double().pow(2).sum())
-        for g in range(groups):
-            xg = xin if groups == 1 else xin[:, g * ib:(g + 1) * ib]
-            tg = target if groups == 1 else target[:, g * ob:(g + 1) * ob]
-            p, t = _rows(layer, xg, tg)
-            p = torch.cat([p.double(), torch.ones(p.shape[0], 1, dtype=torch.float64,
-                                                  device=p.device)], 1).cpu()
-            gram[g] += p.T @ p
-            cross[g] += p.T @ t.double().cpu()
+        # a few images at a time: rows x features stays below _CHUNK numbers per product
+        rows = target[0].numel() // max(1, target.shape[1]) if target.dim() > 2 else 1
+        step = max(1, _CHUNK // max(1, rows * (feats + 1)))
+        for i in range(0, x.shape[0], step):
+            for g in range(groups):
+                xg = xin[i:i + step] if groups == 1 else xin[i:i + step, g * ib:(g + 1) * ib]
+                tg = (target[i:i + step] if groups == 1
+                      else target[i:i + step, g * ob:(g + 1) * ob])
+                p, t = _rows(layer, xg, tg)
+                p = torch.cat([p.double(), torch.ones(p.shape[0], 1, dtype=torch.float64,
+                                                      device=p.device)], 1)
+                gram[g] += p.T @ p
+                cross[g] += p.T @ t.double()
     if before <= 1e-12 * energy:  # input unchanged and every output kept: already exact
         return {"error_before": 0.0, "error_after": 0.0}
     has_offset = layer.bias is not None or bn is not None
     size = feats + (1 if has_offset else 0)
     weights, offsets, residual = [], [], 0.0
     for g in range(groups):
-        a = gram[g, :size, :size]
+        a = gram[g, :size, :size].cpu()  # small: solved on the CPU (gelsd is CPU-only)
         reg = a.clone()
         scale = float(reg.diagonal()[:feats].mean()) or 1.0
         reg.diagonal()[:feats] += ridge * scale
-        c = cross[g, :size]
+        c = cross[g, :size].cpu()
         try:
             sol = torch.linalg.solve(reg, c)
         except torch.linalg.LinAlgError:  # inputs that are always zero (or ridge 0): the
