@@ -299,7 +299,7 @@ def test_two_processes_erase_and_prune_like_one(one_and_two, tmp_path):
             "--retrain-epochs", "1", "--max-steps", "2", "--per-step", "1", "--tolerance", "50",
             "--score", "norm", "--screen", "2", "--screen-batches", "1",
             "--sparse-epochs", "1", "--finetune-epochs", "1", "--target-params-reduction",
-            "0.5"]
+            "0.5", "--reconstruct", "32"]  # re-fits after both stages' removals, too
     assert main([*args, "--out", str(tmp_path / "c1")]) == 0
     torchrun([*args, "--out", str(tmp_path / "c2")])
     runs = {}

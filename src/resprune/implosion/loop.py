@@ -432,8 +432,7 @@ def _cut(run: _Run, names: list[str], seed: int, before: nn.Module, recalibrate:
         t0 = time.perf_counter()
         got = reconstruct(before, run.model, run.train_loader, cfg.reconstruct,
                           ridge=cfg.reconstruct_ridge, seed=seed)
-        # decided once: rank 0's re-fit is every process's
-        distributed.broadcast_tensors(*run.model.state_dict().values())
+        # every process solved the same summed equations (see reconstruct): the same fit
         rec = distributed.broadcast_object(summarize(got, time.perf_counter() - t0))
         log.info("reconstruction after cutting %s: %s", ", ".join(names), describe(rec))
         return rec

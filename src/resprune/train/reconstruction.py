@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..data.loader import seeded_batches
 from ..errors import UserError
 from ..measure._device import model_device
@@ -186,6 +187,10 @@ def reconstruct(original: nn.Module, pruned: nn.Module, loader: Iterable, sample
     inputs' mean energy. Both models are used in eval mode and left in the mode they were
     in; ``original`` is not changed. Returns ``{"samples", "layers", "ridge"}``: the images
     read and, per re-fitted layer, its relative output error before and after the fit.
+    Under torchrun each process reads its share of the images from a resprune loader (its
+    slices of the same batches) and the fits' sums are added over the processes, so every
+    process gets the same weights, those of one process reading all the images (exactly when
+    ``samples`` is a multiple of the global batch size, up to rounding).
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise UserError(f"reconstruction needs at least 1 image, got {samples!r}")
@@ -197,7 +202,9 @@ def reconstruct(original: nn.Module, pruned: nn.Module, loader: Iterable, sample
     original.eval()
     pruned.eval()
     try:
-        images = [x.to(device) for x in _calibration(loader, samples, seed)]
+        # under torchrun: this process's share of the images (its slices of the same batches)
+        share = -(-samples // distributed.world_size())
+        images = [x.to(device) for x in _calibration(loader, share, seed)]
         order, feeds = _execution_order(pruned, images[0])
         ours = dict(pruned.named_modules())
         theirs = dict(original.named_modules())
@@ -211,7 +218,9 @@ def reconstruct(original: nn.Module, pruned: nn.Module, loader: Iterable, sample
     finally:
         original.train(modes[0])
         pruned.train(modes[1])
-    return {"samples": sum(x.shape[0] for x in images), "ridge": ridge, "layers": layers}
+    seen = torch.tensor([sum(x.shape[0] for x in images)], dtype=torch.float64)
+    distributed.all_reduce_sum(seen)
+    return {"samples": int(seen), "ridge": ridge, "layers": layers}
 
 
 def _fit(layer: nn.Module, ref: nn.Module, name: str, original: nn.Module, pruned: nn.Module,
@@ -249,6 +258,11 @@ def _fit(layer: nn.Module, ref: nn.Module, name: str, original: nn.Module, prune
                                                       device=p.device)], 1)
                 gram[g] += p.T @ p
                 cross[g] += p.T @ t.double()
+    # under torchrun each process read its own share of the images: sum them, so every
+    # process solves the same equations as one process reading all of them
+    totals = torch.tensor([energy, before], dtype=torch.float64, device=device)
+    distributed.all_reduce_sum(gram, cross, totals)
+    energy, before = float(totals[0]), float(totals[1])
     if before <= 1e-12 * energy:  # input unchanged and every output kept: already exact
         return {"error_before": 0.0, "error_after": 0.0}
     has_offset = layer.bias is not None or bn is not None
