@@ -227,3 +227,18 @@ def test_chunked_regression_inputs_give_the_same_fit(monkeypatch):
     a, b = whole.state_dict(), chunked.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), rtol=1e-4, atol=1e-5) for k in a)
     assert any(not torch.equal(a[k], pruned.state_dict()[k]) for k in a)
+
+
+def test_each_pruning_step_is_refitted_and_recorded(trained, tmp_path, capsys):
+    out = tmp_path / "steps"
+    code, err = run(["vacl", trained, *QUIET, "--sparse-epochs", "0", "--prune-steps", "2",
+                     "--step-epochs", "1", "--finetune-epochs", "0",
+                     "--target-params-reduction", "0.5", "--reconstruct", "40", "--out", out],
+                    capsys)
+    assert code == 0, err
+    s = json.loads((out / "summary.json").read_text())
+    recs = [step["reconstruction"] for step in s["prune_steps"]]
+    assert len(recs) == 2 and all(r["samples"] == 40 and r["layers_fitted"] > 0 for r in recs)
+    assert s["prune"]["reconstruction"] == recs[1]  # the last step's
+    assert "Reconstruction after each of the 2 steps; after the last, the" in (
+        out / "report.md").read_text()

@@ -220,7 +220,9 @@ def _reconstruction_note(summary: dict[str, Any]) -> str:
     val = ("" if rec.get("val_top1_before") is None else
            f"; val top-1 {fmt_acc(rec['val_top1_before'])} right after the removal, "
            f"{fmt_acc(summary.get('val_top1_before_finetune'))} re-fitted")
-    return (f" Reconstruction: the {rec['layers_fitted']} layers whose outputs the removal "
+    steps = len(summary.get("prune_steps") or [])
+    when = f" after each of the {steps} steps; after the last," if steps > 1 else ":"
+    return (f" Reconstruction{when} the {rec['layers_fitted']} layers whose outputs the removal "
             f"changed were re-fitted by least squares to the input's outputs on "
             f"{rec['samples']:,} training images (mean relative output error "
             f"{rec['error_before']:.3f} -> {rec['error_after']:.3f}{val}; "

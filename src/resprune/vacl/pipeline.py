@@ -76,7 +76,7 @@ STAGES_DIR = "stages"
 PRUNE_REPORT = "prune_report.json"
 # what state["steps"] keeps of each step's prune report (with prune_steps > 1)
 STEP_KEYS = ("target_reached", "params_after", "macs_after", "groups_total", "groups_by_kind",
-             "groups_removed", "removed_by_kind")
+             "groups_removed", "removed_by_kind", "reconstruction")
 
 
 @dataclass

@@ -77,7 +77,8 @@ def step_fields(state: dict[str, Any]) -> list[dict[str, Any]]:
                     "top1_before_finetune": s["before_finetune"]["top1"],
                     "val_top1_before_finetune": s["before_finetune"]["val_top1"],
                     "val_top1_after_finetune": tuned.get("val_acc"),
-                    "finetune_epochs": len(history or [])})
+                    "finetune_epochs": len(history or []),
+                    "reconstruction": s.get("reconstruction")})
     return out
 
 
