@@ -112,7 +112,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   the pruned ResNet-56 and the distilled ResNet-20 compare at equal size and budget.
 - ``r56-vacl-reconstruct-450k``, ``r56-compress-oneshot-r2-reconstruct``: rows 2g and 3n with
   the layers left after each pruning step re-fitted by least squares to B's outputs on 1,024
-  training images before fine-tuning (``--reconstruct 1024``).
+  training images before fine-tuning (``--reconstruct 1024``); ``r56-vacl-short-10k``,
+  ``-30k`` and their ``-reconstruct`` twins: row 2g's pruning fine-tuned 10,000 or 30,000
+  samples only, without and with the re-fit.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -448,6 +450,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
                                          RECONSTRUCT]
     rows["r56-compress-oneshot-r2-reconstruct"] = [*rows["r56-compress-oneshot-r2"],
                                                    "--reconstruct", RECONSTRUCT]
+    # and on short budgets, where the start matters most: row 2g's pruning fine-tuned 1 or 3
+    # epochs of 10,000 (10,000 / 30,000 samples), without and with the re-fit
+    for epochs in ("1", "3"):
+        short = [*rows["r56-vacl-reconstruct-450k"][:-2], "--finetune-epochs", epochs]
+        rows[f"r56-vacl-short-{epochs}0k"] = short
+        rows[f"r56-vacl-short-{epochs}0k-reconstruct"] = [*short, "--reconstruct", RECONSTRUCT]
     return rows
 
 
@@ -528,6 +536,10 @@ TITLES = {
                                  "(--reconstruct 1024)",
     "r56-compress-oneshot-r2-reconstruct": "3s. row 3n with the pruned layers re-fitted "
                                            "after each width step (--reconstruct 1024)",
+    "r56-vacl-short-10k": "2p. row 2g's pruning fine-tuned 10,000 samples",
+    "r56-vacl-short-10k-reconstruct": "2q. row 2p re-fitted first (--reconstruct 1024)",
+    "r56-vacl-short-30k": "2r. row 2g's pruning fine-tuned 30,000 samples",
+    "r56-vacl-short-30k-reconstruct": "2s. row 2r re-fitted first (--reconstruct 1024)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
