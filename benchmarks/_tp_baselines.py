@@ -52,6 +52,7 @@ import resprune
 from resprune.data import input_shape, load_dataset, make_loader
 from resprune.io import atomic_write_json, atomic_write_text, read_json
 from resprune.measure import count_macs, count_params, depth, evaluate, latency
+from resprune.measure._device import resolve_device
 from resprune.models import PadShortcut
 from resprune.report import pct_removed
 from resprune.runs import read_summary, write_summary
@@ -151,9 +152,15 @@ class Regularize(Callback):
 
 
 def _accuracy(model: nn.Module, val, test) -> dict[str, Any]:
+    """Top-1/5 on ``test`` and top-1 on ``val``, the model evaluated on the loaders' device
+    (and left where it was)."""
+    home = next(model.parameters()).device
+    model.to(test.device)
     r = evaluate(model, test)
-    return {"top1": r["top1"], "top5": r["top5"],
-            "val_top1": evaluate(model, val)["top1"] if val.num_samples else None}
+    out = {"top1": r["top1"], "top5": r["top5"],
+           "val_top1": evaluate(model, val)["top1"] if val.num_samples else None}
+    model.to(home)
+    return out
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -172,12 +179,15 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
         sparse_epochs: int, finetune_epochs: int, sparse_lr: float = 0.01,
         finetune_lr: float = 0.01, reg: float = 5e-4, batch_size: int = 128,
         channels_last: bool = False, metric: str = "params", epoch_size: int | None = None,
-        distill_alpha: float = 0.0, distill_temperature: float = 4.0) -> dict[str, Any]:
+        distill_alpha: float = 0.0, distill_temperature: float = 4.0,
+        device: str = "cpu") -> dict[str, Any]:
     """Run one baseline into ``out`` (resuming what a killed run left); return its summary.
 
     ``metric``: match ``params_reduction`` on params (default) or MACs. ``epoch_size``:
     training images per epoch (as ``--epoch-size``). ``distill_alpha`` > 0: every training
-    distils from the base model, as ``--distill-from input``.
+    distils from the base model, as ``--distill-from input``. ``device``: where the data
+    lives and every training and evaluation runs (cpu, cuda or auto); pruning, counting and
+    the latency column stay on the CPU.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
@@ -189,7 +199,8 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
     bundle = load_dataset(data["name"], data["data_dir"], val_fraction=data["val_fraction"],
                           seed=data["seed"], preprocess=base_model.preprocess)
     seed, shape = int(data["seed"]), input_shape(bundle)
-    loader = dict(device="cpu", seed=seed, channels_last=channels_last)
+    device = str(resolve_device(device))
+    loader = dict(device=device, seed=seed, channels_last=channels_last)
     train = make_loader(bundle, "train", batch_size, train=True, epoch_size=epoch_size,
                         **loader)
     distill = Distillation(base_model, distill_alpha, distill_temperature) \
@@ -198,7 +209,7 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
     test = make_loader(bundle, "test", max(batch_size, 256), train=False, **loader)
 
     def config(epochs: int, lr: float) -> TrainConfig:
-        return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device="cpu",
+        return TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, device=device,
                            seed=seed, channels_last=channels_last)
 
     # magnitude: no sparsity training, its epochs go to fine-tuning (same total budget)
@@ -251,7 +262,7 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
         for name in ("sparse", "finetune"):
             (stages / name / TRAIN_STATE_FILE).unlink(missing_ok=True)
 
-    model = resprune.load(out)
+    model = resprune.load(out)  # on the CPU: counts and the CPU latency column
     base = state["base"]
     params, macs = count_params(model), count_macs(model, shape)
     lat = latency(model, shape, batch_sizes=(1, 64), warmup=2, repeats=5)
@@ -287,7 +298,7 @@ def run(base_run: str | Path, out: str | Path, method: str, params_reduction: fl
                    "distill_temperature": distill_temperature, "sparse_epochs": s_epochs,
                    "finetune_epochs": f_epochs, "sparse_lr": sparse_lr,
                    "finetune_lr": finetune_lr, "reg": reg, "batch_size": batch_size,
-                   "channels_last": channels_last, "seed": seed,
+                   "channels_last": channels_last, "seed": seed, "device": device,
                    "importance": "GroupMagnitudeImportance(p=2)", "global_pruning": True},
     }
     write_summary(out, summary)
@@ -313,12 +324,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda", "auto"),
+                   help="where training and evaluation run (cpu)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     s = run(a.base_run, a.out, a.method, a.params_reduction, a.sparse_epochs,
             a.finetune_epochs, a.sparse_lr, a.finetune_lr, a.reg, a.batch_size,
-            a.channels_last, a.metric, a.epoch_size, a.distill_alpha, a.distill_temperature)
+            a.channels_last, a.metric, a.epoch_size, a.distill_alpha, a.distill_temperature,
+            a.device)
     print(json.dumps({k: s[k] for k in ("method", "params_removed_pct", "macs_removed_pct",
                                         "top1_before_finetune", "top1", "pruning_ratio")}))
     return 0

@@ -174,6 +174,9 @@ R20_PARAMS = "0.6838"
 R20_MACS = "0.6768"
 # images the pruned layers are re-fitted on (--reconstruct) in the session-25 rows
 RECONSTRUCT = "1024"
+GPU = ["--device", "cuda"]
+FULL = ["--epoch-size", "45000"]  # a whole pass over the training split (50,000 - val 5,000)
+MACS_3N = "0.8533"  # CPU row 3n's MACs reduction (85.33 %), the GPU torch-pruning row's target
 # the one-step implosion rows (1l, 1m): retraining epochs of 10,000 after the 12-unit cut
 ONESHOT_EPOCHS = 32
 
@@ -456,6 +459,20 @@ def commands(runs: Path) -> dict[str, list[str]]:
         short = [*rows["r56-vacl-reconstruct-450k"][:-2], "--finetune-epochs", epochs]
         rows[f"r56-vacl-short-{epochs}0k"] = short
         rows[f"r56-vacl-short-{epochs}0k-reconstruct"] = [*short, "--reconstruct", RECONSTRUCT]
+    # session 26, an H200 lent (benchmarks/gpu_rows.sh runs these on it, five at a time):
+    # row 3n exactly as on the CPU but on CUDA; then rows 3n (two seeds), 2g and 4n (row 4m's
+    # recipe at 3n's MACs) on the full budget, every one of their 45 epochs a whole pass over
+    # the 45,000 training images instead of 10,000 of them (2,025,000 samples, 4.5x the CPU
+    # budget). 4n's target is CPU row 3n's MACs reduction (85.33 %): the GPU rows run at once
+    rows["gpu-r56-compress-oneshot-r2"] = [*rows["r56-compress-oneshot-r2"], *GPU]
+    rows["gpu-r56-compress-oneshot-r2-full"] = [*rows["r56-compress-oneshot-r2"], *GPU, *FULL]
+    rows["gpu-r56-compress-oneshot-r2-full-s1"] = [*rows["gpu-r56-compress-oneshot-r2-full"],
+                                                   "--seed", "1"]
+    rows["gpu-r56-vacl-450k-full"] = ["resprune", "vacl", b, "--config",
+                                      f"{CFG}/resnet56-vacl-450k.yaml", *GPU, *FULL]
+    rows["gpu-r56-tp-groupnorm-oneshot-r2-full"] = [
+        *with_value(with_value(rows["r56-tp-groupnorm-steps3"], "--params-reduction",
+                               MACS_3N), "--epoch-size", FULL[1]), *GPU]
     return rows
 
 
@@ -540,6 +557,12 @@ TITLES = {
     "r56-vacl-short-10k-reconstruct": "2q. row 2p re-fitted first (--reconstruct 1024)",
     "r56-vacl-short-30k": "2r. row 2g's pruning fine-tuned 30,000 samples",
     "r56-vacl-short-30k-reconstruct": "2s. row 2r re-fitted first (--reconstruct 1024)",
+    "gpu-r56-compress-oneshot-r2": "G3n. row 3n on the GPU (450,000 samples)",
+    "gpu-r56-compress-oneshot-r2-full": "G3n-full. row 3n, every epoch a full pass (GPU)",
+    "gpu-r56-compress-oneshot-r2-full-s1": "G3n-full, second seed (--seed 1)",
+    "gpu-r56-vacl-450k-full": "G2g-full. row 2g, every epoch a full pass (GPU)",
+    "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
+                                            "G3n-full's budget (GPU)",
 }
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
@@ -581,7 +604,7 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
         row, value = DERIVED[name]
         s = json.loads((runs / row / "summary.json").read_text())
         argv = [value(s) if a.startswith("<") else a for a in argv]
-    if name.startswith("r56-tp-groupnorm"):
+    if "r56-tp-groupnorm" in name:
         argv = [sys.executable, *argv[1:], "--out", str(out), "--threads", str(threads)]
     else:
         started = out.is_dir() and any(out.iterdir())
