@@ -591,7 +591,10 @@ DERIVED = {**{tp: (row, _macs_reduction) for tp, row in TP_MATCH.items()},
            "r56-implode-heldout-r2-more": ("r56-implode-heldout-r2", _same_floor)}
 
 
-def run_row(name: str, runs: Path, threads: int = 1) -> int:
+def run_row(name: str, runs: Path, threads: int = 1, device: str | None = None) -> int:
+    """Run (or resume) one row; ``device``: on this device instead of the one its command
+    names (a GPU row stopped on the lent machine resumes on the CPU: the device is one of the
+    options a resume may change)."""
     out = runs / name
     if (out / "summary.json").is_file():
         return 0
@@ -610,6 +613,8 @@ def run_row(name: str, runs: Path, threads: int = 1) -> int:
         started = out.is_dir() and any(out.iterdir())
         argv = [sys.executable, "-m", "resprune.cli.main", *argv[1:], "--out", str(out),
                 "--no-progress", *(["--resume"] if started else [])]
+    if device:
+        argv += ["--device", device]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.run(argv, cwd=REPO, env=env).returncode
 
@@ -784,6 +789,9 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"run these rows: {', '.join(TITLES)}")
     p.add_argument("--threads", type=int, default=1,
                    help="--run: torch threads of each row (1)")
+    p.add_argument("--device", choices=("cpu", "cuda"),
+                   help="--run: on this device instead of the row's own (resume a GPU row "
+                        "on the CPU)")
     p.add_argument("--rows", nargs="+", choices=list(TITLES), metavar="ROW",
                    help="report only these rows (default: every finished row; B is needed)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per model (10)")
@@ -801,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         print(heldout_layout(JPEG, a.heldout.resolve()))
         return 0
     if a.run:
-        return max(run_row(n, runs, a.threads) for n in a.run)
+        return max(run_row(n, runs, a.threads, a.device) for n in a.run)
     if a.paired:
         import torch
 
