@@ -564,6 +564,13 @@ TITLES = {
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }
+# where a row trained when not on the CPU alone (its minutes add up every device's seconds):
+# the full-budget GPU rows were stopped on the lent H200 at the call's deadline and resumed
+# on the CPU (--device cpu)
+TRAINED_ON = {"gpu-r56-compress-oneshot-r2": "H200",
+              "gpu-r56-compress-oneshot-r2-full": "H200, then CPU",
+              "gpu-r56-compress-oneshot-r2-full-s1": "H200, then CPU",
+              "gpu-r56-vacl-450k-full": "H200, then CPU"}
 # rows that decided on half of test/: compared with B on the other half only (--paired)
 ON_HELDOUT = {"r56-implode-heldout", "r56-implode-heldout-r2", "r56-implode-heldout-r2-more",
               "r56-implode-heldout-r2-s1", "r56-implode-heldout-recal",
@@ -735,12 +742,14 @@ def report(runs: Path, out: Path, repeats: int, rows: list[str] | None = None) -
             f"{100 * s['val_top1']:.2f}" if s.get("val_top1") is not None else "-",
             f"{100 * ap:.2f}" if ap is not None else "-",
             f"{samples(s):,}" if samples(s) is not None else "-",
-            f"{(s.get('seconds') or 0) / 60:.1f}",
+            f"{(s.get('seconds') or 0) / 60:.1f}"
+            + (f" ({TRAINED_ON[n]})" if n in TRAINED_ON else ""),
             *[f"{speed[(n, rt, bs)]:.2f}x" for rt in ("eager", "onnxruntime") for bs in (1, 64)],
         ])
     head = ["row", "params (removed)", "MACs (removed)", "depth (removed)",
             "test top-1 % (paired diff to B ± SE)", "val top-1 %", "top-1 right after pruning %",
-            "samples trained", "training CPU min", "eager b1", "eager b64", "ORT b1", "ORT b64"]
+            "samples trained", "training min (CPU unless said)", "eager b1", "eager b64",
+            "ORT b1", "ORT b64"]
     plot = out.with_name(out.stem + "_pareto.png")
     _plot(plot, {n: (summaries[n]["macs"] / 1e6, 100 * float(hits[n].mean())) for n in done})
     cmds = commands(runs)
