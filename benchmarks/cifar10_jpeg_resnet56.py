@@ -602,12 +602,18 @@ def run_row(name: str, runs: Path, threads: int = 1, device: str | None = None) 
     """Run (or resume) one row; ``device``: on this device instead of the one its command
     names (a GPU row stopped on the lent machine resumes on the CPU: the device is one of the
     options a resume may change)."""
-    out = runs / name
-    if (out / "summary.json").is_file():
+    if (runs / name / "summary.json").is_file():
         return 0
-    argv = commands(runs)[name]
     if name in ON_HELDOUT:
         heldout_layout(JPEG, runs / HELDOUT)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.run(row_argv(name, runs, threads, device), cwd=REPO, env=env).returncode
+
+
+def row_argv(name: str, runs: Path, threads: int = 1, device: str | None = None) -> list[str]:
+    """The command line that runs (or, where its directory was started, resumes) one row."""
+    out = runs / name
+    argv = commands(runs)[name]
     if any(a.startswith("<git show") for a in argv):
         raise SystemExit(f"{name} used the configs of commit {FIRST}: check them out first")
     if name in DERIVED:
@@ -620,10 +626,9 @@ def run_row(name: str, runs: Path, threads: int = 1, device: str | None = None) 
         started = out.is_dir() and any(out.iterdir())
         argv = [sys.executable, "-m", "resprune.cli.main", *argv[1:], "--out", str(out),
                 "--no-progress", *(["--resume"] if started else [])]
-    if device:
+    if device:  # after the row's own --device: the last one given wins
         argv += ["--device", device]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    return subprocess.run(argv, cwd=REPO, env=env).returncode
+    return argv
 
 
 def heldout_layout(src: Path, dst: Path, seed: int = 0) -> Path:

@@ -26,3 +26,34 @@ def test_benchmark_script_imports(path: Path, monkeypatch):
     spec.loader.exec_module(module)
     if path.name != "_common.py":
         assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
+
+
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
+    """A GPU row's command asks for cuda; --device cpu appends the override after it (the
+    last --device wins), and a started run directory gets --resume."""
+    bench = _load("cifar10_jpeg_resnet56", monkeypatch)
+    row = "gpu-r56-compress-oneshot-r2-full"
+    fresh = bench.row_argv(row, tmp_path)
+    assert fresh[fresh.index("--device") + 1] == "cuda"
+    assert fresh[fresh.index("--epoch-size") + 1] == "45000"
+    assert fresh[-2:] == [str(tmp_path / row), "--no-progress"]
+    (tmp_path / row).mkdir()
+    (tmp_path / row / "state.json").write_text("{}")
+    resumed = bench.row_argv(row, tmp_path, device="cpu")
+    assert resumed[-4:] == ["--no-progress", "--resume", "--device", "cpu"]
+    assert resumed.count("--device") == 2
+    tp = bench.row_argv("gpu-r56-tp-groupnorm-oneshot-r2-full", tmp_path, threads=2,
+                        device="cpu")
+    assert tp[1] == "benchmarks/_tp_baselines.py"
+    assert tp[tp.index("--params-reduction") + 1] == bench.MACS_3N
+    assert tp[-6:] == ["--out", str(tmp_path / "gpu-r56-tp-groupnorm-oneshot-r2-full"),
+                       "--threads", "2", "--device", "cpu"]
