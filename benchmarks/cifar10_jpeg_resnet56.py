@@ -115,6 +115,12 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   training images before fine-tuning (``--reconstruct 1024``); ``r56-vacl-short-10k``,
   ``-30k`` and their ``-reconstruct`` twins: row 2g's pruning fine-tuned 10,000 or 30,000
   samples only, without and with the re-fit.
+- ``gpu-r56-compress-oneshot-r2``: row 3n's command on CUDA (``--device cuda``);
+  ``gpu-r56-compress-oneshot-r2-full`` (and ``-s1``, ``--seed 1``), ``gpu-r56-vacl-450k-full``
+  and ``gpu-r56-tp-groupnorm-oneshot-r2-full``: rows 3n, 2g and 4m's recipe at 3n's MACs with
+  every epoch a whole pass over the 45,000 training images (``--epoch-size 45000``:
+  2,025,000 samples). ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped
+  there resumes here with ``--run ROW --device cpu``.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
