@@ -17,24 +17,21 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p for p in BENCH.glob("*.py"))
 
 
-@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
-def test_benchmark_script_imports(path: Path, monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location(f"_bench_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)
-    spec.loader.exec_module(module)
-    if path.name != "_common.py":
-        assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
-
-
 def _load(name: str, monkeypatch):
+    """Import ``benchmarks/NAME.py`` (its directory on the path, as when it runs)."""
     monkeypatch.syspath_prepend(str(BENCH))
     spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_benchmark_script_imports(path: Path, monkeypatch):
+    module = _load(path.stem, monkeypatch)
+    if path.name != "_common.py":
+        assert callable(getattr(module, "main", None)), f"{path.name} has no main()"
 
 
 def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
