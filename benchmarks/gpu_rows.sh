@@ -16,12 +16,18 @@
 # resumable); last, one archive per row directory and one of the logs into $OUT.
 #
 #   OUT=/tmp/out DEADLINE=480 bash benchmarks/gpu_rows.sh [ROW ...]
+#
+# THROUGHPUT=0 skips the throughput step (about 30 s of device time; measured in session 26,
+# benchmarks/results/train_throughput_h200.md); SEEDS lists the splits to decode ahead
+# (default "0 1": the rows' seeds).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the results}
 DEADLINE=${DEADLINE:-480}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script (the rows themselves still ask for cuda)
 PY=${PY:-python3}
+THROUGHPUT=${THROUGHPUT:-1}
+export SEEDS=${SEEDS:-0 1}
 ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
   ROWS=(gpu-r56-compress-oneshot-r2-full gpu-r56-vacl-450k-full
@@ -42,13 +48,13 @@ tar xzf .gpu/cifar10-jpeg.tar.gz -C ../shared/datasets
 nvidia-smi >"$logs/nvidia-smi.txt" 2>&1
 { lscpu; free -g; } >"$logs/machine.txt" 2>&1
 $PY - <<'EOF' 2>&1 | tee -a "$logs/driver.log"
-import time, torch, torch_pruning, resprune
+import os, time, torch, torch_pruning, resprune
 from resprune.data import load_dataset, make_loader
 print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
       "torch_pruning", torch_pruning.__version__)
 t = time.time()
 m = resprune.load(".gpu/runs/r56-B")
-for seed in (0, 1):  # the rows' splits: decoded once into the cache every row reads
+for seed in map(int, os.environ["SEEDS"].split()):  # the rows' splits: decoded once into the cache every row reads
     b = load_dataset("imagefolder", "../shared/datasets/cifar10-jpeg", val_fraction=0.1,
                      seed=seed, preprocess=m.preprocess, progress=False)
     for split in ("train", "val", "test"):
@@ -61,11 +67,13 @@ for split in test val; do
     >"$logs/eval_B_$split.json" 2>>"$logs/driver.log"
 done
 stamp "B evaluated: $(cat "$logs"/eval_B_test.json | head -c 300)"
-$PY benchmarks/train_throughput.py --device "$DEVICE" --steps "${STEPS:-40}" --rounds 3 \
-  >"$logs/throughput_fp32.md" 2>&1
-$PY benchmarks/train_throughput.py --device "$DEVICE" --steps "${STEPS:-40}" --rounds 3 --precision bf16 \
-  --channels-last >"$logs/throughput_bf16_cl.md" 2>&1
-stamp "throughput measured: $(tail -1 "$logs/throughput_fp32.md")"
+if [ "$THROUGHPUT" = 1 ]; then
+  $PY benchmarks/train_throughput.py --device "$DEVICE" --steps "${STEPS:-40}" --rounds 3 \
+    >"$logs/throughput_fp32.md" 2>&1
+  $PY benchmarks/train_throughput.py --device "$DEVICE" --steps "${STEPS:-40}" --rounds 3 --precision bf16 \
+    --channels-last >"$logs/throughput_bf16_cl.md" 2>&1
+  stamp "throughput measured: $(tail -1 "$logs/throughput_fp32.md")"
+fi
 
 declare -A PID
 for row in "${ROWS[@]}"; do
