@@ -54,3 +54,24 @@ def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
     assert tp[tp.index("--params-reduction") + 1] == bench.MACS_3N
     assert tp[-6:] == ["--out", str(tmp_path / "gpu-r56-tp-groupnorm-oneshot-r2-full"),
                        "--threads", "2", "--device", "cpu"]
+
+
+def test_regularizer_overhead_times_torch_pruning_beside_vacl(monkeypatch, capsys):
+    """The regularizer benchmark's third side (torch-pruning's GroupNormPruner) runs on the
+    CPU and reports its ratio and its term alone; syncs are only counted on CUDA."""
+    bench = _load("vacl_regularizer_overhead", monkeypatch)
+    import torch
+
+    assert bench.main(["--model", "resnet20", "--rounds", "2", "--batch-size", "4",
+                       "--threads", "1", "--torch-pruning"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("median per-round ratio") == 2
+    assert "step with torch-pruning:" in out and "step with VACL:" in out
+    assert "dependency groups" in out
+    assert out.count("host-device syncs per call: n/a (CPU)") == 2
+    assert bench.syncs(lambda: None, torch.device("cpu")) is None
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            bench.main(["--device", "cuda"])
+        assert e.value.code == 2
+        assert "no CUDA device here" in capsys.readouterr().err
