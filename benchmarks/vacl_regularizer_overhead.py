@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"members {reg.layout.num_members}, parameter buckets {len(reg.layout.buckets)}, "
           f"built in {build_s:.2f} s")
     if pruner is not None:
-        import torch_pruning as tp
+        from importlib.metadata import version
 
-        print(f"torch-pruning {tp.__version__}: GroupNormPruner(reg=5e-4), "
+        print(f"torch-pruning {version('torch-pruning')}: GroupNormPruner(reg=5e-4), "
               f"{len(pruner._groups)} dependency groups, built in {tp_build_s:.2f} s")
     print(f"step without: {step_ms:.1f} ms/step ({n} steps)")
     for k in per_round:
