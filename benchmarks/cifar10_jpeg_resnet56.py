@@ -119,8 +119,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   ``gpu-r56-compress-oneshot-r2-full`` (and ``-s1``, ``--seed 1``), ``gpu-r56-vacl-450k-full``
   and ``gpu-r56-tp-groupnorm-oneshot-r2-full``: rows 3n, 2g and 4m's recipe at 3n's MACs with
   every epoch a whole pass over the 45,000 training images (``--epoch-size 45000``:
-  2,025,000 samples). ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped
-  there resumes here with ``--run ROW --device cpu``.
+  2,025,000 samples); ``gpu-r56-vacl-450k-full-s1``: G2g-full with ``--seed 1``.
+  ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped there resumes here
+  with ``--run ROW --device cpu``.
 
 ``--run ROW [ROW ...]`` runs rows one after another (skipping finished ones, resuming started
 ones) with ``--threads`` torch threads (1: rows beside other work; 2: one row alone on the
@@ -479,6 +480,8 @@ def commands(runs: Path) -> dict[str, list[str]]:
     rows["gpu-r56-tp-groupnorm-oneshot-r2-full"] = [
         *with_value(with_value(rows["r56-tp-groupnorm-steps3"], "--params-reduction",
                                MACS_3N), "--epoch-size", FULL[1]), *GPU]
+    # session 27: G2g-full's second seed, for the next GPU
+    rows["gpu-r56-vacl-450k-full-s1"] = [*rows["gpu-r56-vacl-450k-full"], "--seed", "1"]
     return rows
 
 
@@ -567,6 +570,7 @@ TITLES = {
     "gpu-r56-compress-oneshot-r2-full": "G3n-full. row 3n, every epoch a full pass (GPU)",
     "gpu-r56-compress-oneshot-r2-full-s1": "G3n-full, second seed (--seed 1)",
     "gpu-r56-vacl-450k-full": "G2g-full. row 2g, every epoch a full pass (GPU)",
+    "gpu-r56-vacl-450k-full-s1": "G2g-full, second seed (--seed 1)",
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }
