@@ -32,8 +32,11 @@ import warnings
 
 import torch
 import torch.nn.functional as F
+from _tp_baselines import make_pruner
 
 from resprune import create
+from resprune.errors import UserError
+from resprune.measure._device import resolve_device, synchronize
 from resprune.vacl import FORMS, Regularizer
 
 
@@ -59,7 +62,7 @@ def syncs(fn, device: torch.device) -> int | None:
     """Host-device synchronisations in one call of ``fn`` (CUDA only; None elsewhere)."""
     if device.type != "cuda":
         return None
-    torch.cuda.synchronize()
+    synchronize(device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
@@ -80,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--form", default="moments", choices=FORMS)
     ap.add_argument("--include-consumers", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
-    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--torch-pruning", action="store_true",
                     help="a third side: torch-pruning's GroupNormPruner.regularize")
     ap.add_argument("--seed", type=int, default=0)
@@ -90,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     load0 = _load()
 
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    try:
+        device = resolve_device(args.device)
+    except UserError:
         ap.error("--device cuda: no CUDA device here")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def sync() -> None:
+        synchronize(device)
 
     model = create(args.model, num_classes=10, shortcut=args.shortcut).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
@@ -108,9 +114,6 @@ def main(argv: list[str] | None = None) -> int:
     terms = {"with": lambda: reg(model).backward()}
     pruner = None
     if args.torch_pruning:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        from _tp_baselines import make_pruner
-
         t0 = time.perf_counter()
         pruner = make_pruner("groupnorm", model, (3, 32, 32), 0.5, 5e-4)
         tp_build_s = time.perf_counter() - t0
