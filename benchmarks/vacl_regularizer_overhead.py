@@ -2,8 +2,11 @@
 torch-pruning's GroupNormPruner regularizer beside it.
 
 A training step is forward, cross-entropy, zero_grad, backward, SGD step on one fixed batch
-(already on the device). The "with" side adds ``reg(model)`` to the loss, exactly as the
-Trainer's ``loss_terms`` do. With ``--torch-pruning`` a third side calls
+(already on the device). The "with" side calls ``reg.add_grad_(model)`` between backward and
+the optimizer step, as the Trainer does for a Regularizer among its ``loss_terms`` (since
+session 28); ``--loss-term`` adds a side that backpropagates ``reg(model)`` added to the loss
+instead (the Trainer's way before: the same update, several ops per parameter tensor). With
+``--torch-pruning`` another side calls
 ``GroupNormPruner.regularize(model)`` between backward and the optimizer step, as
 ``benchmarks/_tp_baselines.py`` (the torch-pruning rows) does, built the same way
 (``make_pruner``). All sides train the same model (the weights' values do not change the
@@ -14,10 +17,14 @@ uses the median of the per-round ratios; the ratio of totals and the cost of the
 On CUDA every timing ends with ``torch.cuda.synchronize()``, and the host-device
 synchronisations of one call of each term are counted with ``torch.cuda.set_sync_debug_mode``
 (each one a wait for the GPU's queue: cheap on an idle GPU, a time slice of every other
-process on a shared one). Target: VACL with / without <= 1.05.
+process on a shared one). The ops each term dispatches per call are counted on every device
+(torch.profiler, top-level aten ops, views included): where a step is launch-bound, as a
+ResNet-56 step at batch 128 is on an H200, each costs the host several microseconds whatever
+its size. Target: VACL with / without <= 1.05.
 
     .venv/bin/python benchmarks/vacl_regularizer_overhead.py --rounds 12 --steps 1
-    .venv/bin/python benchmarks/vacl_regularizer_overhead.py --torch-pruning --device cuda
+    .venv/bin/python benchmarks/vacl_regularizer_overhead.py --loss-term --torch-pruning \
+        --device cuda
 """
 
 from __future__ import annotations
@@ -47,15 +54,28 @@ def _load() -> str:
         return "n/a"
 
 
-def step(model, optimizer, x, y, reg=None, pruner=None) -> None:
+def step(model, optimizer, x, y, reg=None, loss_term=None, pruner=None) -> None:
     loss = F.cross_entropy(model(x), y)
-    if reg is not None:
-        loss = loss + reg(model)
+    if loss_term is not None:
+        loss = loss + loss_term(model)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if reg is not None:
+        reg.add_grad_(model)
     if pruner is not None:
         pruner.regularize(model)
     optimizer.step()
+
+
+def dispatched_ops(fn) -> int:
+    """Top-level aten ops one call of ``fn`` dispatches (views included), by torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return sum(e.name.startswith("aten::") and (
+        e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+        for e in prof.events())
 
 
 def syncs(fn, device: torch.device) -> int | None:
@@ -84,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--include-consumers", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave default)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--loss-term", action="store_true",
+                    help="a side backpropagating reg(model) added to the loss")
     ap.add_argument("--torch-pruning", action="store_true",
                     help="a third side: torch-pruning's GroupNormPruner.regularize")
     ap.add_argument("--seed", type=int, default=0)
@@ -111,7 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     y = torch.randint(0, 10, (args.batch_size,), device=device)
 
     sides: dict[str, dict] = {"without": {}, "with": {"reg": reg}}
-    terms = {"with": lambda: reg(model).backward()}
+    terms = {"with": lambda: reg.add_grad_(model)}
+    if args.loss_term:
+        sides["loss-term"] = {"loss_term": reg}
+        terms["loss-term"] = lambda: reg(model).backward()
     pruner = None
     if args.torch_pruning:
         t0 = time.perf_counter()
@@ -150,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             sync()
             term_s[k].append((time.perf_counter() - t0) / 3)
     counted = {k: syncs(term, device) for k, term in terms.items()}
+    ops = {k: dispatched_ops(term) for k, term in terms.items()}
     optimizer.zero_grad(set_to_none=True)
 
     n = args.rounds * args.steps
@@ -171,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(pruner._groups)} dependency groups, built in {tp_build_s:.2f} s")
     print(f"step without: {step_ms:.1f} ms/step ({n} steps)")
     for k in per_round:
-        label = "VACL" if k == "with" else k
+        label = {"with": "VACL", "loss-term": "VACL as a loss term"}.get(k, k)
         median = statistics.median(per_round[k])
         term_ms = statistics.median(term_s[k]) * 1e3
         print(f"step with {label}: {total[k] / n * 1e3:.1f} ms/step ({n} steps)")
@@ -179,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  ratio of totals: {total[k] / total['without']:.4f}; median per-round ratio: "
               f"{median:.4f}")
         print(f"  term alone (median of rounds): {term_ms:.1f} ms = "
-              f"{100 * term_ms / step_ms:.2f} % of a step without it; host-device syncs per "
-              f"call: {'n/a (CPU)' if counted[k] is None else counted[k]}")
+              f"{100 * term_ms / step_ms:.2f} % of a step without it; ops dispatched per "
+              f"call: {ops[k]}; host-device syncs per call: "
+              f"{'n/a (CPU)' if counted[k] is None else counted[k]}")
     median = statistics.median(per_round["with"])
     verdict = "meets" if median <= 1.05 else "MISSES"
     print(f"VACL overhead (median per-round): {100 * (median - 1):+.2f} %; {verdict} the "

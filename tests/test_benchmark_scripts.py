@@ -8,6 +8,7 @@ running ``main``.
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -61,18 +62,23 @@ def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
 
 
 def test_regularizer_overhead_times_torch_pruning_beside_vacl(monkeypatch, capsys):
-    """The regularizer benchmark's third side (torch-pruning's GroupNormPruner) runs on the
-    CPU and reports its ratio and its term alone; syncs are only counted on CUDA."""
+    """The regularizer benchmark's other sides (VACL backpropagated as a loss term,
+    torch-pruning's GroupNormPruner) run on the CPU and report their ratio, their term alone
+    and the ops it dispatches (VACL's fused gradient far fewer than its loss-term form);
+    syncs are only counted on CUDA."""
     bench = _load("vacl_regularizer_overhead", monkeypatch)
     import torch
 
     assert bench.main(["--model", "resnet20", "--rounds", "2", "--batch-size", "4",
-                       "--threads", "1", "--torch-pruning"]) == 0
+                       "--threads", "1", "--loss-term", "--torch-pruning"]) == 0
     out = capsys.readouterr().out
-    assert out.count("median per-round ratio") == 2
+    assert out.count("median per-round ratio") == 3
     assert "step with torch-pruning:" in out and "step with VACL:" in out
+    assert "step with VACL as a loss term:" in out
     assert "dependency groups" in out
-    assert out.count("host-device syncs per call: n/a (CPU)") == 2
+    assert out.count("host-device syncs per call: n/a (CPU)") == 3
+    ops = [int(n) for n in re.findall(r"ops dispatched per call: (\d+)", out)]
+    assert len(ops) == 3 and 0 < 2 * ops[0] < ops[1]  # fused VACL, then as a loss term
     assert bench.syncs(lambda: None, torch.device("cpu")) is None
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:

@@ -365,6 +365,37 @@ def test_loss_terms_and_callbacks_are_called(tmp_path):
     assert (model.fc.bias < plain.fc.bias - 0.5).all()
 
 
+def test_a_regularizer_term_adds_its_gradient_after_backward_with_the_same_result(tmp_path):
+    """A VACL Regularizer among the loss terms is applied by ``add_grad_`` between backward and
+    the optimizer step: the trained weights and the logged term are exactly those of the
+    same term backpropagated as a plain loss term."""
+    from resprune import vacl
+
+    runs = {}
+    for how in ("fused", "backpropagated"):
+        model = tiny()
+        reg = vacl.Regularizer(model, lam=0.05, input_shape=(3, 8, 8))
+        term = reg if how == "fused" else (lambda m, reg=reg: reg(m))
+        calls = []
+        if how == "fused":  # count the fused calls (the loss terms are then empty)
+            add = reg.add_grad_
+            reg.add_grad_ = lambda m, add=add, calls=calls: calls.append(1) or add(m)
+        train, val = loaders()
+        tr = Trainer(model, train, val, cfg(), loss_terms=[term], progress=False)
+        assert (tr.grad_terms, len(tr.loss_terms)) == (([reg], 0) if how == "fused"
+                                                       else ([], 1))
+        runs[how] = (tr.fit(), model.state_dict(), len(calls))
+    (h_fused, w_fused, n), (h_ref, w_ref, _) = runs["fused"], runs["backpropagated"]
+    assert n == 2 * len(loaders()[0])
+    states_equal(w_fused, w_ref)
+    assert no_timing(h_fused) == no_timing(h_ref)
+    assert all(r["extra_loss"] > 0 for r in h_fused)
+    plain = tiny()  # and the term changed the training
+    Trainer(plain, *loaders(), cfg(), progress=False).fit()
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(),
+                                                     w_ref.values()))
+
+
 class Best(Callback):
     """A stateful callback: its state must survive a resume."""
 

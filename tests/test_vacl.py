@@ -269,6 +269,51 @@ def test_regularizer_is_a_loss_term_and_rejects_a_pruned_model():
         reg(model)
 
 
+@pytest.mark.parametrize("arch,kwargs", [
+    ("A", {}), ("A", {"form": "additive"}), ("A", {"form": "mean_std", "include_bn": False}),
+    ("A", {"include_consumers": True}), ("A", {"only": "every third"}), ("B", {}),
+    ("resnext", {})])
+def test_add_grad_is_backpropagation_of_the_term_bit_for_bit(arch, kwargs):
+    """``reg.add_grad_(model)`` after backward leaves exactly the gradients of backpropagating
+    ``loss + reg(model)`` and returns the term's value; a frozen parameter gets no gradient
+    either way, and one without a gradient yet gets the term's alone."""
+    torch.manual_seed(0)
+    model = (create("resnext29", width=8, cardinality=2, base_width=2) if arch == "resnext"
+             else create("resnet8", width=4, shortcut=arch))
+    reg = vacl.Regularizer(model, lam=0.3, **{k: v for k, v in kwargs.items() if k != "only"})
+    if "only" in kwargs:
+        reg.select([g.name for g in reg.groups][::3])
+    x, y = torch.randn(4, *CIFAR), torch.tensor([0, 1, 2, 3])
+    w = model.layer1[0].conv1.weight
+
+    def grads(fused: bool, frozen: bool = False, drop: bool = False):
+        model.zero_grad(set_to_none=True)
+        w.requires_grad_(not frozen)
+        loss = nn.functional.cross_entropy(model(x), y)
+        if fused:
+            loss.backward()
+            if drop:
+                w.grad = None
+            value = reg.add_grad_(model)
+        else:
+            value = reg(model)
+            (loss + value).backward()
+        w.requires_grad_(True)
+        return {n: p.grad.clone() for n, p in model.named_parameters()
+                if p.grad is not None}, value
+
+    for frozen in (False, True):
+        (ref, v_ref), (got, v_got) = grads(False, frozen), grads(True, frozen)
+        assert torch.equal(v_got, v_ref.detach()) and not v_got.requires_grad
+        assert got.keys() == ref.keys() and ("layer1.0.conv1.weight" in got) == (not frozen)
+        for n in ref:
+            assert torch.equal(got[n], ref[n]), n
+    got, _ = grads(True, drop=True)
+    model.zero_grad(set_to_none=True)
+    (alone,) = torch.autograd.grad(reg(model), [w])
+    assert torch.equal(got["layer1.0.conv1.weight"], alone) and alone.abs().sum() > 0
+
+
 def test_group_scores_are_rms_and_zero_for_zeroed_groups():
     model = create("resnet8", shortcut="B", width=4)
     randomize_bn(model)

@@ -3,12 +3,15 @@
 A group ``g`` has *members* ``l``, one per layer taking part in it: each producer layer's
 output filter (with, when ``include_bn``, the gamma/beta entries of the BN that follows that
 layer directly) and, when ``include_consumers``, each consumer layer's input slice. The layout
-turns the groups into index tensors once. At call time every parameter read along its output
-channels is viewed as rows ``[O, K]``; tensors with the same row length ``K`` are concatenated
-and reduced together (one cat + square + row sum per distinct ``K``: a few ops for a whole
-ResNet, which matters on a busy CPU where each small op costs a thread wake-up), consumer
-input slices are reduced per tensor, and all results are scattered into members with a single
-``index_add``. There is no Python loop over channels or groups at call time.
+turns the groups into index tensors once. At call time the parameters read along their output
+channels that share a shape after the first dimension (every 3x3 conv of a stage, every BN
+vector) are concatenated as they are and reduced together (one cat + square + row sum per
+shape: a few ops for a whole ResNet, which matters on a busy CPU where each small op costs a
+thread wake-up, and on a GPU where each costs a launch); consumer input slices are reduced per
+tensor, and all results are scattered into members with a single ``index_add``. There is no
+Python loop over channels or groups at call time, and no op per parameter tensor on the
+output side: the same concatenations give :meth:`Layout.bucket_cats`, from which
+:meth:`resprune.vacl.Regularizer.add_grad_` forms the regularizer's gradient.
 """
 
 from __future__ import annotations
@@ -110,14 +113,15 @@ class Layout:
                     if getattr(mods[m.module], pname, None) is not None:
                         slots[(m.module, pname, mode)].append((m.channel, member_of[key]))
 
-        # Output-channel reads are batched: every parameter read along its output channels is
-        # viewed as rows [O, K]; parameters with the same row length K are concatenated and
-        # reduced together (one cat + square + sum per K). Rows in no group go to a dummy member.
+        # Output-channel reads are batched: parameters read along their output channels with
+        # the same shape after dim 0 (so the same row length K) are concatenated as they are
+        # and reduced together (one cat + square + sum per shape, no op per tensor). Rows in
+        # no group go to a dummy member.
         self.entries: list[Entry] = []
         size = [0.0] * len(groups)
         num_members = len(member_group)
         msize = [0.0] * num_members
-        buckets: dict[tuple[int, torch.dtype], list[int]] = defaultdict(list)
+        buckets: dict[tuple[int, tuple[int, ...], torch.dtype], list[int]] = defaultdict(list)
         rows: dict[int, list[int]] = {}
         in_slots: list[int] = []
         for (mname, pname, mode), pairs in slots.items():
@@ -140,14 +144,14 @@ class Layout:
                 size[member_group[mid]] += per
                 msize[mid] += per
             if mode == OUT:
-                buckets[(per, p.dtype)].append(k)
+                buckets[(per, tuple(p.shape[1:]), p.dtype)].append(k)
                 row = [num_members] * n
                 for c, mid in pairs:
                     row[c] = mid
                 rows[k] = row
             else:
                 in_slots.extend(mid for _, mid in pairs)
-        self.buckets = [ks for _, ks in sorted(buckets.items(), key=lambda kv: kv[0][0])]
+        self.buckets = [ks for _, ks in sorted(buckets.items(), key=lambda kv: kv[0][:2])]
         self.in_entries = [k for k, e in enumerate(self.entries) if e.mode == IN]
         slot_member = [mid for ks in self.buckets for k in ks for mid in rows[k]] + in_slots
         self.num_groups = len(groups)
@@ -199,11 +203,11 @@ class Layout:
         Taylor terms)."""
         return self._reduce(model, fn)
 
-    def _reduce(self, model: nn.Module, fn) -> torch.Tensor:
-        # fn None: squares, taken after the concatenation (one op per row length)
-        mods = self._modules(model)
+    def params(self, model: nn.Module) -> list[torch.Tensor]:
+        """The parameter tensor of every entry, read from ``model`` now (checked against the
+        channel counts the layout was built for)."""
         params = []
-        for e, mod in zip(self.entries, mods):
+        for e, mod in zip(self.entries, self._modules(model)):
             p = getattr(mod, e.param, None)
             n = None if p is None else (p.shape[0] if e.mode == OUT else (
                 p.shape[1] * e.groups if p.dim() > 2 else p.shape[1]))
@@ -212,16 +216,26 @@ class Layout:
                                 "were found (was it pruned?); build a new Regularizer for the "
                                 "pruned model")
             params.append(p)
+        return params
+
+    def bucket_cats(self, params: list[torch.Tensor], fn=None) -> list[torch.Tensor]:
+        """One tensor per output-side bucket: its entries' parameters (or ``fn(p)``)
+        concatenated along dim 0, in slot order (one op per bucket)."""
+        cats = []
+        for ks in self.buckets:
+            ts = [params[k] if fn is None else fn(params[k]) for k in ks]
+            cats.append(ts[0] if len(ts) == 1 else torch.cat(ts))
+        return cats
+
+    def _reduce(self, model: nn.Module, fn) -> torch.Tensor:
+        # fn None: squares, taken after the concatenation (one op per bucket)
+        params = self.params(model)
         if not params:
             return torch.zeros(0)
         dtype = params[0].dtype
         t = self.tensors(params[0].device, dtype)
-        parts = []
-        for ks in self.buckets:
-            mats = [(params[k] if fn is None else fn(params[k])).reshape(params[k].shape[0], -1)
-                    for k in ks]
-            mat = mats[0] if len(mats) == 1 else torch.cat(mats)
-            parts.append((mat.square() if fn is None else mat).sum(1))
+        parts = [(c.square() if fn is None else c).reshape(c.shape[0], -1).sum(1)
+                 for c in self.bucket_cats(params, fn)]
         for k in self.in_entries:
             e, chans = self.entries[k], t["channels"][k]
             s = (channel_sq(params[k], e.mode, e.groups) if fn is None

@@ -104,8 +104,10 @@ class Regularizer:
 
     def per_group(self, model: nn.Module) -> torch.Tensor:
         """``R_g`` of every group (before ``lam``), differentiable."""
+        return self._per_group(self.layout.member_sq(model))
+
+    def _per_group(self, sq: torch.Tensor) -> torch.Tensor:
         lay = self.layout
-        sq = lay.member_sq(model)
         t = lay.tensors(sq.device, sq.dtype)
         mg, size, count = t["member_group"], t["size"], t["count"]
         sqrt_p = size.sqrt()
@@ -124,11 +126,69 @@ class Regularizer:
             cross = sqrt_p * (mu + self.beta * torch.sqrt(var + EPS))
         return torch.where(t["cross"], cross, lasso)
 
-    def __call__(self, model: nn.Module) -> torch.Tensor:
-        r = self.per_group(model)
+    def _total(self, r: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
             r = r * self.mask.to(r.device, r.dtype)
         return self.lam * r.sum()
+
+    def __call__(self, model: nn.Module) -> torch.Tensor:
+        return self._total(self.per_group(model))
+
+    @torch.no_grad()
+    def add_grad_(self, model: nn.Module) -> torch.Tensor:
+        """Add the gradient of ``self(model)`` to the parameters' ``.grad`` in place and
+        return its value (detached): the same as adding ``self(model)`` to the loss before
+        ``backward()``, in a few ops per parameter shape instead of several per tensor.
+
+        Call it between ``loss.backward()`` and ``optimizer.step()``; the
+        :class:`~resprune.train.Trainer` does so for a Regularizer among its ``loss_terms``.
+        The term depends on the weights only through the members' squared norms ``sq``, so
+        its gradient on a member's slice ``w`` is ``2 * dR/dsq * w``: ``dR/dsq`` comes from
+        autograd on the small per-member graph, and the slices' gradients from the same
+        concatenations the value is read from, added with one ``torch._foreach_add_`` per
+        shape. Frozen parameters (``requires_grad=False``) get nothing, as in ``backward()``.
+        With ``include_consumers`` the consumers' input slices are read per tensor, so it
+        backpropagates the term instead (same result, no saving).
+        """
+        lay = self.layout
+        params = lay.params(model)
+        if not params:
+            return torch.zeros(())
+        if lay.in_entries:
+            # a weight read both ways is one tensor; frozen ones get no gradient, as in backward
+            unique = list({id(p): p for p in params if p.requires_grad}.values())
+            with torch.enable_grad():
+                value = self(model)
+                grads = torch.autograd.grad(value, unique) if unique else ()
+            _add_grads(unique, list(grads))
+            return value.detach()
+        cats = lay.bucket_cats(params)
+        t = lay.tensors(cats[0].device, cats[0].dtype)
+        flat = torch.cat([c.square().reshape(c.shape[0], -1).sum(1) for c in cats])
+        sq = flat.new_zeros(lay.num_members + 1).index_add(0, t["slot_member"], flat)
+        leaf = sq[: lay.num_members].requires_grad_()
+        with torch.enable_grad():
+            value = self._total(self._per_group(leaf))
+            (coef,) = torch.autograd.grad(value, leaf)
+        # rows of no group read the dummy last member, whose coefficient is 0
+        coef2 = torch.cat([coef * 2, coef.new_zeros(1)]).index_select(0, t["slot_member"])
+        start = 0
+        for ks, cat in zip(lay.buckets, cats):
+            rows = cat.shape[0]
+            grad = cat * coef2[start:start + rows].reshape(rows, *[1] * (cat.dim() - 1))
+            start += rows
+            _add_grads([params[k] for k in ks],
+                       list(grad.split([params[k].shape[0] for k in ks])))
+        return value.detach()
+def _add_grads(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+    """``p.grad += g`` for every parameter that requires a gradient (one fused op for those
+    that have one already; the others get ``g``)."""
+    have = [(p.grad, g) for p, g in zip(params, grads) if p.grad is not None and p.requires_grad]
+    if have:
+        torch._foreach_add_([a for a, _ in have], [g for _, g in have])
+    for p, g in zip(params, grads):
+        if p.grad is None and p.requires_grad:
+            p.grad = g.clone(memory_format=torch.preserve_format)
 
 
 SCORES = ("rms", "layer_rms", "taylor")
