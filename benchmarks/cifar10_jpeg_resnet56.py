@@ -120,7 +120,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   and ``gpu-r56-tp-groupnorm-oneshot-r2-full``: rows 3n, 2g and 4m's recipe at 3n's MACs with
   every epoch a whole pass over the 45,000 training images (``--epoch-size 45000``:
   2,025,000 samples); ``gpu-r56-vacl-450k-full-s1``: G2g-full with ``--seed 1``;
-  ``r56-vacl-taylor-450k-s1``: row 2g with ``--seed 1`` (450,000 samples, CPU).
+  ``r56-vacl-taylor-450k-s1``: row 2g with ``--seed 1`` (450,000 samples, CPU);
+  ``r56-vacl-taylor-450k-at``: row 2g with attention transfer from B
+  (``--distill-attention 1000``, the weight of Zagoruyko & Komodakis 2017).
   ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped there resumes here
   with ``--run ROW --device cpu``.
 
@@ -485,6 +487,9 @@ def commands(runs: Path) -> dict[str, list[str]]:
     rows["gpu-r56-vacl-450k-full-s1"] = [*rows["gpu-r56-vacl-450k-full"], "--seed", "1"]
     # session 28: row 2g's second seed on the issue's budget (450,000 samples, CPU)
     rows["r56-vacl-taylor-450k-s1"] = [*rows["r56-vacl-taylor-450k"], "--seed", "1"]
+    # session 28: row 2g with attention transfer from B beside the logits' distillation
+    rows["r56-vacl-taylor-450k-at"] = [*rows["r56-vacl-taylor-450k"],
+                                       "--distill-attention", "1000"]
     return rows
 
 
@@ -575,6 +580,7 @@ TITLES = {
     "gpu-r56-vacl-450k-full": "G2g-full. row 2g, every epoch a full pass (GPU)",
     "gpu-r56-vacl-450k-full-s1": "G2g-full, second seed (--seed 1)",
     "r56-vacl-taylor-450k-s1": "2g, second seed (--seed 1)",
+    "r56-vacl-taylor-450k-at": "2g with attention transfer (--distill-attention 1000)",
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }

@@ -59,6 +59,9 @@ def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
     assert s1[:-3] == [*bench.row_argv("gpu-r56-vacl-450k-full", tmp_path)[:-3], "--seed", "1"]
     s1 = bench.row_argv("r56-vacl-taylor-450k-s1", tmp_path)
     assert s1[:-3] == [*bench.row_argv("r56-vacl-taylor-450k", tmp_path)[:-3], "--seed", "1"]
+    at = bench.row_argv("r56-vacl-taylor-450k-at", tmp_path)
+    assert at[:-3] == [*bench.row_argv("r56-vacl-taylor-450k", tmp_path)[:-3],
+                       "--distill-attention", "1000"]
 
 
 def test_regularizer_overhead_times_torch_pruning_beside_vacl(monkeypatch, capsys):

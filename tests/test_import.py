@@ -240,8 +240,8 @@ def test_import_then_compress_smoke(tmp_path, capsys):
         "compress", imported, "--target-params-reduction", "0.5", "--per-step", "1",
         "--max-steps", "1", "--adapt-epochs", "1", "--retrain-epochs", "1", "--sparse-epochs",
         "1", "--finetune-epochs", "1", "--finetune-final-epochs", "1", "--epoch-size", "64",
-        "--batch-size", "32", "--distill-from", "input", "--lam-schedule", "raise",
-        "--no-progress", "--json", "--out", out], capsys)
+        "--batch-size", "32", "--distill-from", "input", "--distill-attention", "100",
+        "--lam-schedule", "raise", "--no-progress", "--json", "--out", out], capsys)
     assert code == 0, err
     s = json.loads(stdout)
     assert s["params_removed_pct"] >= 50.0 and s["data"]["name"] == "imagefolder"
@@ -252,6 +252,8 @@ def test_import_then_compress_smoke(tmp_path, capsys):
     ft = [json.loads(line) for line in
           (out / "stages" / "3-finetune" / "metrics.jsonl").read_text().splitlines()]
     assert ft and all(r["teacher_seconds"] > 0 for r in ft)  # distilled from the input
+    options = json.loads((out / "command.json").read_text())["options"]
+    assert options["distill_attention"] == 100.0  # with attention transfer, through every stage
 
 
 def test_export_preprocess_bakes_normalisation(tmp_path, capsys):

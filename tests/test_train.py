@@ -519,6 +519,98 @@ def test_distilled_training_leaves_the_teacher_alone_and_records_its_time(tmp_pa
     states_equal(a.model.state_dict(), b.model.state_dict())
 
 
+def test_attention_transfer_matches_its_formula_and_reads_only_training_forwards():
+    """beta / 2 * sum over stages of mean((q_s - q_t)^2), q = per-image L2-normalised mean of
+    f^2 over channels, read by hooks from the student's training forward and the teacher's;
+    zero for a student equal to its teacher; a narrower student needs no adapter."""
+    import torch.nn.functional as F
+
+    from resprune.train import Distillation
+    from resprune.train.distill import attention_map
+
+    teacher = tiny(1).eval()
+    student = create("resnet8", num_classes=4, width=2).train()  # half the channels
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    d = Distillation(teacher, alpha=0.5, temperature=2.0, attention=1000.0)
+    kd = Distillation(teacher, alpha=0.5, temperature=2.0)
+
+    def outputs(model):
+        seen = []
+        hooks = [getattr(model, f"layer{i}").register_forward_hook(
+            lambda m, i_, o: seen.append(o)) for i in (1, 2, 3)]
+        logits = model(x)
+        for h in hooks:
+            h.remove()
+        return logits, seen
+
+    d.attach(student)
+    s, fs = outputs(student)
+    ce = F.cross_entropy(s, y)
+    with torch.no_grad():
+        _, ft = outputs(teacher)
+    q = lambda f: F.normalize(f.pow(2).mean(1).reshape(f.shape[0], -1), dim=1)  # noqa: E731
+    at = 500.0 * sum(((q(a) - q(b)) ** 2).mean() for a, b in zip(fs, ft))
+    got = d.loss(s, x, ce)
+    assert at > 0 and torch.allclose(got, kd.loss(s, x, ce) + at, rtol=1e-5)
+    got.backward()
+    assert student.layer1[0].conv1.weight.grad.abs().sum() > 0
+    assert torch.allclose(attention_map(fs[0]).norm(dim=1), torch.ones(6))
+    # validation forwards (eval mode or no grad) are not read: the loss asks for a training one
+    student.eval()
+    with torch.no_grad():
+        student(x)
+    with pytest.raises(UserError, match="run the student's training forward"):
+        d.loss(s, x, ce)
+    # a student equal to its teacher: no attention loss; attaching again moves the hooks
+    twin = copy_of(teacher).train()
+    for m in twin.modules():  # BN as in the teacher (running statistics), stages training
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    d.attach(twin)
+    t = twin(x)
+    d.teacher_logits(x)
+    assert d.attention_loss().item() == 0.0
+    student.train()
+    student(x)  # the first student's hooks are gone
+    with pytest.raises(UserError, match="run the student's training forward"):
+        d.attention_loss()
+    assert t.shape == (6, 4)
+    with pytest.raises(UserError, match=r"distill_attention must be a number >= 0"):
+        Distillation(teacher, attention=-1.0)
+    from resprune.models import build, model_spec
+
+    spec = model_spec("resnet8", num_classes=4, width=4)
+    spec["stages"] = spec["stages"][:2]
+    with pytest.raises(UserError, match="the student has 2, the teacher 3"):
+        d.attach(build(spec))
+    with pytest.raises(UserError, match="layer1 ... layerN of a resprune ResNet; the student"):
+        d.attach(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)))
+
+
+def copy_of(model: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_attention_transfer_trains_and_beta_zero_is_plain_distillation(tmp_path):
+    from resprune.train import Distillation
+
+    train, val = loaders()
+    teacher = tiny(1)
+    runs = {}
+    for beta in (0.0, 1000.0):
+        tr = Trainer(tiny(), train, val, cfg(), progress=False,
+                     distill=Distillation(teacher, alpha=0.5, attention=beta))
+        tr.fit()
+        runs[beta] = tr.model.state_dict()
+    ref = Trainer(tiny(), train, val, cfg(), progress=False,
+                  distill=Distillation(teacher, alpha=0.5))
+    ref.fit()
+    states_equal(runs[0.0], ref.model.state_dict())
+    assert any(not torch.equal(runs[0.0][k], runs[1000.0][k]) for k in runs[0.0])
+
+
 def test_lambda_raise_schedule_and_its_state():
     from resprune.vacl import LamSchedule, Regularizer
 

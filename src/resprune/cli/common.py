@@ -151,7 +151,8 @@ def distillation(args: argparse.Namespace, input_run: str | Path | None):
         source = input_run
     teacher = load(source)
     args.distill_from = str(source)
-    return Distillation(teacher, args.distill_alpha, args.distill_temperature)
+    return Distillation(teacher, args.distill_alpha, args.distill_temperature,
+                        args.distill_attention)
 
 
 def check_teacher(teacher, model: nn.Module) -> None:

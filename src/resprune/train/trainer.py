@@ -135,6 +135,8 @@ class Trainer:
         self.loss_terms = [t for t in loss_terms if t not in self.grad_terms]
         self.progress = progress
         self.distill = distill.to(self.device, config.channels_last) if distill else None
+        if self.distill is not None:
+            self.distill.attach(self.model)
         try:
             self.steps_per_epoch = len(train_loader)
         except TypeError:
