@@ -19,7 +19,9 @@
 #
 # THROUGHPUT=0 skips the throughput step (about 30 s of device time; measured in session 26,
 # benchmarks/results/train_throughput_h200.md); SEEDS lists the splits to decode ahead
-# (default "0 1": the rows' seeds).
+# (default "0 1": the rows' seeds). OVERHEAD=1 (default) first times the VACL regularizer's
+# fused gradient against its loss-term form (benchmarks/vacl_regularizer_overhead.py
+# --loss-term, about 30 s alone on the GPU; not measured on a GPU yet, session 28).
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that receives the results}
@@ -27,6 +29,7 @@ DEADLINE=${DEADLINE:-480}
 DEVICE=${DEVICE:-cuda}  # cpu: a dry run of this script (the rows themselves still ask for cuda)
 PY=${PY:-python3}
 THROUGHPUT=${THROUGHPUT:-1}
+OVERHEAD=${OVERHEAD:-1}
 export SEEDS=${SEEDS:-0 1}
 ROWS=("$@")
 if [ ${#ROWS[@]} -eq 0 ]; then
@@ -73,6 +76,11 @@ if [ "$THROUGHPUT" = 1 ]; then
   $PY benchmarks/train_throughput.py --device "$DEVICE" --steps "${STEPS:-40}" --rounds 3 --precision bf16 \
     --channels-last >"$logs/throughput_bf16_cl.md" 2>&1
   stamp "throughput measured: $(tail -1 "$logs/throughput_fp32.md")"
+fi
+if [ "$OVERHEAD" = 1 ]; then
+  $PY benchmarks/vacl_regularizer_overhead.py --loss-term --device "$DEVICE" --rounds 20 \
+    --steps 5 >"$logs/regularizer_overhead.md" 2>&1
+  stamp "regularizer overhead: $(grep 'VACL overhead' "$logs/regularizer_overhead.md")"
 fi
 
 declare -A PID
