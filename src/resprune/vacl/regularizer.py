@@ -88,6 +88,7 @@ class Regularizer:
         """Regularize only the groups named in ``only`` (``None``: every group)."""
         if only is None:
             self.mask = None
+            self._mask_on: dict[tuple, torch.Tensor] = {}
             return
         names = {g.name: g.index for g in self.groups}
         unknown = sorted(set(only) - set(names))
@@ -96,6 +97,7 @@ class Regularizer:
         mask = torch.zeros(len(names), dtype=torch.float64)
         mask[[names[n] for n in only]] = 1.0
         self.mask = mask
+        self._mask_on = {}  # the mask per (device, dtype), copied once: no copy per step
 
     def __repr__(self) -> str:
         return (f"Regularizer(form={self.form!r}, beta={self.beta}, lam={self.lam}, "
@@ -128,7 +130,10 @@ class Regularizer:
 
     def _total(self, r: torch.Tensor) -> torch.Tensor:
         if self.mask is not None:
-            r = r * self.mask.to(r.device, r.dtype)
+            key = (r.device, r.dtype)
+            if key not in self._mask_on:
+                self._mask_on[key] = self.mask.to(r.device, r.dtype)
+            r = r * self._mask_on[key]
         return self.lam * r.sum()
 
     def __call__(self, model: nn.Module) -> torch.Tensor:
