@@ -552,6 +552,7 @@ def test_attention_transfer_matches_its_formula_and_reads_only_training_forwards
     at = 500.0 * sum(((q(a) - q(b)) ** 2).mean() for a, b in zip(fs, ft))
     got = d.loss(s, x, ce)
     assert at > 0 and torch.allclose(got, kd.loss(s, x, ce) + at, rtol=1e-5)
+    assert d.attention_mean() == pytest.approx(float(at.detach()), rel=1e-5)
     got.backward()
     assert student.layer1[0].conv1.weight.grad.abs().sum() > 0
     assert torch.allclose(attention_map(fs[0]).norm(dim=1), torch.ones(6))
@@ -602,8 +603,11 @@ def test_attention_transfer_trains_and_beta_zero_is_plain_distillation(tmp_path)
     for beta in (0.0, 1000.0):
         tr = Trainer(tiny(), train, val, cfg(), progress=False,
                      distill=Distillation(teacher, alpha=0.5, attention=beta))
-        tr.fit()
+        history = tr.fit()
         runs[beta] = tr.model.state_dict()
+        # metrics.jsonl carries the epoch's mean attention loss when it is on
+        assert all((r.get("attention_loss") or 0) > 0 for r in history) == (beta > 0)
+        assert all(("attention_loss" in r) == (beta > 0) for r in history)
     ref = Trainer(tiny(), train, val, cfg(), progress=False,
                   distill=Distillation(teacher, alpha=0.5))
     ref.fit()

@@ -79,10 +79,23 @@ class Distillation:
         self.temperature = float(temperature)
         self.attention = float(attention)
         self.seconds = 0.0  # teacher forward time since the last reset
+        self._attention_sum: torch.Tensor | None = None  # attention losses since the reset
+        self._attention_steps = 0
         self._features: dict[str, list[torch.Tensor | None]] = {"student": [], "teacher": []}
         self._hooks: list = []
         if self.attention > 0:
             self._watch(self.teacher, "teacher")
+
+    def reset(self) -> None:
+        """Start a new epoch's tallies (teacher time, attention loss)."""
+        self.seconds = 0.0
+        self._attention_sum, self._attention_steps = None, 0
+
+    def attention_mean(self) -> float | None:
+        """The mean attention-transfer loss since :meth:`reset` (None without any)."""
+        if self._attention_sum is None:
+            return None
+        return float(self._attention_sum) / self._attention_steps
 
     def _watch(self, model: nn.Module, who: str) -> None:
         stages = _stages(model, who)
@@ -127,7 +140,11 @@ class Distillation:
             total = term if total is None else total + term
         for store in self._features.values():
             store[:] = [None] * len(store)
-        return self.attention / 2 * total
+        loss = self.attention / 2 * total
+        tally = loss.detach()
+        self._attention_sum = tally if self._attention_sum is None else self._attention_sum + tally
+        self._attention_steps += 1
+        return loss
 
     def to(self, device: torch.device, channels_last: bool = False) -> Distillation:
         self.teacher.to(device)

@@ -222,7 +222,7 @@ class Trainer:
         correct = torch.zeros((), dtype=torch.int64, device=dev)
         n, lr = 0, self.schedule.lr(self.global_step)
         if self.distill is not None:
-            self.distill.seconds = 0.0
+            self.distill.reset()
         show = self.progress and distributed.is_main()
         bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}",
                    file=sys.stderr, disable=not show, unit="batch", dynamic_ncols=True)
@@ -290,6 +290,8 @@ class Trainer:
                 record["extra_loss"] = extra_sum.item() / n
             if self.distill is not None:
                 record["teacher_seconds"] = self.distill.seconds
+                if self.distill.attention > 0:
+                    record["attention_loss"] = self.distill.attention_mean()
             if self.val_loader is not None and _nonempty(self.val_loader):
                 ev = evaluate(self.model, self.val_loader, cfg.precision)
                 record["val_acc"], record["val_loss"] = ev["top1"], ev["loss"]
