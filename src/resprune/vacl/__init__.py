@@ -15,8 +15,10 @@ Use inside your own training loop::
     reg = vacl.Regularizer(model, form="moments", beta=4.0, lam=1e-4)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     for x, y in loader:
-        loss = F.cross_entropy(model(x), y) + reg(model)   # reg(model) = lam * R
-        opt.zero_grad(); loss.backward(); opt.step()
+        loss = F.cross_entropy(model(x), y)     # or + reg(model) (= lam * R) as a loss term
+        opt.zero_grad(); loss.backward()
+        reg.add_grad_(model)                    # the same gradient, added in a few fused ops
+        opt.step()
 
     original = resprune.load("runs/resnet56")
     report = vacl.prune(model, (3, 32, 32), target_params_reduction=0.5)
@@ -25,7 +27,8 @@ Use inside your own training loop::
     resprune.save(model, "runs/resnet56-vacl")            # a plain, smaller ResNet
     # ... fine-tune with a fresh optimizer (and no regularizer) ...
 
-With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])``.
+With resprune's trainer pass it as a loss term: ``Trainer(..., loss_terms=[reg])`` (the
+trainer applies it through ``add_grad_``).
 
 Or the whole pipeline (sparsity training -> pruning -> fine-tuning, resumable, the run
 directory ``resprune vacl`` writes)::
