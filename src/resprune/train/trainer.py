@@ -251,7 +251,7 @@ class Trainer:
                 loss.backward()
                 if self.grad_terms:  # their gradients go straight into .grad
                     extra = sum(term.add_grad_(self.model) for term in self.grad_terms)
-                    loss = loss.detach() + extra
+                    loss = loss.detach() + extra  # the running sums and self.loss read it
                     extra_sum += extra.double() * y.shape[0]
                 # Running sums stay on the device; NaN/inf is absorbing, so the number of
                 # steps with a finite running total is the index of the first bad step.

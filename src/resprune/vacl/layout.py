@@ -228,19 +228,24 @@ class Layout:
         return cats
 
     def _reduce(self, model: nn.Module, fn) -> torch.Tensor:
-        # fn None: squares, taken after the concatenation (one op per bucket)
         params = self.params(model)
         if not params:
             return torch.zeros(0)
+        return self.member_sums(params, self.bucket_cats(params, fn), fn)
+
+    def member_sums(self, params: list[torch.Tensor], cats: list[torch.Tensor],
+                    fn=None) -> torch.Tensor:
+        """Per-member sums from :meth:`bucket_cats`' ``cats`` of ``params``: of squares
+        (``fn`` None: squares taken after the concatenation, one op per bucket) or of
+        ``fn(p)`` (the cats of ``fn(p)``), consumer input slices read per tensor."""
         dtype = params[0].dtype
         t = self.tensors(params[0].device, dtype)
-        parts = [(c.square() if fn is None else c).reshape(c.shape[0], -1).sum(1)
-                 for c in self.bucket_cats(params, fn)]
+        parts = [(c.square() if fn is None else c).reshape(c.shape[0], -1).sum(1) for c in cats]
         for k in self.in_entries:
             e, chans = self.entries[k], t["channels"][k]
             s = (channel_sq(params[k], e.mode, e.groups) if fn is None
                  else channel_sum(fn(params[k]), e.mode, e.groups))
             parts.append(s if chans is None else s.index_select(0, chans))
-        flat = torch.cat([x.to(dtype) for x in parts])
+        flat = torch.cat([x if x.dtype == dtype else x.to(dtype) for x in parts])
         out = flat.new_zeros(self.num_members + 1)  # the last one collects unused rows
         return out.index_add(0, t["slot_member"], flat)[: self.num_members]

@@ -86,9 +86,9 @@ class Regularizer:
 
     def select(self, only: Sequence[str] | None) -> None:
         """Regularize only the groups named in ``only`` (``None``: every group)."""
+        self._mask_on: dict[tuple, torch.Tensor] = {}  # the mask per (device, dtype), copied once
         if only is None:
             self.mask = None
-            self._mask_on: dict[tuple, torch.Tensor] = {}
             return
         names = {g.name: g.index for g in self.groups}
         unknown = sorted(set(only) - set(names))
@@ -97,7 +97,6 @@ class Regularizer:
         mask = torch.zeros(len(names), dtype=torch.float64)
         mask[[names[n] for n in only]] = 1.0
         self.mask = mask
-        self._mask_on = {}  # the mask per (device, dtype), copied once: no copy per step
 
     def __repr__(self) -> str:
         return (f"Regularizer(form={self.form!r}, beta={self.beta}, lam={self.lam}, "
@@ -169,9 +168,7 @@ class Regularizer:
             return value.detach()
         cats = lay.bucket_cats(params)
         t = lay.tensors(cats[0].device, cats[0].dtype)
-        flat = torch.cat([c.square().reshape(c.shape[0], -1).sum(1) for c in cats])
-        sq = flat.new_zeros(lay.num_members + 1).index_add(0, t["slot_member"], flat)
-        leaf = sq[: lay.num_members].requires_grad_()
+        leaf = lay.member_sums(params, cats).requires_grad_()
         with torch.enable_grad():
             value = self._total(self._per_group(leaf))
             (coef,) = torch.autograd.grad(value, leaf)
@@ -185,6 +182,8 @@ class Regularizer:
             _add_grads([params[k] for k in ks],
                        list(grad.split([params[k].shape[0] for k in ks])))
         return value.detach()
+
+
 def _add_grads(params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
     """``p.grad += g`` for every parameter that requires a gradient (one fused op for those
     that have one already; the others get ``g``)."""
