@@ -85,6 +85,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   group's consumer input slices (``--include-consumers``): of the rankings ``resprune vacl B
   --plan --plan-recalibrate 2048`` compared at 79.5 % fewer params, the one whose pruned model
   scored highest after BatchNorm re-estimation (39.2 % against 30.9 % for row 2h's ranking).
+- ``r56-vacl-taylor-100k-costparams``, ``r56-vacl-taylor-100k-costmacs``: the same probe
+  ranking groups by Taylor score per param / per MAC they save (``--cost params|macs``); row
+  2g's ranking (``--cost none``) removes no cross-layer group at 79.5 % fewer params, these
+  remove 14 and 19 (``--plan``), keeping 46.7 M and 16.6 M MACs instead of 32.7 M.
 - ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
   one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
@@ -340,7 +344,11 @@ def commands(runs: Path) -> dict[str, list[str]]:
                               ("-lr005", ["--finetune-lr", "0.005"]),
                               # then the ranking --plan-recalibrate scored highest at 79.5 %
                               # (Taylor scores that also count the consumers' input slices)
-                              ("-consumers", ["--include-consumers"]))},
+                              ("-consumers", ["--include-consumers"]),
+                              # session 29: the ranking per param / per MAC saved (the
+                              # Taylor ranking alone removes no cross-layer group: --plan)
+                              ("-costparams", ["--cost", "params"]),
+                              ("-costmacs", ["--cost", "macs"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -535,6 +543,8 @@ TITLES = {
     "r56-vacl-taylor-100k-lr005": "2k. row 2h with --finetune-lr 0.005",
     "r56-vacl-taylor-100k-consumers": "2l. row 2h with --include-consumers (the ranking the "
                                       "BN-re-estimated plan scored highest)",
+    "r56-vacl-taylor-100k-costparams": "2t. row 2h ranked per param saved (--cost params)",
+    "r56-vacl-taylor-100k-costmacs": "2u. row 2h ranked per MAC saved (--cost macs)",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
