@@ -89,6 +89,10 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   ranking groups by Taylor score per param / per MAC they save (``--cost params|macs``); row
   2g's ranking (``--cost none``) removes no cross-layer group at 79.5 % fewer params, these
   remove 14 and 19 (``--plan``), keeping 46.7 M and 16.6 M MACs instead of 32.7 M.
+- ``r56-vacl-taylor-100k-feat2``, ``r56-vacl-taylor-100k-feat10``: the same probe with feature
+  distillation at every residual unit beside the logits' (``--distill-features 2`` / ``10``;
+  the relative squared error is about 0.30 right after pruning and 0.21 after row 2h's 100,000
+  samples, against a KD loss of about 1.5).
 - ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
   one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
@@ -348,7 +352,11 @@ def commands(runs: Path) -> dict[str, list[str]]:
                               # session 29: the ranking per param / per MAC saved (the
                               # Taylor ranking alone removes no cross-layer group: --plan)
                               ("-costparams", ["--cost", "params"]),
-                              ("-costmacs", ["--cost", "macs"]))},
+                              ("-costmacs", ["--cost", "macs"]),
+                              # session 29: feature distillation at every residual unit
+                              # (row 2g's ranking keeps every stream channel)
+                              ("-feat2", ["--distill-features", "2"]),
+                              ("-feat10", ["--distill-features", "10"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -545,6 +553,8 @@ TITLES = {
                                       "BN-re-estimated plan scored highest)",
     "r56-vacl-taylor-100k-costparams": "2t. row 2h ranked per param saved (--cost params)",
     "r56-vacl-taylor-100k-costmacs": "2u. row 2h ranked per MAC saved (--cost macs)",
+    "r56-vacl-taylor-100k-feat2": "2v. row 2h with feature distillation (--distill-features 2)",
+    "r56-vacl-taylor-100k-feat10": "2w. row 2h with feature distillation (--distill-features 10)",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",

@@ -552,7 +552,7 @@ def test_attention_transfer_matches_its_formula_and_reads_only_training_forwards
     at = 500.0 * sum(((q(a) - q(b)) ** 2).mean() for a, b in zip(fs, ft))
     got = d.loss(s, x, ce)
     assert at > 0 and torch.allclose(got, kd.loss(s, x, ce) + at, rtol=1e-5)
-    assert d.attention_mean() == pytest.approx(float(at.detach()), rel=1e-5)
+    assert d.inner_means() == {"attention_loss": pytest.approx(float(at.detach()), rel=1e-5)}
     got.backward()
     assert student.layer1[0].conv1.weight.grad.abs().sum() > 0
     assert torch.allclose(attention_map(fs[0]).norm(dim=1), torch.ones(6))

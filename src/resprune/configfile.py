@@ -33,6 +33,7 @@ class FileConfig:
     distill_alpha: float = 0.7
     distill_temperature: float = 4.0
     distill_attention: float = 0.0
+    distill_features: float = 0.0
 
     def distillation(self, model: nn.Module):
         """The teacher the file asks for: ``distill-from: input`` -> a frozen copy of ``model``
@@ -45,7 +46,7 @@ class FileConfig:
             return None
         teacher = model if self.distill_from == "input" else load(self.distill_from)
         return Distillation(teacher, self.distill_alpha, self.distill_temperature,
-                            self.distill_attention)  # a copy
+                            self.distill_attention, self.distill_features)  # a copy
 
 
 def read_config(path: str | Path, command: str = "compress") -> FileConfig:
@@ -84,7 +85,8 @@ def read_config(path: str | Path, command: str = "compress") -> FileConfig:
                       distill_from=getattr(args, "distill_from", None),
                       distill_alpha=getattr(args, "distill_alpha", 0.7),
                       distill_temperature=getattr(args, "distill_temperature", 4.0),
-                      distill_attention=getattr(args, "distill_attention", 0.0))
+                      distill_attention=getattr(args, "distill_attention", 0.0),
+                      distill_features=getattr(args, "distill_features", 0.0))
 
 
 def _data_options(args) -> dict[str, Any]:

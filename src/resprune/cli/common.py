@@ -152,7 +152,7 @@ def distillation(args: argparse.Namespace, input_run: str | Path | None):
     teacher = load(source)
     args.distill_from = str(source)
     return Distillation(teacher, args.distill_alpha, args.distill_temperature,
-                        args.distill_attention)
+                        args.distill_attention, args.distill_features)
 
 
 def check_teacher(teacher, model: nn.Module) -> None:

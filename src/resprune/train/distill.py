@@ -11,6 +11,14 @@ output of every stage (``layer1`` ... ``layerN``) each image's spatial attention
 ``beta / 2 * sum_stages mean((q_s - q_t)^2)``. A map has one value per position whatever the
 channel count, so it needs no adapter between a pruned student and its unpruned teacher, and
 it gives the student a target inside the network, not only at its logits.
+
+``features`` (beta > 0) adds feature distillation at every residual unit: the output of each
+unit the student and the teacher both have (an erased unit of either is skipped) is pulled to
+the teacher's, channel for channel, as a squared error relative to the teacher's energy,
+``beta * mean_units(mean((f_s - f_t)^2) / mean(f_t^2))``. It needs residual streams as wide
+as the teacher's: a student pruned from it whose stream channels were all kept (VACL ranked
+with ``--cost none`` removes no cross-layer group on the converged ResNet-56), so channel ``c``
+still carries what it carried in the teacher.
 """
 
 from __future__ import annotations
@@ -43,6 +51,10 @@ class DistillConfig:
     distill_attention: float = opt(
         0.0, "weight beta of attention transfer: every stage output's spatial attention map "
         "pulled to the teacher's (1000 in Zagoruyko & Komodakis 2017); 0 = off", Float(0))
+    distill_features: float = opt(
+        0.0, "weight of feature distillation: every residual unit's output pulled to the "
+        "teacher's, channel for channel (squared error over the teacher's energy; needs "
+        "residual streams as wide as the teacher's); 0 = off", Float(0))
 
     def validate(self) -> DistillConfig:
         check_fields(self)
@@ -55,96 +67,153 @@ def attention_map(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.float().square().mean(1).flatten(1), dim=1)
 
 
-def _stages(model: nn.Module, who: str) -> list[nn.Module]:
+def _stages(model: nn.Module, who: str) -> list[tuple[str, nn.Module]]:
     n = getattr(model, "num_stages", None)
     if not isinstance(n, int) or not all(hasattr(model, f"layer{i + 1}") for i in range(n)):
         raise UserError(f"attention transfer reads the stage outputs layer1 ... layerN of a "
                         f"resprune ResNet; the {who} has none")
-    return [getattr(model, f"layer{i + 1}") for i in range(n)]
+    return [(f"layer{i + 1}", getattr(model, f"layer{i + 1}")) for i in range(n)]
+
+
+def _units(model: nn.Module, who: str) -> list[tuple[str, nn.Module]]:
+    """The units feature distillation reads: every unit slot that is not erased."""
+    units = getattr(model, "units", None)
+    if not callable(units):
+        raise UserError(f"feature distillation reads the residual units of a resprune "
+                        f"ResNet; the {who} has none")
+    return [(name, m) for name, m in units() if not isinstance(m, nn.Identity)]
+
+
+def relative_error(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
+    """``mean((fs - ft)^2) / mean(ft^2)`` in float32 (the teacher's energy is a constant)."""
+    ft = ft.float()
+    return (fs.float() - ft).square().mean() / ft.square().mean().clamp_min(1e-12)
 
 
 class Distillation:
     """A frozen teacher plus the KD loss; ``alpha`` in [0, 1], ``temperature`` > 0,
-    ``attention`` (attention transfer's beta) >= 0. With ``attention`` the student's stage
-    outputs are read by forward hooks that :meth:`attach` puts on it (the Trainer does)."""
+    ``attention`` (attention transfer's beta) >= 0, ``features`` (feature distillation's
+    beta) >= 0. With either of the last two the student's stage / unit outputs are read by
+    forward hooks that :meth:`attach` puts on it (the Trainer does)."""
 
     def __init__(self, teacher: nn.Module, alpha: float = 0.7, temperature: float = 4.0,
-                 attention: float = 0.0):
+                 attention: float = 0.0, features: float = 0.0):
         DistillConfig(distill_alpha=alpha, distill_temperature=temperature,
-                      distill_attention=attention).validate()
+                      distill_attention=attention, distill_features=features).validate()
         self.teacher = copy.deepcopy(teacher).eval()
         for p in self.teacher.parameters():
             p.requires_grad_(False)
         self.alpha = float(alpha)
         self.temperature = float(temperature)
         self.attention = float(attention)
+        self.features = float(features)
         self.seconds = 0.0  # teacher forward time since the last reset
-        self._attention_sum: torch.Tensor | None = None  # attention losses since the reset
-        self._attention_steps = 0
-        self._features: dict[str, list[torch.Tensor | None]] = {"student": [], "teacher": []}
+        # the inner terms' sums and steps since the reset, by the name metrics.jsonl gives them
+        self._tally: dict[str, list] = {}
+        # the last training forward's tapped outputs, by module name
+        self._outputs: dict[str, dict[str, torch.Tensor | None]] = {"student": {},
+                                                                   "teacher": {}}
         self._hooks: list = []
-        if self.attention > 0:
-            self._watch(self.teacher, "teacher")
+        self._pairs: dict[str, list[str]] = {"attention": [], "features": []}
+        self._watch(self.teacher, "teacher")
 
     def reset(self) -> None:
-        """Start a new epoch's tallies (teacher time, attention loss)."""
+        """Start a new epoch's tallies (teacher time, inner losses)."""
         self.seconds = 0.0
-        self._attention_sum, self._attention_steps = None, 0
+        self._tally = {}
 
-    def attention_mean(self) -> float | None:
-        """The mean attention-transfer loss since :meth:`reset` (None without any)."""
-        if self._attention_sum is None:
-            return None
-        return float(self._attention_sum) / self._attention_steps
+    def inner_means(self) -> dict[str, float]:
+        """The mean of each inner term since :meth:`reset`, by its metrics.jsonl name
+        (``attention_loss``, ``feature_loss``); the terms that are off are left out."""
+        return {k: float(total) / steps for k, (total, steps) in self._tally.items()}
+
+    def _taps(self, model: nn.Module, who: str) -> dict[str, nn.Module]:
+        taps: dict[str, nn.Module] = {}
+        if self.attention > 0:
+            taps.update(_stages(model, who))
+        if self.features > 0:
+            taps.update(_units(model, who))
+        return taps
 
     def _watch(self, model: nn.Module, who: str) -> None:
-        stages = _stages(model, who)
-        store = self._features[who] = [None] * len(stages)
+        taps = self._taps(model, who)
+        store = self._outputs[who] = dict.fromkeys(taps)
 
-        def hook(i: int):
+        def hook(name: str):
             def keep(module, inputs, output):
                 if who == "teacher" or (module.training and torch.is_grad_enabled()):
-                    store[i] = output
+                    store[name] = output
             return keep
 
-        handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(stages)]
+        handles = [m.register_forward_hook(hook(name)) for name, m in taps.items()]
         if who == "student":
             self._hooks = handles
 
     def attach(self, student: nn.Module) -> None:
-        """Read ``student``'s stage outputs in its training forwards (attention transfer
-        only; hooks put on an earlier student are removed)."""
+        """Read ``student``'s stage / unit outputs in its training forwards (attention transfer
+        and feature distillation only; hooks put on an earlier student are removed)."""
         for h in self._hooks:
             h.remove()
         self._hooks = []
+        if self.attention == 0 and self.features == 0:
+            return
+        self._watch(student, "student")
         if self.attention > 0:
-            self._watch(student, "student")
-            if len(self._features["student"]) != len(self._features["teacher"]):
+            self._pairs["attention"] = [n for n, _ in _stages(student, "student")]
+            n_t = len(_stages(self.teacher, "teacher"))
+            if len(self._pairs["attention"]) != n_t:
                 raise UserError(f"attention transfer pairs stages: the student has "
-                                f"{len(self._features['student'])}, the teacher "
-                                f"{len(self._features['teacher'])}")
+                                f"{len(self._pairs['attention'])}, the teacher {n_t}")
+        if self.features > 0:
+            teacher = self._outputs["teacher"]
+            self._pairs["features"] = [n for n, _ in _units(student, "student") if n in teacher]
+            if not self._pairs["features"]:
+                raise UserError("feature distillation: the student and the teacher share no "
+                                "residual unit (by name)")
+
+    def _add(self, key: str, loss: torch.Tensor) -> torch.Tensor:
+        total, steps = self._tally.get(key, (0.0, 0))
+        self._tally[key] = [total + loss.detach(), steps + 1]
+        return loss
+
+    def _pair(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The student's and the teacher's last output of ``name`` (released from the store:
+        each is read once)."""
+        fs, ft = self._outputs["student"].get(name), self._outputs["teacher"].get(name)
+        self._outputs["student"][name] = self._outputs["teacher"][name] = None
+        if fs is None or ft is None:
+            raise UserError("attention transfer / feature distillation: call attach(student) "
+                            "and run the student's training forward before the loss")
+        return fs, ft
 
     def attention_loss(self) -> torch.Tensor:
         """``beta / 2 * sum_stages mean((q_s - q_t)^2)`` of the last student and teacher
-        forwards (the stored outputs are released)."""
+        forwards."""
         total = None
-        pairs = zip(self._features["student"], self._features["teacher"])
-        for i, (fs, ft) in enumerate(pairs):
-            if fs is None or ft is None:
-                raise UserError("attention transfer: call attach(student) and run the "
-                                "student's training forward before the loss")
+        for i, name in enumerate(self._pairs["attention"]):
+            fs, ft = self._pair(name)
             if fs.shape[2:] != ft.shape[2:]:
                 raise UserError(f"attention transfer: stage {i + 1} outputs {tuple(fs.shape[2:])} "
                                 f"positions in the student, {tuple(ft.shape[2:])} in the teacher")
             term = (attention_map(fs) - attention_map(ft)).square().mean()
             total = term if total is None else total + term
-        for store in self._features.values():
-            store[:] = [None] * len(store)
-        loss = self.attention / 2 * total
-        tally = loss.detach()
-        self._attention_sum = tally if self._attention_sum is None else self._attention_sum + tally
-        self._attention_steps += 1
-        return loss
+        return self._add("attention_loss", self.attention / 2 * total)
+
+    def feature_loss(self) -> torch.Tensor:
+        """``beta * mean_units(mean((f_s - f_t)^2) / mean(f_t^2))`` of the last student and
+        teacher forwards, over the units both have."""
+        total = None
+        for name in self._pairs["features"]:
+            fs, ft = self._pair(name)
+            if fs.shape != ft.shape:
+                raise UserError(f"feature distillation pairs every unit's output channel for "
+                                f"channel: unit {name} outputs {tuple(fs.shape[1:])} in the "
+                                f"student, {tuple(ft.shape[1:])} in the teacher (a pruned "
+                                f"residual stream; use --distill-attention instead)")
+            term = relative_error(fs, ft)
+            total = term if total is None else total + term
+        return self._add("feature_loss",
+                         self.features * total / len(self._pairs["features"]))
 
     def to(self, device: torch.device, channels_last: bool = False) -> Distillation:
         self.teacher.to(device)
@@ -162,7 +231,7 @@ class Distillation:
     def loss(self, student_logits: torch.Tensor, x: torch.Tensor,
              ce: torch.Tensor) -> torch.Tensor:
         """The combined loss for one batch, given the student's logits and its CE loss."""
-        if self.alpha == 0 and self.attention == 0:
+        if self.alpha == 0 and self.attention == 0 and self.features == 0:
             return ce
         teacher = self.teacher_logits(x)
         out = ce
@@ -174,4 +243,6 @@ class Distillation:
             out = (1 - self.alpha) * ce + self.alpha * soft
         if self.attention > 0:
             out = out + self.attention_loss()
+        if self.features > 0:
+            out = out + self.feature_loss()
         return out

@@ -290,8 +290,7 @@ class Trainer:
                 record["extra_loss"] = extra_sum.item() / n
             if self.distill is not None:
                 record["teacher_seconds"] = self.distill.seconds
-                if self.distill.attention > 0:
-                    record["attention_loss"] = self.distill.attention_mean()
+                record.update(self.distill.inner_means())  # attention_loss, feature_loss
             if self.val_loader is not None and _nonempty(self.val_loader):
                 ev = evaluate(self.model, self.val_loader, cfg.precision)
                 record["val_acc"], record["val_loss"] = ev["top1"], ev["loss"]
