@@ -79,10 +79,11 @@ def test_no_distillation_and_a_teacher_run(tmp_path, trained):
     model = create("resnet8", num_classes=10, width=4)
     assert resprune.read_config(none, "vacl").distillation(model) is None
     run = tmp_path / "run.yaml"
-    run.write_text(f"distill-from: {trained}\ndistill-alpha: 0.5\ndistill-attention: 250\n")
+    run.write_text(f"distill-from: {trained}\ndistill-alpha: 0.5\ndistill-attention: 250\n"
+                   "distill-features: 2\n")
     d = resprune.read_config(run, "implode").distillation(model)
     x = torch.randn(2, 3, 32, 32)
-    assert (d.alpha, d.attention) == (0.5, 250.0)
+    assert (d.alpha, d.attention, d.features) == (0.5, 250.0, 2.0)
     assert torch.equal(d.teacher_logits(x), resprune.load(trained).eval()(x))
 
 
@@ -160,7 +161,7 @@ def test_print_config_shows_flags_over_the_file_and_needs_no_out(capsys):
     assert "out" not in printed and "seed" not in printed  # seed: the input run's
 
 
-@pytest.mark.parametrize("flag", ["--lam", "--distill-attention"])
+@pytest.mark.parametrize("flag", ["--lam", "--distill-attention", "--distill-features"])
 def test_print_config_still_refuses_bad_options(flag, capsys):
     from resprune.cli.main import main
 

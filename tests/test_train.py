@@ -588,31 +588,97 @@ def test_attention_transfer_matches_its_formula_and_reads_only_training_forwards
         d.attach(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)))
 
 
+def test_feature_distillation_matches_its_formula_pairs_units_and_refuses_narrow_streams():
+    """beta * mean over the units both have of mean((f_s - f_t)^2) / mean(f_t^2), read by
+    hooks from the student's training forward and the teacher's; an erased unit is skipped;
+    zero for a twin; a pruned residual stream is refused with one clear line."""
+    import torch.nn.functional as F
+
+    from resprune.implosion.erase import erase_units
+    from resprune.train import Distillation
+
+    teacher = tiny(1).eval()
+    student = tiny(2).train()  # same widths, other weights
+    erase_units(student, ["layer1.0"])  # its slot has no output of its own to pull
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 4, (6,))
+    d = Distillation(teacher, alpha=0.5, temperature=2.0, features=3.0)
+    kd = Distillation(teacher, alpha=0.5, temperature=2.0)
+
+    def outputs(model, names):
+        seen = {}
+        hooks = [model.get_submodule(n).register_forward_hook(
+            lambda m, i_, o, n=n: seen.__setitem__(n, o)) for n in names]
+        logits = model(x)
+        for h in hooks:
+            h.remove()
+        return logits, seen
+
+    names = [n for n, m in teacher.units() if n != "layer1.0"]
+    assert len(names) == len(teacher.units()) - 1 == 2
+    d.attach(student)
+    s, fs = outputs(student, names)
+    ce = F.cross_entropy(s, y)
+    with torch.no_grad():
+        _, ft = outputs(teacher, names)
+    want = 3.0 * sum(((fs[n] - ft[n]) ** 2).mean() / (ft[n] ** 2).mean() for n in names) / 2
+    got = d.loss(s, x, ce)
+    assert want > 0 and torch.allclose(got, kd.loss(s, x, ce) + want, rtol=1e-5)
+    assert d.inner_means() == {"feature_loss": pytest.approx(float(want.detach()), rel=1e-5)}
+    got.backward()
+    assert student.layer2[0].conv1.weight.grad.abs().sum() > 0
+    d.reset()
+    assert d.inner_means() == {}
+    # a twin of the teacher (BN on its running statistics): no feature loss
+    twin = copy_of(teacher).train()
+    for m in twin.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    d.attach(twin)
+    twin(x)
+    d.teacher_logits(x)
+    assert d.feature_loss().item() == 0.0
+    with pytest.raises(UserError, match="run the student's training forward"):
+        d.feature_loss()  # each output is read once
+    with pytest.raises(UserError, match=r"distill_features must be a number >= 0"):
+        Distillation(teacher, features=-1.0)
+    narrow = create("resnet8", num_classes=4, width=2).train()
+    d.attach(narrow)
+    narrow(x)
+    d.teacher_logits(x)
+    with pytest.raises(UserError, match=r"unit layer1.0 outputs \(2, 8, 8\) in the student, "
+                                        r"\(4, 8, 8\) in the teacher .*--distill-attention"):
+        d.feature_loss()
+    with pytest.raises(UserError, match="residual units of a resprune ResNet; the student"):
+        d.attach(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)))
+
+
 def copy_of(model: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(model)
 
 
-def test_attention_transfer_trains_and_beta_zero_is_plain_distillation(tmp_path):
+@pytest.mark.parametrize("term, key", [("attention", "attention_loss"),
+                                       ("features", "feature_loss")])
+def test_inner_distillation_terms_train_and_beta_zero_is_plain_distillation(term, key):
     from resprune.train import Distillation
 
     train, val = loaders()
     teacher = tiny(1)
     runs = {}
-    for beta in (0.0, 1000.0):
+    for beta in (0.0, 10.0):
         tr = Trainer(tiny(), train, val, cfg(), progress=False,
-                     distill=Distillation(teacher, alpha=0.5, attention=beta))
+                     distill=Distillation(teacher, alpha=0.5, **{term: beta}))
         history = tr.fit()
         runs[beta] = tr.model.state_dict()
-        # metrics.jsonl carries the epoch's mean attention loss when it is on
-        assert all((r.get("attention_loss") or 0) > 0 for r in history) == (beta > 0)
-        assert all(("attention_loss" in r) == (beta > 0) for r in history)
+        # metrics.jsonl carries the epoch's mean of the term when it is on
+        assert all((r.get(key) or 0) > 0 for r in history) == (beta > 0)
+        assert all((key in r) == (beta > 0) for r in history)
     ref = Trainer(tiny(), train, val, cfg(), progress=False,
                   distill=Distillation(teacher, alpha=0.5))
     ref.fit()
     states_equal(runs[0.0], ref.model.state_dict())
-    assert any(not torch.equal(runs[0.0][k], runs[1000.0][k]) for k in runs[0.0])
+    assert any(not torch.equal(runs[0.0][k], runs[10.0][k]) for k in runs[0.0])
 
 
 def test_lambda_raise_schedule_and_its_state():

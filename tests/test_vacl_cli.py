@@ -541,3 +541,31 @@ def test_plan_and_out_bad_options_one_line_exit_2(trained, tmp_path, capsys, mon
     assert code == 2 and stdout == ""
     assert err.count("\n") == 1 and err.startswith("resprune: error: ") and msg in err, err
     assert not any(tmp_path.iterdir())
+
+
+def test_feature_distillation_pulls_the_kept_streams_and_refuses_pruned_ones(trained, tmp_path,
+                                                                             capsys):
+    """--distill-features: with every residual-stream channel kept (only groups inside units
+    removed) the fine-tuning logs its feature loss; once a cross-layer group is removed the
+    streams no longer pair channel for channel: one line, exit 2."""
+    common = [*QUIET, "--group-score", "taylor", "--sparse-epochs", "0", "--finetune-epochs",
+              "1", "--distill-from", "input", "--distill-features", "1"]
+    out = tmp_path / "kept"
+    code, _, err = run_cli(["vacl", trained, *common, "--target-params-reduction", "0.1",
+                            "--out", out], capsys)
+    assert code == 0, err
+    s = read_summary(out)
+    base = resprune.load(trained)
+    assert s["widths"]["layer3.0.conv2"][1] == base.layer3[0].conv2.out_channels  # stream kept
+    assert s["params"] < count_params(base)
+    ft = [json.loads(line) for line in
+          (out / "stages" / "finetune" / "metrics.jsonl").read_text().splitlines()]
+    assert ft and all(r["feature_loss"] > 0 for r in ft)
+    out = tmp_path / "pruned"
+    code, stdout, err = run_cli(["vacl", trained, *common, "--cost", "params",
+                                 "--target-params-reduction", "0.6", "--out", out], capsys)
+    last = err.splitlines()[-1]  # after the stages' progress lines, at the first step
+    assert code == 2 and stdout == "" and "Traceback" not in err
+    assert last.startswith("resprune: error: feature distillation pairs every unit's output "
+                           "channel for channel: unit layer"), err
+    assert last.endswith("(a pruned residual stream; use --distill-attention instead)")
