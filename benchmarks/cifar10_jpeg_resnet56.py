@@ -131,6 +131,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   ``r56-vacl-taylor-450k-s1``: row 2g with ``--seed 1`` (450,000 samples, CPU);
   ``r56-vacl-taylor-450k-at``: row 2g with attention transfer from B
   (``--distill-attention 1000``, the weight of Zagoruyko & Komodakis 2017).
+  ``r56-vacl-taylor-450k-feat10``: row 2g with feature distillation at every residual unit
+  (``--distill-features 10``, probe 2w's weight).
   ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped there resumes here
   with ``--run ROW --device cpu``.
 
@@ -506,6 +508,9 @@ def commands(runs: Path) -> dict[str, list[str]]:
     # session 28: row 2g with attention transfer from B beside the logits' distillation
     rows["r56-vacl-taylor-450k-at"] = [*rows["r56-vacl-taylor-450k"],
                                        "--distill-attention", "1000"]
+    # session 29: row 2g with feature distillation at every residual unit (probe 2w's beta)
+    rows["r56-vacl-taylor-450k-feat10"] = [*rows["r56-vacl-taylor-450k"],
+                                           "--distill-features", "10"]
     return rows
 
 
@@ -601,6 +606,7 @@ TITLES = {
     "gpu-r56-vacl-450k-full-s1": "G2g-full, second seed (--seed 1)",
     "r56-vacl-taylor-450k-s1": "2g, second seed (--seed 1)",
     "r56-vacl-taylor-450k-at": "2g with attention transfer (--distill-attention 1000)",
+    "r56-vacl-taylor-450k-feat10": "2g with feature distillation (--distill-features 10)",
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }

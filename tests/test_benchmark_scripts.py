@@ -62,6 +62,9 @@ def test_gpu_row_resumes_on_the_cpu(tmp_path, monkeypatch):
     at = bench.row_argv("r56-vacl-taylor-450k-at", tmp_path)
     assert at[:-3] == [*bench.row_argv("r56-vacl-taylor-450k", tmp_path)[:-3],
                        "--distill-attention", "1000"]
+    feat = bench.row_argv("r56-vacl-taylor-450k-feat10", tmp_path)
+    assert feat[:-3] == [*bench.row_argv("r56-vacl-taylor-450k", tmp_path)[:-3],
+                         "--distill-features", "10"]
     probe = bench.row_argv("r56-vacl-taylor-100k", tmp_path)[:-3]
     for row, extra in (("-costparams", ["--cost", "params"]), ("-costmacs", ["--cost", "macs"]),
                        ("-feat2", ["--distill-features", "2"]),
