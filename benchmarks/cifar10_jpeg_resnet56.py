@@ -736,17 +736,22 @@ def paired(hits, ref_hits) -> tuple[float, float]:
     return 100 * float(d.mean()), 100 * float(d.std(unbiased=True)) / math.sqrt(d.numel())
 
 
-def test_hits(run_dirs: list[Path], data_dir: Path = JPEG) -> dict[Path, Any]:
-    """Per-image test hits of each run, as the report evaluates them (the runs as saved), on
-    ``data_dir``'s test split."""
+def test_hits(run_dirs: list[Path], data_dir: Path = JPEG, split: str = "test") -> dict[Path, Any]:
+    """Per-image hits of each run, as the report evaluates them (the runs as saved), on
+    ``data_dir``'s ``split``: ``test``, or ``val``, the validation split carved as the first
+    run carved it (its summary's ``val_fraction`` and ``seed``)."""
     import resprune
     from resprune.data import load_dataset, make_loader
 
     models = {r: resprune.load(r) for r in run_dirs}
-    bundle = load_dataset("imagefolder", data_dir,
-                          preprocess=models[run_dirs[0]].preprocess, progress=False)
-    test = make_loader(bundle, "test", 500, train=False)
-    return {r: correct(m, test) for r, m in models.items()}
+    carve = {}
+    if split == "val":
+        data = json.loads((run_dirs[0] / "summary.json").read_text())["data"]
+        carve = {"val_fraction": data["val_fraction"], "seed": data["seed"]}
+    bundle = load_dataset("imagefolder", data_dir, preprocess=models[run_dirs[0]].preprocess,
+                          progress=False, **carve)
+    loader = make_loader(bundle, split, 500, train=False)
+    return {r: correct(m, loader) for r, m in models.items()}
 
 
 def report(runs: Path, out: Path, repeats: int, rows: list[str] | None = None) -> str:
@@ -861,6 +866,9 @@ def main(argv: list[str] | None = None) -> int:
                         "difference to the first (no timing, nothing written)")
     p.add_argument("--data-dir", type=Path, default=JPEG,
                    help="--paired: the image folder whose test split is used (cifar10-jpeg)")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="--paired: compare on test/ (default) or on the validation split "
+                        "carved as the first RUN carved it")
     p.add_argument("--heldout", type=Path, metavar="DIR",
                    help="build the held-out layout (heldout_layout) in DIR and exit")
     a = p.parse_args(argv)
@@ -874,11 +882,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        hits = test_hits(a.paired, a.data_dir)
+        hits = test_hits(a.paired, a.data_dir, a.split)
         ref = a.paired[0]
         for r in a.paired[1:]:
             mean, se = paired(hits[r], hits[ref])
-            print(f"{r}: test top-1 {100 * float(hits[r].mean()):.2f} %, minus {ref}: "
+            print(f"{r}: {a.split} top-1 {100 * float(hits[r].mean()):.2f} %, minus {ref}: "
                   f"{mean:+.2f} ± {se:.2f} points")
         return 0
     print(report(runs, Path(a.out), a.repeats, a.rows))

@@ -96,3 +96,50 @@ def test_regularizer_overhead_times_torch_pruning_beside_vacl(monkeypatch, capsy
             bench.main(["--device", "cuda"])
         assert e.value.code == 2
         assert "no CUDA device here" in capsys.readouterr().err
+
+
+def test_paired_compares_on_the_carved_validation_split_as_the_first_run_carved_it(
+        tmp_path, monkeypatch, capsys):
+    """--paired --split val: the per-image hits on the validation split carved with the first
+    run's val_fraction and seed, the same figure evaluate() gives on that split."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    import resprune
+    from resprune.data import load_dataset, make_loader
+    from resprune.measure import evaluate
+    from resprune.models import create
+
+    bench = _load("cifar10_jpeg_resnet56", monkeypatch)
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 10), ("test", 4)):
+        for cls in ("a", "b"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / cls / f"{i}.png")
+    runs = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        run = tmp_path / f"run{seed}"
+        resprune.save(create("resnet8", num_classes=2, width=4), run)
+        (run / "summary.json").write_text(json.dumps({"data": {"val_fraction": 0.4,
+                                                               "seed": 3}}))
+        runs.append(run)
+    hits = bench.test_hits(runs, tmp_path / "img", "val")
+    bundle = load_dataset("imagefolder", tmp_path / "img", val_fraction=0.4, seed=3,
+                          preprocess=resprune.load(runs[0]).preprocess, progress=False)
+    val = make_loader(bundle, "val", 500, train=False)
+    assert len(hits[runs[1]]) == len(bundle.val) == 8
+    for r in runs:
+        top1 = evaluate(resprune.load(r), val)["top1"]
+        assert float(hits[r].float().mean()) == pytest.approx(top1)
+    assert bench.main(["--runs", str(tmp_path), "--data-dir", str(tmp_path / "img"), "--split",
+                       "val", "--paired", *map(str, runs)]) == 0
+    mean, se = bench.paired(hits[runs[1]], hits[runs[0]])
+    assert capsys.readouterr().out.strip().endswith(
+        f"val top-1 {100 * float(hits[runs[1]].float().mean()):.2f} %, minus {runs[0]}: "
+        f"{mean:+.2f} ± {se:.2f} points")
