@@ -115,7 +115,7 @@ class Distillation:
                                                                    "teacher": {}}
         self._hooks: list = []
         self._pairs: dict[str, list[str]] = {"attention": [], "features": []}
-        self._watch(self.teacher, "teacher")
+        self._teacher_taps = self._watch(self.teacher, "teacher")
 
     def reset(self) -> None:
         """Start a new epoch's tallies (teacher time, inner losses)."""
@@ -127,17 +127,16 @@ class Distillation:
         (``attention_loss``, ``feature_loss``); the terms that are off are left out."""
         return {k: float(total) / steps for k, (total, steps) in self._tally.items()}
 
-    def _taps(self, model: nn.Module, who: str) -> dict[str, nn.Module]:
-        taps: dict[str, nn.Module] = {}
-        if self.attention > 0:
-            taps.update(_stages(model, who))
-        if self.features > 0:
-            taps.update(_units(model, who))
-        return taps
+    def _taps(self, model: nn.Module, who: str) -> dict[str, dict[str, nn.Module]]:
+        """The modules each inner term reads, by term and module name (none when it is off)."""
+        return {"attention": dict(_stages(model, who)) if self.attention > 0 else {},
+                "features": dict(_units(model, who)) if self.features > 0 else {}}
 
-    def _watch(self, model: nn.Module, who: str) -> None:
+    def _watch(self, model: nn.Module, who: str) -> dict[str, list[str]]:
+        """Hook ``model``'s tapped modules; return their names by term."""
         taps = self._taps(model, who)
-        store = self._outputs[who] = dict.fromkeys(taps)
+        modules = {name: m for term in taps.values() for name, m in term.items()}
+        store = self._outputs[who] = dict.fromkeys(modules)
 
         def hook(name: str):
             def keep(module, inputs, output):
@@ -145,9 +144,10 @@ class Distillation:
                     store[name] = output
             return keep
 
-        handles = [m.register_forward_hook(hook(name)) for name, m in taps.items()]
+        handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
         if who == "student":
             self._hooks = handles
+        return {term: list(names) for term, names in taps.items()}
 
     def attach(self, student: nn.Module) -> None:
         """Read ``student``'s stage / unit outputs in its training forwards (attention transfer
@@ -157,19 +157,15 @@ class Distillation:
         self._hooks = []
         if self.attention == 0 and self.features == 0:
             return
-        self._watch(student, "student")
-        if self.attention > 0:
-            self._pairs["attention"] = [n for n, _ in _stages(student, "student")]
-            n_t = len(_stages(self.teacher, "teacher"))
-            if len(self._pairs["attention"]) != n_t:
-                raise UserError(f"attention transfer pairs stages: the student has "
-                                f"{len(self._pairs['attention'])}, the teacher {n_t}")
-        if self.features > 0:
-            teacher = self._outputs["teacher"]
-            self._pairs["features"] = [n for n, _ in _units(student, "student") if n in teacher]
-            if not self._pairs["features"]:
-                raise UserError("feature distillation: the student and the teacher share no "
-                                "residual unit (by name)")
+        taps, teacher = self._watch(student, "student"), self._teacher_taps
+        if len(taps["attention"]) != len(teacher["attention"]):
+            raise UserError(f"attention transfer pairs stages: the student has "
+                            f"{len(taps['attention'])}, the teacher {len(teacher['attention'])}")
+        self._pairs = {"attention": taps["attention"],
+                       "features": [n for n in taps["features"] if n in teacher["features"]]}
+        if self.features > 0 and not self._pairs["features"]:
+            raise UserError("feature distillation: the student and the teacher share no "
+                            "residual unit (by name)")
 
     def _add(self, key: str, loss: torch.Tensor) -> torch.Tensor:
         total, steps = self._tally.get(key, (0.0, 0))
