@@ -93,6 +93,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   distillation at every residual unit beside the logits' (``--distill-features 2`` / ``10``;
   the relative squared error is about 0.30 right after pruning and 0.21 after row 2h's 100,000
   samples, against a KD loss of about 1.5).
+- ``r56-vacl-taylor-100k-lr002``, ``r56-vacl-taylor-100k-t8``: the same probe at fine-tuning
+  lr 0.02 (between 2h's 0.01 and row 2f's 0.05) and with distillation temperature 8 instead
+  of 4 (B memorised the training images, so its soft targets there are sharp).
 - ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
   one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
@@ -358,7 +361,12 @@ def commands(runs: Path) -> dict[str, list[str]]:
                               # session 29: feature distillation at every residual unit
                               # (row 2g's ranking keeps every stream channel)
                               ("-feat2", ["--distill-features", "2"]),
-                              ("-feat10", ["--distill-features", "10"]))},
+                              ("-feat10", ["--distill-features", "10"]),
+                              # session 30: the fine-tuning lr between 0.01 (2h) and the
+                              # 0.05 of row 2f, and softer teacher targets (B memorised the
+                              # training images: its soft targets there are near one-hot)
+                              ("-lr002", ["--finetune-lr", "0.02"]),
+                              ("-t8", ["--distill-temperature", "8"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -560,6 +568,8 @@ TITLES = {
     "r56-vacl-taylor-100k-costmacs": "2u. row 2h ranked per MAC saved (--cost macs)",
     "r56-vacl-taylor-100k-feat2": "2v. row 2h with feature distillation (--distill-features 2)",
     "r56-vacl-taylor-100k-feat10": "2w. row 2h with feature distillation (--distill-features 10)",
+    "r56-vacl-taylor-100k-lr002": "2x. row 2h at fine-tuning lr 0.02",
+    "r56-vacl-taylor-100k-t8": "2y. row 2h with distillation temperature 8",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",
