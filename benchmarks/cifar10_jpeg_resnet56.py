@@ -95,7 +95,9 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   samples, against a KD loss of about 1.5).
 - ``r56-vacl-taylor-100k-lr002``, ``r56-vacl-taylor-100k-t8``: the same probe at fine-tuning
   lr 0.02 (between 2h's 0.01 and row 2f's 0.05) and with distillation temperature 8 instead
-  of 4 (B memorised the training images, so its soft targets there are sharp).
+  of 4 (softer targets weigh the teacher's ranking of the wrong classes more).
+- ``r56-vacl-taylor-100k-mixup02``, ``r56-vacl-taylor-100k-mixup1``: the same probe with
+  mixup (``--mixup 0.2`` / ``1.0``), the teacher scoring the very mixed batch the student sees.
 - ``r56-compress-oneshot``, ``r56-compress-oneshot-r2``: compress depth first: row 1l's
   one-step implosion (12 units screened and cut at once) as the implode stage, then row 3j's
   vacl stage and final fine-tune, 450,000 samples; the cut healed 100,000 samples (3m) or
@@ -363,10 +365,13 @@ def commands(runs: Path) -> dict[str, list[str]]:
                               ("-feat2", ["--distill-features", "2"]),
                               ("-feat10", ["--distill-features", "10"]),
                               # session 30: the fine-tuning lr between 0.01 (2h) and the
-                              # 0.05 of row 2f, and softer teacher targets (B memorised the
-                              # training images: its soft targets there are near one-hot)
+                              # 0.05 of row 2f, and softer teacher targets
                               ("-lr002", ["--finetune-lr", "0.02"]),
-                              ("-t8", ["--distill-temperature", "8"]))},
+                              ("-t8", ["--distill-temperature", "8"]),
+                              # session 30: mixup, the teacher scoring the mixed batch
+                              # (consistent "function matching" on images it never saw)
+                              ("-mixup02", ["--mixup", "0.2"]),
+                              ("-mixup1", ["--mixup", "1.0"]))},
         # row 4g's recipe at 3j's MACs, on the same B as 3j (pairs them)
         "r56-tp-groupnorm-steps3": ["python", "benchmarks/_tp_baselines.py", b, "--method",
                                     "groupnorm", "--metric", "macs", "--params-reduction",
@@ -570,6 +575,8 @@ TITLES = {
     "r56-vacl-taylor-100k-feat10": "2w. row 2h with feature distillation (--distill-features 10)",
     "r56-vacl-taylor-100k-lr002": "2x. row 2h at fine-tuning lr 0.02",
     "r56-vacl-taylor-100k-t8": "2y. row 2h with distillation temperature 8",
+    "r56-vacl-taylor-100k-mixup02": "2z. row 2h with mixup (--mixup 0.2)",
+    "r56-vacl-taylor-100k-mixup1": "2z'. row 2h with mixup (--mixup 1.0)",
     "r56-implode-heldout": "1h. row 1c deciding on a held-out val/ (half of test/)",
     "r56-implode-heldout-r2": "1i. row 1h retraining 20,000 samples a step",
     "r56-implode-heldout-r2-more": "1j. row 1i continued 9 steps, to 1i's floor",

@@ -108,6 +108,7 @@ def test_lr_schedule_from_config_and_as_lambdalr():
     (dict(warmup_epochs=-1), "warmup_epochs must be a number >= 0, got -1"),
     (dict(warmup_epochs=3), "warmup_epochs=3 cannot exceed the number of epochs (2)"),
     (dict(label_smoothing=1.0), "label_smoothing must be a number >= 0 and < 1, got 1.0"),
+    (dict(mixup=-1.0), "mixup must be a number >= 0, got -1.0"),
     (dict(precision="fp16"), "unknown precision 'fp16'; choose one of: fp32, bf16"),
     (dict(device="tpu"), "unknown device 'tpu'; choose one of: auto, cpu, cuda"),
     (dict(seed=-3), "seed must be an integer >= 0, got -3"),
@@ -200,8 +201,9 @@ class Kill(Callback):
             raise KeyboardInterrupt
 
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
-    config = cfg(epochs=3, label_smoothing=0.1)
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, mixup):
+    config = cfg(epochs=3, label_smoothing=0.1, mixup=mixup)
     full = tiny()
     t_full = Trainer(full, loaders()[0], loaders()[1], config, run_dir=tmp_path / "full",
                      progress=False)
@@ -517,6 +519,58 @@ def test_distilled_training_leaves_the_teacher_alone_and_records_its_time(tmp_pa
                 progress=False)
     b.fit()
     states_equal(a.model.state_dict(), b.model.state_dict())
+
+
+def test_mix_blends_the_batch_and_both_labels_from_its_own_seed():
+    import torch.nn.functional as F
+
+    from resprune.train.mixup import mix
+
+    x = torch.randn(8, 3, 4, 4)
+    y = torch.arange(8)  # distinct labels: y_other names the partner image
+    state = torch.get_rng_state()
+    m = mix(x, y, 1.0, seed=3, epoch=2, step=5)
+    assert torch.equal(torch.get_rng_state(), state)  # the global RNG is not drawn from
+    assert 0 < m.lam < 1 and torch.equal(m.y, y)
+    assert sorted(m.y_other.tolist()) == list(range(8))
+    assert torch.allclose(m.x, m.lam * x + (1 - m.lam) * x[m.y_other])
+    again = mix(x, y, 1.0, seed=3, epoch=2, step=5)
+    assert again.lam == m.lam and torch.equal(again.x, m.x)
+    others = {mix(x, y, 1.0, seed=3, epoch=2, step=s).lam for s in range(6, 10)}
+    others.add(mix(x, y, 1.0, seed=3, epoch=2, step=5, rank=1).lam)
+    assert m.lam not in others and len(others) == 5
+    logits = torch.randn(8, 8)
+    assert torch.allclose(m.cross_entropy(logits, 0.1),
+                          m.lam * F.cross_entropy(logits, y, label_smoothing=0.1)
+                          + (1 - m.lam) * F.cross_entropy(logits, m.y_other,
+                                                          label_smoothing=0.1))
+    assert torch.equal(m.dominant(), y if m.lam >= 0.5 else m.y_other)
+
+
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_mixup_feeds_the_student_and_the_teacher_the_same_mixed_batch(mixup):
+    from resprune.train import Distillation
+    from resprune.train.mixup import mix
+
+    train, val = loaders()
+    config = cfg(epochs=1, mixup=mixup)
+    train.set_epoch(0)
+    x0, y0 = next(iter(train))
+    expected = mix(x0, y0, mixup, config.seed, 1, 0).x if mixup else x0
+    seen = {}
+
+    def first(name):
+        def keep(module, inputs, output):
+            seen.setdefault(name, inputs[0].detach().clone())
+        return keep
+
+    student, d = tiny(), Distillation(tiny(1), alpha=0.5)
+    student.register_forward_hook(first("student"))
+    d.teacher.register_forward_hook(first("teacher"))
+    Trainer(student, train, val, config, distill=d, progress=False).fit()
+    assert torch.equal(seen["student"], expected)
+    assert torch.equal(seen["teacher"], expected)
+    assert mixup == 0 or not torch.equal(expected, x0)
 
 
 def test_attention_transfer_matches_its_formula_and_reads_only_training_forwards():

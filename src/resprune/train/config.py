@@ -46,6 +46,10 @@ class TrainConfig:
     gamma: float = opt(0.1, "multistep decay factor", Float(0, open_low=True))
     warmup_epochs: float = opt(0.0, "linear warm-up epochs (may be fractional)", Float(0))
     label_smoothing: float = opt(0.0, "label smoothing", Float(0, 1, open_high=True))
+    mixup: float = opt(0.0, "mixup: every training batch blended with a permutation of "
+                       "itself, weight ~ Beta(ALPHA, ALPHA), and the loss with both labels; "
+                       "under distillation the teacher sees the mixed batch (1.0 is common; "
+                       "0 = off)", Float(0), metavar="ALPHA")
     precision: str = opt("fp32", "fp32, or bf16 autocast on CPU and CUDA. On a CPU without "
                          "native bf16 (no AVX-512 BF16 / AMX) bf16 is emulated, about 15x "
                          "slower: resprune says so and trains in fp32 unless --force-bf16 is "

@@ -53,6 +53,7 @@ from ..runstate import TRAIN_STATE_FILE
 from .callbacks import Callback
 from .config import TrainConfig
 from .distill import Distillation
+from .mixup import mix
 from .schedule import LRSchedule
 from .state import capture_rng, restore_rng
 from .syncbn import global_batchnorm
@@ -237,10 +238,18 @@ class Trainer:
                 y = y.to(dev, non_blocking=True)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
+                mixed = None
+                if cfg.mixup > 0:
+                    mixed = mix(x, y, cfg.mixup, cfg.seed, epoch, i, distributed.rank())
+                    x = mixed.x
                 with autocast(dev, cfg.precision):
                     logits = self._forward(x)
                 logits = logits.float()
-                data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                if mixed is None:
+                    data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                else:
+                    data_loss = mixed.cross_entropy(logits, cfg.label_smoothing)
+                    y = mixed.dominant()
                 loss = (data_loss if self.distill is None
                         else self.distill.loss(logits, x, data_loss))
                 if self.loss_terms:
