@@ -138,6 +138,8 @@ validation split, carved from ``train/`` with ``--val-fraction 0.1 --seed 0``):
   (``--distill-attention 1000``, the weight of Zagoruyko & Komodakis 2017).
   ``r56-vacl-taylor-450k-feat10``: row 2g with feature distillation at every residual unit
   (``--distill-features 10``, probe 2w's weight).
+  ``r56-vacl-450k-p50``: row 2g's recipe (``resnet56-vacl-450k.yaml``) to half of B's params
+  instead of 79.5 %: how much VACL removes without loss on the issue's budget.
   ``benchmarks/gpu_rows.sh`` runs them at once on a lent GPU; one stopped there resumes here
   with ``--run ROW --device cpu``.
 
@@ -524,6 +526,11 @@ def commands(runs: Path) -> dict[str, list[str]]:
     # session 29: row 2g with feature distillation at every residual unit (probe 2w's beta)
     rows["r56-vacl-taylor-450k-feat10"] = [*rows["r56-vacl-taylor-450k"],
                                            "--distill-features", "10"]
+    # session 30: how much VACL removes without loss on the budget: row 2g's recipe
+    # (the file of row 2g) to half of B's params instead of 79.5 %
+    rows["r56-vacl-450k-p50"] = ["resprune", "vacl", b, "--config",
+                                 f"{CFG}/resnet56-vacl-450k.yaml",
+                                 "--target-params-reduction", "0.5"]
     return rows
 
 
@@ -624,6 +631,7 @@ TITLES = {
     "r56-vacl-taylor-450k-s1": "2g, second seed (--seed 1)",
     "r56-vacl-taylor-450k-at": "2g with attention transfer (--distill-attention 1000)",
     "r56-vacl-taylor-450k-feat10": "2g with feature distillation (--distill-features 10)",
+    "r56-vacl-450k-p50": "2g's recipe to 50 % of params (--target-params-reduction 0.5)",
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }
