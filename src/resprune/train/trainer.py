@@ -236,12 +236,12 @@ class Trainer:
                     group["lr"] = lr
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 mixed = None
                 if cfg.mixup > 0:
                     mixed = mix(x, y, cfg.mixup, cfg.seed, epoch, i, distributed.rank())
                     x = mixed.x
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(dev, cfg.precision):
                     logits = self._forward(x)
                 logits = logits.float()
@@ -249,7 +249,7 @@ class Trainer:
                     data_loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 else:
                     data_loss = mixed.cross_entropy(logits, cfg.label_smoothing)
-                    y = mixed.dominant()
+                    y = mixed.dominant()  # what train_acc counts a prediction against
                 loss = (data_loss if self.distill is None
                         else self.distill.loss(logits, x, data_loss))
                 if self.loss_terms:
