@@ -547,13 +547,13 @@ def test_mix_blends_the_batch_and_both_labels_from_its_own_seed():
     assert torch.equal(m.dominant(), y if m.lam >= 0.5 else m.y_other)
 
 
-@pytest.mark.parametrize("mixup", [0.0, 0.4])
-def test_mixup_feeds_the_student_and_the_teacher_the_same_mixed_batch(mixup):
+@pytest.mark.parametrize("mixup, channels_last", [(0.0, False), (0.4, False), (0.4, True)])
+def test_mixup_feeds_the_student_and_the_teacher_the_same_mixed_batch(mixup, channels_last):
     from resprune.train import Distillation
     from resprune.train.mixup import mix
 
     train, val = loaders()
-    config = cfg(epochs=1, mixup=mixup)
+    config = cfg(epochs=1, mixup=mixup, channels_last=channels_last)
     train.set_epoch(0)
     x0, y0 = next(iter(train))
     expected = mix(x0, y0, mixup, config.seed, 1, 0).x if mixup else x0
@@ -561,7 +561,10 @@ def test_mixup_feeds_the_student_and_the_teacher_the_same_mixed_batch(mixup):
 
     def first(name):
         def keep(module, inputs, output):
-            seen.setdefault(name, inputs[0].detach().clone())
+            if name not in seen:
+                seen[name] = inputs[0].detach()
+                seen[name + " layout"] = inputs[0].is_contiguous(
+                    memory_format=torch.channels_last)
         return keep
 
     student, d = tiny(), Distillation(tiny(1), alpha=0.5)
@@ -570,6 +573,7 @@ def test_mixup_feeds_the_student_and_the_teacher_the_same_mixed_batch(mixup):
     Trainer(student, train, val, config, distill=d, progress=False).fit()
     assert torch.equal(seen["student"], expected)
     assert torch.equal(seen["teacher"], expected)
+    assert seen["student layout"] == channels_last  # mixup keeps the memory format
     assert mixup == 0 or not torch.equal(expected, x0)
 
 
