@@ -631,7 +631,7 @@ TITLES = {
     "r56-vacl-taylor-450k-s1": "2g, second seed (--seed 1)",
     "r56-vacl-taylor-450k-at": "2g with attention transfer (--distill-attention 1000)",
     "r56-vacl-taylor-450k-feat10": "2g with feature distillation (--distill-features 10)",
-    "r56-vacl-450k-p50": "2g's recipe to 50 % of params (--target-params-reduction 0.5)",
+    "r56-vacl-450k-p50": "2g-50. row 2g to 50 % of params (--target-params-reduction 0.5)",
     "gpu-r56-tp-groupnorm-oneshot-r2-full": "G4n-full. GroupNormPruner at 3n's MACs, "
                                             "G3n-full's budget (GPU)",
 }
