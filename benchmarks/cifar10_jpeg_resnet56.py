@@ -761,7 +761,7 @@ def paired(hits, ref_hits) -> tuple[float, float]:
     return 100 * float(d.mean()), 100 * float(d.std(unbiased=True)) / math.sqrt(d.numel())
 
 
-def test_hits(run_dirs: list[Path], data_dir: Path = JPEG, split: str = "test") -> dict[Path, Any]:
+def split_hits(run_dirs: list[Path], data_dir: Path = JPEG, split: str = "test") -> dict[Path, Any]:
     """Per-image hits of each run, as the report evaluates them (the runs as saved), on
     ``data_dir``'s ``split``: ``test``, or ``val``, the validation split carved as the first
     run carved it (its summary's ``val_fraction`` and ``seed``)."""
@@ -907,7 +907,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(1)
-        hits = test_hits(a.paired, a.data_dir, a.split)
+        hits = split_hits(a.paired, a.data_dir, a.split)
         ref = a.paired[0]
         for r in a.paired[1:]:
             mean, se = paired(hits[r], hits[ref])

@@ -129,7 +129,7 @@ def test_paired_compares_on_the_carved_validation_split_as_the_first_run_carved_
         (run / "summary.json").write_text(json.dumps({"data": {"val_fraction": 0.4,
                                                                "seed": 3}}))
         runs.append(run)
-    hits = bench.test_hits(runs, tmp_path / "img", "val")
+    hits = bench.split_hits(runs, tmp_path / "img", "val")
     bundle = load_dataset("imagefolder", tmp_path / "img", val_fraction=0.4, seed=3,
                           preprocess=resprune.load(runs[0]).preprocess, progress=False)
     val = make_loader(bundle, "val", 500, train=False)

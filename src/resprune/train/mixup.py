@@ -4,8 +4,7 @@ Each step's batch ``x`` is replaced by ``lam * x + (1 - lam) * x[perm]`` with ``
 from ``Beta(alpha, alpha)`` and ``perm`` a permutation of the batch, and the data loss is the
 same mixture of the two labels' cross-entropies. Under distillation the teacher scores the
 very mixed batch the student sees, so its soft targets stay a consistent target ("function
-matching", Beyer et al., CVPR 2022) on images that are neither the training images the teacher
-may have memorised nor ones it has seen.
+matching", Beyer et al., CVPR 2022) on images the teacher has never seen.
 
 ``lam`` and ``perm`` come from a generator seeded with ``(seed, epoch, step, rank)``, never
 from the global RNG: a resumed run mixes exactly as an uninterrupted one, and runs without
